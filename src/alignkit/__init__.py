@@ -1,3 +1,20 @@
-"""alignkit: align language models with human preferences, end to end."""
+"""alignkit: align language models with human preferences, end to end.
+
+    from alignkit import DPOConfig, run_dpo
+    run_dpo(DPOConfig(model="smollm2-135m-instruct", data="pairs.jsonl", output_dir="runs/dpo", loss="gdpo"))
+"""
+
+from alignkit.train import (
+    CoHConfig,
+    DPOConfig,
+    RewardConfig,
+    SFTConfig,
+    run_coh,
+    run_dpo,
+    run_reward,
+    run_sft,
+)
 
 __version__ = "0.1.0"
+
+__all__ = ["SFTConfig", "RewardConfig", "DPOConfig", "CoHConfig", "run_sft", "run_reward", "run_dpo", "run_coh"]

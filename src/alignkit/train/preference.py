@@ -1,0 +1,167 @@
+"""DPO and its family (cdpo, ipo, hinge, gdpo, gipo): one step function, the loss picked by name.
+
+The reference is one of three (DPOConfig.reference):
+- "precomputed" (default): reference log-probs of every pair computed once, in inference mode, before training,
+  and cached on disk keyed by the reference weights and the tokenised data, so later runs reuse them;
+- "copy": a frozen copy of the reference, run live each step;
+- "lora-disabled": the policy's own base with its LoRA adapter switched off (no second model in memory).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from contextlib import nullcontext
+from functools import partial
+
+import torch
+
+from alignkit.data.collate import collate_pairs
+from alignkit.losses import implicit_rewards, preference_loss
+from alignkit.models.load import cache_dir, load_causal_lm
+from alignkit.models.logprobs import sequence_logprobs
+from alignkit.train.common import encode_all, load_split, make_encoder, policy_and_tokenizer, saver, say
+from alignkit.train.config import DPOConfig
+from alignkit.train.loop import Task, TrainResult, train
+
+
+def pair_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed response log-probs of the chosen rows and the rejected rows (one forward pass for both)."""
+    logps = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    b = logps.shape[0] // 2
+    return logps[:b], logps[b:]
+
+
+def make_dpo_step(cfg: DPOConfig, reference=None):
+    """The step: policy log-probs, reference log-probs (batch, frozen model, or adapter off), the loss."""
+    soft = cfg.loss in ("gdpo", "gipo") or (cfg.loss == "cdpo" and cfg.label_smoothing == 0)
+
+    def step(model, batch):
+        pc, pr = pair_logprobs(model, batch)
+        if "ref_chosen" in batch:
+            rc, rr = batch["ref_chosen"], batch["ref_rejected"]
+        else:
+            with torch.no_grad():
+                if reference is not None and next(reference.parameters()).device != pc.device:
+                    reference.to(pc.device)
+                if reference is None:  # lora-disabled
+                    with model.disable_adapter():
+                        rc, rr = pair_logprobs(model, batch)
+                else:
+                    rc, rr = pair_logprobs(reference, batch)
+        if cfg.ipo_average and cfg.loss in ("ipo", "gipo"):
+            n = batch["response_mask"].sum(-1).clamp(min=1).float()
+            b = pc.shape[0]
+            pc, pr, rc, rr = pc / n[:b], pr / n[b:], rc / n[:b], rr / n[b:]
+        losses = preference_loss(cfg.loss, pc, pr, rc, rr, beta=cfg.beta, label=batch["label"] if soft else None,
+                                 epsilon=cfg.label_smoothing)
+        chosen_r = implicit_rewards(pc, rc, cfg.beta)
+        rejected_r = implicit_rewards(pr, rr, cfg.beta)
+        return losses.mean(), {
+            "accuracy": (chosen_r > rejected_r).float().mean(),
+            "reward_chosen": chosen_r.mean(),
+            "reward_rejected": rejected_r.mean(),
+            "margin": (chosen_r - rejected_r).mean(),
+            "logp_chosen": pc.detach().mean(),
+            "logp_rejected": pr.detach().mean(),
+        }
+
+    return step
+
+
+def _fingerprint(model, items: list[dict]) -> str:
+    """Key for the reference cache: every weight of the reference and every token of the data."""
+    h = hashlib.blake2b(digest_size=16)
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    for it in items:
+        h.update(json.dumps([it["prompt"], it["chosen"], it["rejected"]]).encode())
+    return h.hexdigest()
+
+
+def precompute_reference(reference, items: list[dict], pad_id: int, batch_size: int, *, progress: bool = True,
+                         adapter_off: bool = False, cache: bool = True) -> str:
+    """Fill `ref_chosen` / `ref_rejected` of every item, from the disk cache when the same reference and data
+    were seen before. Returns "cache" or "computed"."""
+    from tqdm.auto import tqdm
+
+    if not items:
+        return "computed"
+    ctx = reference.disable_adapter if adapter_off else nullcontext
+    path = None
+    if cache:
+        with ctx():
+            key = _fingerprint(reference, items)
+        path = cache_dir() / "reference" / f"{key}.pt"
+        if path.exists():
+            saved = torch.load(path)
+            for it, c, r in zip(items, saved["chosen"].tolist(), saved["rejected"].tolist(), strict=True):
+                it["ref_chosen"], it["ref_rejected"] = c, r
+            return "cache"
+    was_training = reference.training
+    reference.eval()
+    chosen, rejected = [], []
+    dev = next(reference.parameters()).device
+    with torch.inference_mode(), ctx():
+        for i in tqdm(range(0, len(items), batch_size), desc="reference log-probs", leave=False, disable=not progress):
+            batch = collate_pairs(items[i : i + batch_size], pad_id)
+            batch = {k: v.to(dev) for k, v in batch.items()}
+            c, r = pair_logprobs(reference, batch)
+            chosen.append(c.float().cpu())
+            rejected.append(r.float().cpu())
+    reference.train(was_training)
+    chosen_t, rejected_t = torch.cat(chosen), torch.cat(rejected)
+    for it, c, r in zip(items, chosen_t.tolist(), rejected_t.tolist(), strict=True):
+        it["ref_chosen"], it["ref_rejected"] = c, r
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"chosen": chosen_t, "rejected": rejected_t}, tmp)
+        tmp.replace(path)
+    return "computed"
+
+
+def build_dpo(cfg: DPOConfig) -> Task:
+    from alignkit.data import load_pairs
+
+    def loader(src, skip_invalid):
+        return load_pairs(src, format=cfg.data_format, skip_invalid=skip_invalid)
+
+    train_recs, eval_recs, info = load_split(cfg, loader)
+    model, tok = policy_and_tokenizer(cfg)
+    enc = make_encoder(cfg, tok)
+    train_items = encode_all(train_recs, enc.encode_pair, "train", cfg.progress)
+    eval_items = encode_all(eval_recs, enc.encode_pair, "eval", cfg.progress)
+    info["truncation"] = dict(enc.counts)
+    info["soft_labels"] = sum(1 for it in train_items if it["label"] < 1.0)
+
+    reference = None
+    if cfg.reference_model:
+        reference = load_causal_lm(cfg.reference_model, dtype=cfg.dtype)
+    elif cfg.reference == "copy":
+        reference = copy.deepcopy(model)
+    if reference is not None:
+        reference.requires_grad_(False)
+        reference.eval()
+    if cfg.reference == "precomputed":
+        # before the first step the policy IS the reference (with LoRA: its base, adapter off)
+        source = reference if reference is not None else model
+        bs = cfg.eval_batch_size or cfg.batch_size
+        how = precompute_reference(source, train_items + eval_items, tok.pad_token_id, bs, progress=cfg.progress,
+                                   adapter_off=reference is None and cfg.lora)
+        say(f"reference log-probs: {how} for {len(train_items) + len(eval_items)} pairs")
+        info["reference_logps"] = how
+        reference = None  # not needed any more: frees its memory
+        step = make_dpo_step(cfg)
+    else:
+        step = make_dpo_step(cfg, reference)
+    return Task(f"dpo-{cfg.loss}" if cfg.loss != "dpo" else "dpo", model, train_items, eval_items,
+                partial(collate_pairs, pad_id=tok.pad_token_id), step, saver(tok), info)
+
+
+def run_dpo(cfg: DPOConfig) -> TrainResult:
+    """Optimise `cfg.model` on preference pairs with the loss `cfg.loss`; saved in `cfg.output_dir`."""
+    return train(build_dpo(cfg), cfg)
+

@@ -1,0 +1,103 @@
+"""Reward model: backbone + scalar head trained with Bradley-Terry on pairs (hard or soft labels, margins)
+or the K-wise InstructGPT loss on rankings (ALGORITHMS.md, Reward model)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from alignkit.data.collate import collate_pairs, collate_rankings, pad_rows
+from alignkit.losses import bradley_terry_loss, ranking_loss
+from alignkit.models.load import unwrap
+from alignkit.models.logprobs import reward_scores
+from alignkit.train.common import encode_all, load_split, make_encoder, policy_and_tokenizer, saver, say
+from alignkit.train.config import RewardConfig
+from alignkit.train.loop import Task, TrainResult, train
+
+OFFSET_KEY = "alignkit_reward_offset"  # stored in config.json; scores are r(x, y) - offset
+
+
+def pair_step(model, batch):
+    r = reward_scores(model, batch["input_ids"], batch["attention_mask"])
+    b = r.shape[0] // 2
+    rc, rr = r[:b], r[b:]
+    loss = bradley_terry_loss(rc, rr, margin=batch["margin"], label=batch["label"]).mean()
+    return loss, {"accuracy": (rc > rr).float().mean(), "reward_chosen": rc.mean(), "reward_rejected": rr.mean(),
+                  "margin": (rc - rr).mean()}
+
+
+def ranking_step(model, batch):
+    r = reward_scores(model, batch["input_ids"], batch["attention_mask"])
+    idx = batch["rank_index"]
+    valid = idx >= 0
+    grid = r[idx.clamp(min=0)]
+    loss = ranking_loss(grid, valid).mean()
+    # accuracy over adjacent ranked pairs
+    ok = (grid[:, :-1] > grid[:, 1:]) & valid[:, 1:]
+    return loss, {"accuracy": ok.sum() / valid[:, 1:].sum().clamp(min=1), "reward_mean": r.mean()}
+
+
+def _is_rankings(cfg: RewardConfig) -> bool:
+    if cfg.data_format != "auto":
+        return cfg.data_format == "rankings"
+    from alignkit.data import iter_raw
+
+    for _, rec in iter_raw(cfg.data):
+        return "responses" in rec and "chosen" not in rec
+    return False
+
+
+def normalizer(items: list[dict], pad_id: int, batch_size: int, limit: int = 512):
+    """Sets the stored offset so that the training responses' rewards have mean 0 (ALGORITHMS.md)."""
+
+    def apply(model) -> None:
+        rows = []
+        for it in items[:limit]:
+            for resp in it.get("responses") or (it["chosen"], it["rejected"]):
+                rows.append((it["prompt"] + resp, [0] * len(it["prompt"]) + [1] * len(resp)))
+        model.eval()
+        scores = []
+        with torch.no_grad():
+            for i in range(0, len(rows), batch_size):
+                b = pad_rows(rows[i : i + batch_size], pad_id)
+                dev = next(model.parameters()).device
+                scores.append(reward_scores(model, b["input_ids"].to(dev), b["attention_mask"].to(dev)))
+        offset = float(torch.cat(scores).mean())
+        unwrap(model).config.update({OFFSET_KEY: offset})
+        say(f"reward offset {offset:.4f} stored (mean over {len(rows)} training responses)")
+
+    return apply
+
+
+def build_reward(cfg: RewardConfig) -> Task:
+    from alignkit.data import load_pairs, load_rankings
+
+    rankings = _is_rankings(cfg)
+    if rankings:
+        loader = load_rankings
+    else:
+        def loader(src, skip_invalid):
+            return load_pairs(src, format=cfg.data_format, skip_invalid=skip_invalid)
+    train_recs, eval_recs, info = load_split(cfg, loader)
+    model, tok = policy_and_tokenizer(cfg, reward=True)
+    unwrap(model).config.pad_token_id = tok.pad_token_id
+    enc = make_encoder(cfg, tok)
+    if rankings:
+        def item(r):
+            return enc.encode_responses(r.prompt, r.responses)
+        collate, step = partial(collate_rankings, pad_id=tok.pad_token_id), ranking_step
+    else:
+        item, collate, step = enc.encode_pair, partial(collate_pairs, pad_id=tok.pad_token_id), pair_step
+    train_items = encode_all(train_recs, item, "train", cfg.progress)
+    eval_items = encode_all(eval_recs, item, "eval", cfg.progress)
+    info["truncation"] = dict(enc.counts)
+    task = Task("rm", model, train_items, eval_items, collate, step, saver(tok), info)
+    if cfg.normalize:
+        task.before_save = normalizer(train_items, tok.pad_token_id, cfg.eval_batch_size or cfg.batch_size)
+    return task
+
+
+def run_reward(cfg: RewardConfig) -> TrainResult:
+    """Train a reward model; saved so `AutoModelForSequenceClassification.from_pretrained` loads it."""
+    return train(build_reward(cfg), cfg)

@@ -1,0 +1,42 @@
+"""Supervised fine-tuning: next-token cross-entropy on response tokens only (ALGORITHMS.md, SFT)."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from alignkit.data.collate import collate_sft
+from alignkit.losses import sft_loss
+from alignkit.models.logprobs import position_ids_from_mask
+from alignkit.train.common import encode_all, load_split, make_encoder, policy_and_tokenizer, saver
+from alignkit.train.config import SFTConfig
+from alignkit.train.loop import Task, TrainResult, train
+
+
+def sft_step(model, batch):
+    """Mean token cross-entropy over the batch's response tokens."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   position_ids=position_ids_from_mask(batch["attention_mask"]), use_cache=False).logits
+    return sft_loss(logits, batch["labels"]), {}
+
+
+def build_sft(cfg: SFTConfig) -> Task:
+    from alignkit.data import load_sft
+
+    train_recs, eval_recs, info = load_split(cfg, load_sft)
+    model, tok = policy_and_tokenizer(cfg)
+    enc = make_encoder(cfg, tok)
+
+    def item(ex):
+        ids, mask = enc.encode_sft(ex)
+        return {"input_ids": ids, "response_mask": mask}
+
+    train_items = encode_all(train_recs, item, "train", cfg.progress)
+    eval_items = encode_all(eval_recs, item, "eval", cfg.progress)
+    info["truncation"] = dict(enc.counts)
+    return Task("sft", model, train_items, eval_items, partial(collate_sft, pad_id=tok.pad_token_id), sft_step,
+                saver(tok), info)
+
+
+def run_sft(cfg: SFTConfig) -> TrainResult:
+    """Fine-tune `cfg.model` on the demonstrations in `cfg.data`; the model is saved in `cfg.output_dir`."""
+    return train(build_sft(cfg), cfg)

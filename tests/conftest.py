@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny model and synthetic data with a clear preference signal, built by the tests."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+GOOD = "great wonderful brilliant superb lovely moving delightful charming".split()
+BAD = "awful terrible boring dull dreadful poor weak tedious".split()
+FILMS = "Alpha Bravo Comet Delta Echo Falcon Glacier Harbor Island Jungle Kestrel Lantern".split()
+
+
+def synthetic_pairs(n: int, seed: int) -> list[dict]:
+    """Prompt 'Review of X:'; chosen = positive words, rejected = negative words (clear signal)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        film = rng.choice(FILMS)
+        k = rng.randint(3, 6)
+        out.append({
+            "prompt": f"Review of {film}:",
+            "chosen": " " + " ".join(rng.choice(GOOD) for _ in range(k)) + ".",
+            "rejected": " " + " ".join(rng.choice(BAD) for _ in range(k)) + ".",
+        })
+    return out
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    from alignkit.models.tiny import make_tiny_model
+
+    texts = [p[k] for p in synthetic_pairs(300, 99) for k in ("prompt", "chosen", "rejected")]
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "model", texts, vocab_size=400, hidden_size=64,
+                           num_layers=2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def pair_files(tmp_path_factory) -> tuple[str, str]:
+    d = tmp_path_factory.mktemp("pairs")
+    return write_jsonl(d / "train.jsonl", synthetic_pairs(256, 1)), write_jsonl(d / "eval.jsonl", synthetic_pairs(64, 2))
+
+
+@pytest.fixture(scope="session")
+def sft_files(tmp_path_factory) -> tuple[str, str]:
+    d = tmp_path_factory.mktemp("sft")
+    conv = lambda rows: [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows]  # noqa: E731
+    return (write_jsonl(d / "train.jsonl", conv(synthetic_pairs(256, 3))),
+            write_jsonl(d / "eval.jsonl", conv(synthetic_pairs(64, 4))))
