@@ -36,6 +36,20 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_cache(tmp_path_factory):
+    """Reference log-prob caches and converted models go to a per-session folder, not the user's cache."""
+    import os
+
+    old = os.environ.get("ALIGNKIT_CACHE")
+    os.environ["ALIGNKIT_CACHE"] = str(tmp_path_factory.mktemp("alignkit-cache"))
+    yield
+    if old is None:
+        os.environ.pop("ALIGNKIT_CACHE", None)
+    else:
+        os.environ["ALIGNKIT_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
     from alignkit.models.tiny import make_tiny_model

@@ -1,0 +1,264 @@
+"""End to end on a tiny model built by the tests: every trainer runs from Python and from the CLI, writes a
+model that reloads with `from_pretrained`, and learns the synthetic preference (clear signal)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import synthetic_pairs, write_jsonl
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+from alignkit import CoHConfig, DPOConfig, RewardConfig, SFTConfig, run_coh, run_dpo, run_reward, run_sft
+from alignkit.cli.main import main
+from alignkit.data.collate import pad_rows
+from alignkit.data.tokenize import Encoder
+from alignkit.models.logprobs import sequence_logprobs
+from alignkit.train.loop import latest_checkpoint, train
+from alignkit.train.preference import build_dpo
+
+FAST = dict(batch_size=8, progress=False, warmup_ratio=0.0, seed=0)
+LOSSES = ["dpo", "cdpo", "ipo", "hinge", "gdpo", "gipo"]
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def held_out_pairs(path: str) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def pair_logps(model_dir: str, pairs: list[dict]) -> torch.Tensor:
+    """Summed response log-probs (chosen, rejected interleaved) under a model reloaded from its folder."""
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    enc = Encoder(tok, max_length=128, max_prompt_length=64)
+    rows = [enc.encode(p["prompt"], p[k]) for p in pairs for k in ("chosen", "rejected")]
+    b = pad_rows(rows, tok.pad_token_id)
+    with torch.no_grad():
+        return sequence_logprobs(model, b["input_ids"], b["attention_mask"], b["response_mask"])
+
+
+def reloaded_preference_accuracy(model_dir: str, pairs: list[dict], reference_dir: str | None = None) -> float:
+    """Share of pairs whose chosen response the reloaded model prefers: by implicit reward
+    (log-ratio to the reference) when a reference is given, else by raw log-prob."""
+    lp = pair_logps(model_dir, pairs)
+    if reference_dir is not None:
+        lp = lp - pair_logps(reference_dir, pairs)
+    return float((lp[0::2] > lp[1::2]).float().mean())
+
+
+# ---- SFT ---------------------------------------------------------------------------------------------------
+
+def test_sft_python_learns_and_reloads(tiny_model, sft_files, tmp_path):
+    train_file, eval_file = sft_files
+    res = run_sft(SFTConfig(model=tiny_model, data=train_file, eval_data=eval_file, output_dir=str(tmp_path / "sft"),
+                            learning_rate=2e-3, max_steps=40, **FAST))
+    assert res.eval["loss"] < 0.6 * res.first_eval["loss"], (res.first_eval, res.eval)
+    AutoModelForCausalLM.from_pretrained(tmp_path / "sft")
+    lines = metrics(tmp_path / "sft")
+    train_lines = [m for m in lines if m["split"] == "train"]
+    assert len(train_lines) == 40
+    for key in ("loss", "lr", "grad_norm", "tokens_per_s", "epoch"):
+        assert key in train_lines[-1]
+    saved = (tmp_path / "sft" / "config.yaml").read_text()
+    assert "method: sft" in saved and "learning_rate: 0.002" in saved
+
+
+def test_sft_cli_chat_messages(tiny_model, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": p["chosen"]}]}
+            for p in synthetic_pairs(96, 7)]
+    data = write_jsonl(tmp_path / "chat.jsonl", rows)
+    code = main(["sft", "--model", tiny_model, "--data", data, "--output-dir", str(tmp_path / "out"),
+                 "--max-steps", "25", "--learning-rate", "2e-3", "--no-progress", "--eval-fraction", "0.2"])
+    assert code == 0
+    evals = [m for m in metrics(tmp_path / "out") if m["split"] == "eval"]
+    assert evals[-1]["loss"] < 0.7 * evals[0]["loss"]
+    AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+
+
+# ---- reward model ------------------------------------------------------------------------------------------
+
+def test_reward_model_accuracy_and_hf_reload(tiny_model, pair_files, tmp_path):
+    train_file, eval_file = pair_files
+    out = tmp_path / "rm"
+    res = run_reward(RewardConfig(model=tiny_model, data=train_file, eval_data=eval_file, output_dir=str(out),
+                                  learning_rate=1e-3, max_steps=40, **FAST))
+    assert res.eval["accuracy"] >= 0.9, res.eval
+    # independent check through the plain transformers API, one unpadded sequence at a time
+    tok = AutoTokenizer.from_pretrained(out)
+    model = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1).eval()
+    assert "alignkit_reward_offset" in model.config.to_dict()
+    wins = 0
+    pairs = held_out_pairs(eval_file)
+    with torch.no_grad():
+        for p in pairs:
+            s = [model(**tok(p["prompt"] + p[k] + tok.eos_token, return_tensors="pt")).logits.item()
+                 for k in ("chosen", "rejected")]
+            wins += s[0] > s[1]
+    assert wins / len(pairs) >= 0.9
+
+
+def test_reward_model_rankings_cli(tiny_model, tmp_path):
+    rows = []
+    for p, q in zip(synthetic_pairs(96, 11), synthetic_pairs(96, 12), strict=True):
+        mid = " " + " ".join(p["chosen"].split()[:2] + q["rejected"].split()[:2])
+        rows.append({"prompt": p["prompt"], "responses": [p["chosen"], mid, p["rejected"]]})
+    data = write_jsonl(tmp_path / "rank.jsonl", rows)
+    code = main(["rm", "--model", tiny_model, "--data", data, "--output-dir", str(tmp_path / "rm"), "--max-steps", "30",
+                 "--learning-rate", "1e-3", "--no-progress", "--eval-fraction", "0.25", "--batch-size", "4"])
+    assert code == 0
+    evals = [m for m in metrics(tmp_path / "rm") if m["split"] == "eval"]
+    assert evals[-1]["accuracy"] >= 0.85, evals[-1]
+    AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm", num_labels=1)
+
+
+def test_reward_model_soft_labels(tiny_model, tmp_path):
+    rows = [dict(p, label=0.8) for p in synthetic_pairs(128, 13)]
+    rows += [dict(p, chosen=p["rejected"], rejected=p["chosen"], label=0.1) for p in synthetic_pairs(64, 14)]
+    data = write_jsonl(tmp_path / "soft.jsonl", rows)
+    out = tmp_path / "rm"
+    res = run_reward(RewardConfig(model=tiny_model, data=data, output_dir=str(out), learning_rate=1e-3,
+                                  max_steps=30, eval_fraction=0.2, **FAST))
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["train_data"]["counts"]["flipped"] == 64  # label 0.1 pairs were flipped to 0.9 on load
+    assert res.eval["accuracy"] >= 0.9
+
+
+# ---- DPO family ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_dpo_every_loss_python(loss, tiny_model, pair_files, tmp_path):
+    train_file, eval_file = pair_files
+    lr = 1e-3
+    beta = {"ipo": 0.5, "gipo": 0.5}.get(loss, 0.1)
+    res = run_dpo(DPOConfig(model=tiny_model, data=train_file, eval_data=eval_file, output_dir=str(tmp_path / loss),
+                            loss=loss, beta=beta, learning_rate=lr, max_steps=25, **FAST))
+    assert res.first_eval["accuracy"] == 0.0  # policy == reference: no implicit-reward preference yet
+    assert res.eval["accuracy"] >= 0.85, res.eval
+    assert res.eval["margin"] > 0
+    assert reloaded_preference_accuracy(str(tmp_path / loss), held_out_pairs(eval_file), tiny_model) >= 0.85
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_dpo_every_loss_cli(loss, tiny_model, pair_files, tmp_path):
+    train_file, eval_file = pair_files
+    out = tmp_path / loss
+    code = main(["dpo", "--model", tiny_model, "--data", train_file, "--eval-data", eval_file, "--output-dir",
+                 str(out), "--loss", loss, "--beta", "0.5", "--max-steps", "20", "--learning-rate", "1e-3",
+                 "--no-progress", "--warmup-ratio", "0"])
+    assert code == 0
+    evals = [m for m in metrics(out) if m["split"] == "eval"]
+    assert evals[0]["accuracy"] == 0.0 and evals[-1]["accuracy"] >= 0.8, evals[-1]
+    AutoModelForCausalLM.from_pretrained(out)
+
+
+def test_gdpo_soft_labels_at_half_do_not_move(tiny_model, tmp_path):
+    """gdpo has zero gradient at p = 0.5: on all-0.5 data the policy stays the reference."""
+    data = write_jsonl(tmp_path / "half.jsonl", [dict(p, label=0.5) for p in synthetic_pairs(32, 5)])
+    res = run_dpo(DPOConfig(model=tiny_model, data=data, output_dir=str(tmp_path / "g"), loss="gdpo",
+                            learning_rate=1e-3, max_steps=5, eval_fraction=0.25, **FAST))
+    assert abs(res.eval["margin"]) < 1e-6 and abs(res.eval["loss"] - 0.693147) < 1e-5
+
+
+def test_reference_modes_agree(tiny_model, pair_files, tmp_path):
+    """precomputed, frozen copy and LoRA-disabled base give the same reference log-probs (same first step)."""
+    train_file, _ = pair_files
+    first = {}
+    for mode in ("precomputed", "copy", "lora-disabled"):
+        out = tmp_path / mode
+        run_dpo(DPOConfig(model=tiny_model, data=train_file, output_dir=str(out), reference=mode, lora=True,
+                          lora_r=8, learning_rate=1e-3, max_steps=3, eval_fraction=0.1, **FAST))
+        first[mode] = metrics(out)
+    for mode in ("copy", "lora-disabled"):
+        for a, b in zip(first["precomputed"], first[mode], strict=True):
+            for key in ("loss", "margin", "logp_chosen"):
+                assert a[key] == pytest.approx(b[key], abs=1e-5), (mode, key)
+    AutoModelForCausalLM.from_pretrained(tmp_path / "copy")  # LoRA saved merged: a plain model
+
+
+def test_reference_cache_reused(tiny_model, pair_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache"))
+    train_file, _ = pair_files
+    for i in range(2):
+        run_dpo(DPOConfig(model=tiny_model, data=train_file, output_dir=str(tmp_path / f"r{i}"), max_steps=1,
+                          eval_fraction=0.1, **FAST))
+    infos = [json.loads((tmp_path / f"r{i}" / "run_info.json").read_text()) for i in range(2)]
+    assert [i["reference_logps"] for i in infos] == ["computed", "cache"]
+    assert metrics(tmp_path / "r0")[0]["loss"] == metrics(tmp_path / "r1")[0]["loss"]
+
+
+# ---- Chain of Hindsight --------------------------------------------------------------------------------------
+
+def coh_conditional_accuracy(model_dir: str, pairs: list[dict], positive: str) -> float:
+    """Does the model, prompted with the positive feedback phrase, prefer the chosen response?"""
+    pos = [dict(p, prompt=p["prompt"] + positive) for p in pairs]
+    return reloaded_preference_accuracy(model_dir, pos)
+
+
+def test_coh_python_learns(tiny_model, pair_files, tmp_path):
+    train_file, eval_file = pair_files
+    cfg = CoHConfig(model=tiny_model, data=train_file, eval_data=eval_file, output_dir=str(tmp_path / "coh"),
+                    learning_rate=2e-3, max_steps=40, attention_drop=0.02, sft_weight=0.5, **FAST)
+    res = run_coh(cfg)
+    assert res.eval["coh_loss"] < 0.6 * res.first_eval["coh_loss"]
+    assert coh_conditional_accuracy(str(tmp_path / "coh"), held_out_pairs(eval_file), cfg.positive) >= 0.9
+    # the feedback phrase matters: the chosen-minus-rejected log-prob gap is larger after the positive phrase
+    # than after the negative one for (almost) every held-out pair
+    pairs = held_out_pairs(eval_file)
+    gap = {}
+    for phrase in (cfg.positive, cfg.negative):
+        lp = pair_logps(str(tmp_path / "coh"), [dict(p, prompt=p["prompt"] + phrase) for p in pairs])
+        gap[phrase] = lp[0::2] - lp[1::2]
+    assert float((gap[cfg.positive] > gap[cfg.negative]).float().mean()) >= 0.9
+
+
+def test_coh_cli(tiny_model, pair_files, tmp_path):
+    train_file, eval_file = pair_files
+    code = main(["coh", "--model", tiny_model, "--data", train_file, "--eval-data", eval_file, "--output-dir",
+                 str(tmp_path / "coh"), "--max-steps", "25", "--learning-rate", "2e-3", "--no-progress"])
+    assert code == 0
+    evals = [m for m in metrics(tmp_path / "coh") if m["split"] == "eval"]
+    assert evals[-1]["loss"] < 0.7 * evals[0]["loss"]
+    AutoModelForCausalLM.from_pretrained(tmp_path / "coh")
+
+
+# ---- checkpoints and resume ----------------------------------------------------------------------------------
+
+def test_resume_matches_uninterrupted_run(tiny_model, pair_files, tmp_path):
+    train_file, _ = pair_files
+    common = dict(model=tiny_model, data=train_file, learning_rate=1e-3, max_steps=8, save_every=2,
+                  eval_fraction=0.1, batch_size=8, progress=False, seed=0, gradient_accumulation_steps=2)
+    full = DPOConfig(output_dir=str(tmp_path / "full"), **common)
+    run_dpo(full)
+
+    crashed = DPOConfig(output_dir=str(tmp_path / "crash"), **common)
+    task = build_dpo(crashed)
+    calls = {"n": 0}
+    inner = task.loss
+
+    def dying(model, batch):
+        calls["n"] += model.training  # count training micro-batches only (evaluation also calls the loss)
+        if calls["n"] == 11:  # mid-way through optimizer step 6 (2 micro-batches per step)
+            raise RuntimeError("simulated crash")
+        return inner(model, batch)
+
+    task.loss = dying
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(task, crashed)
+    assert latest_checkpoint(tmp_path / "crash").name == "checkpoint-4"
+    (tmp_path / "crash" / ".checkpoint-6.tmp").mkdir()  # a half-written checkpoint is ignored
+    assert latest_checkpoint(tmp_path / "crash").name == "checkpoint-4"
+    run_dpo(crashed.model_copy(update={"resume": True}))
+
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "full").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "crash").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6)
+    keys = ("step", "loss", "margin", "accuracy", "lr")
+    strip = lambda ms: [{k: m.get(k) for k in keys} for m in ms]  # noqa: E731
+    assert strip(metrics(tmp_path / "full")) == strip(metrics(tmp_path / "crash"))
+    assert sorted(p.name for p in (tmp_path / "crash").glob("checkpoint-*")) == ["checkpoint-6", "checkpoint-8"]
