@@ -74,7 +74,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[TrainConfig]) ->
     for name, field in cls.model_fields.items():
         default = "required" if field.is_required() else f"default: {field.default}"
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                            help=f"{field.description} ({default})", **_flag_type(field.annotation))
+                            help=f"{field.description} ({default})".replace("%", "%%"), **_flag_type(field.annotation))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -212,9 +212,9 @@ def _parse_line(raw: bytes, name: str, lineno: int) -> dict | DataError:
             f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line)",
         )
     try:
-        value = json.loads(text)
+        value = json.loads(text.rstrip("\r\n"))
     except json.JSONDecodeError as e:
-        return DataError(name, lineno, None, f"invalid JSON: {e.msg} at column {e.colno}")
+        return DataError(name, lineno, None, f"invalid JSON: {e.msg} at column {e.pos + 1}")
     except RecursionError:
         return DataError(name, lineno, None, "invalid JSON: nested too deeply")
     if not isinstance(value, dict):

@@ -139,6 +139,7 @@ def load_config(cls: type[TrainConfig], *, file: str | None = None, overrides: d
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: a config file must hold a mapping of settings, not {type(loaded).__name__}")
+        loaded.pop("method", None)  # written by save_config: the command already says which method
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     values.update(overrides or {})
     try:

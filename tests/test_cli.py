@@ -1,0 +1,124 @@
+"""The command line as a user meets it: help for every option, and bad input ending in one clear message,
+a non-zero exit and no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import synthetic_pairs, write_jsonl
+
+from alignkit.cli.main import TRAINERS, build_parser, main
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alignkit.cli.main", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_help_explains_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    top = capsys.readouterr().out
+    for name in TRAINERS:
+        assert name in top
+    parser = build_parser()
+    for name, (cls, _, _) in TRAINERS.items():
+        sub = parser._subparsers._group_actions[0].choices[name]
+        text = sub.format_help()
+        for field, info in cls.model_fields.items():
+            flag = "--" + field.replace("_", "-")
+            assert flag in text, (name, flag)
+            assert info.description, (name, field)
+    dpo_help = parser._subparsers._group_actions[0].choices["dpo"].format_help()
+    assert "{dpo,cdpo,ipo,hinge,gdpo,gipo}" in dpo_help and "--beta" in dpo_help
+
+
+@pytest.mark.parametrize(
+    "lines, expected",
+    [
+        (['{"prompt": "a", "chosen": "b", "rejected": "c"}', '{"prompt": "a", "chosen": "b", "rejected": "d"}',
+          '{"prompt": "a", "chosen": "b", "rejected": '], r"bad\.jsonl:3: invalid JSON: Expecting value at column 44"),
+        (['{"prompt": "a", "chosen": "b", "rejected": "c"}', '{"prompt": "a", "chosen": "b"}'],
+         r"bad\.jsonl:2: field 'rejected'"),
+        (['{"prompt": "a", "chosen": "b", "rejected": "c", "label": 1.7}'], r"bad\.jsonl:1: field 'label': .*1\.7"),
+    ],
+    ids=["broken-json-line-3", "missing-rejected", "label-1.7"],
+)
+def test_malformed_data_one_clear_message(lines, expected, tiny_model, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    r = run_cli("dpo", "--model", tiny_model, "--data", str(bad), "--output-dir", str(tmp_path / "out"))
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1, r.stderr
+    import re
+
+    assert re.search(expected, errors[0]), errors[0]
+
+
+def test_skip_invalid_counts_and_reports(tiny_model, tmp_path):
+    rows = [json.dumps(p) for p in synthetic_pairs(20, 3)]
+    rows[4] = '{"prompt": "x", "chosen": "y"}'
+    rows[9] = '{"prompt": "x", "chosen": "y", "rejected": "z", "label": "high"}'
+    data = tmp_path / "some-bad.jsonl"
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    r = run_cli("dpo", "--model", tiny_model, "--data", str(data), "--output-dir", str(out), "--skip-invalid",
+                "--max-steps", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert "18 loaded of 20 read; 2 invalid skipped" in r.stderr
+    info = json.loads((out / "run_info.json").read_text())["train_data"]
+    assert info["skipped"] == 2 and any(":5: field 'rejected'" in e for e in info["errors"])
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model", "no/such/folder/here"], "model 'no/such/folder/here' not found"),
+        (["--learning-rate", "-1"], "field 'learning_rate'"),
+        (["--max-prompt-length", "600", "--max-length", "512"], "max_prompt_length (600) must be smaller"),
+    ],
+    ids=["missing-model", "negative-lr", "prompt-longer-than-max"],
+)
+def test_bad_options(args, expected, tiny_model, pair_files, tmp_path, capsys):
+    base = {"--model": tiny_model, "--data": pair_files[0], "--output-dir": str(tmp_path / "o")}
+    for k, v in zip(args[::2], args[1::2], strict=True):
+        base[k] = v
+    code = main(["dpo", *[x for kv in base.items() for x in kv]])
+    assert code == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_bad_config_file(tiny_model, pair_files, tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {tiny_model}\ndata: {pair_files[0]}\noutput_dir: {tmp_path / 'o'}\nlearnig_rate: 0.1\n")
+    r = run_cli("dpo", "--config", str(cfg))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "run.yaml: field 'learnig_rate': unknown setting" in r.stderr
+    cfg.write_text("model: [unclosed\n")
+    r = run_cli("sft", "--config", str(cfg))
+    assert r.returncode == 2 and "run.yaml:" in r.stderr and "not valid YAML" in r.stderr
+
+
+def test_config_file_and_flag_override(tiny_model, pair_files, tmp_path):
+    out = tmp_path / "o"
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {tiny_model}\ndata: {pair_files[0]}\noutput_dir: {out}\nloss: ipo\nbeta: 0.3\n"
+                   "max_steps: 50\nprogress: false\n")
+    assert main(["dpo", "--config", str(cfg), "--max-steps", "2", "--beta", "0.4"]) == 0
+    saved = (out / "config.yaml").read_text()
+    assert "loss: ipo" in saved and "beta: 0.4" in saved and "max_steps: 2" in saved
+    # the saved config is itself a valid config file: the run can be repeated exactly
+    assert main(["dpo", "--config", str(out / "config.yaml"), "--output-dir", str(tmp_path / "again")]) == 0
+
+
+def test_make_tiny_model_cli(tmp_path):
+    data = write_jsonl(tmp_path / "p.jsonl", synthetic_pairs(10, 1))
+    assert main(["make-tiny-model", "--output-dir", str(tmp_path / "m"), "--data", data, "--arch", "gpt2"]) == 0
+    from transformers import AutoModelForCausalLM
+
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "m").config.model_type == "gpt2"
