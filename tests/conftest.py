@@ -38,11 +38,18 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 
 @pytest.fixture(scope="session", autouse=True)
 def _private_cache(tmp_path_factory):
-    """Reference log-prob caches and converted models go to a per-session folder, not the user's cache."""
+    """Reference log-prob caches go to a per-session folder, not the user's cache; converted built-in models
+    (SmolLM2 from its GGUF, ~20 s) are shared with the user's cache so each session need not redo it."""
     import os
 
+    from alignkit.models.load import cache_dir
+
+    models = cache_dir() / "models"
+    models.mkdir(parents=True, exist_ok=True)
     old = os.environ.get("ALIGNKIT_CACHE")
-    os.environ["ALIGNKIT_CACHE"] = str(tmp_path_factory.mktemp("alignkit-cache"))
+    private = tmp_path_factory.mktemp("alignkit-cache")
+    (private / "models").symlink_to(models, target_is_directory=True)
+    os.environ["ALIGNKIT_CACHE"] = str(private)
     yield
     if old is None:
         os.environ.pop("ALIGNKIT_CACHE", None)

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import synthetic_pairs, write_jsonl
 
 from alignkit.cli.main import TRAINERS, build_parser, main
+from conftest import synthetic_pairs, write_jsonl
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -239,6 +239,11 @@ def test_corrupt_gzip_and_parquet(tmp_path):
 # Validation of pairs
 
 
+def test_string_responses_after_a_message_prompt():
+    (pair,), _ = load_pairs([{"prompt": [msg("user", "q")], "chosen": "a", "rejected": [msg("assistant", "b")]}])
+    assert pair.prompt == [msg("user", "q")] and pair.chosen == "a" and pair.rejected == [msg("assistant", "b")]
+
+
 @pytest.mark.parametrize(
     "record, field, message",
     [
@@ -410,11 +415,6 @@ def test_chat_pairs_from_whole_conversations():
 @pytest.mark.parametrize(
     "record, field, message",
     [
-        (
-            {"prompt": [msg("user", "q")], "chosen": "a", "rejected": [msg("assistant", "b")]},
-            "chosen",
-            "prompt is a list of messages, so this must be one too",
-        ),
         (
             {"prompt": "q", "chosen": [msg("assistant", "a")], "rejected": [msg("assistant", "b")]},
             "chosen",

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import synthetic_pairs, write_jsonl
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from alignkit import CoHConfig, DPOConfig, RewardConfig, SFTConfig, run_coh, run_dpo, run_reward, run_sft
@@ -18,6 +17,7 @@ from alignkit.data.tokenize import Encoder
 from alignkit.models.logprobs import sequence_logprobs
 from alignkit.train.loop import latest_checkpoint, train
 from alignkit.train.preference import build_dpo
+from conftest import synthetic_pairs, write_jsonl
 
 FAST = dict(batch_size=8, progress=False, warmup_ratio=0.0, seed=0)
 LOSSES = ["dpo", "cdpo", "ipo", "hinge", "gdpo", "gipo"]

@@ -183,13 +183,10 @@ def _check_messages(rec: _Record, field: str, value: Any, prefix: str = "") -> l
 
 
 def _check_response(rec: _Record, field: str, prompt: Text, value: Any, what: str = "") -> Text:
-    """A response of its prompt's kind: a string, or messages that start and end with an assistant turn."""
+    """A response: a string (after a message prompt it is the assistant's reply), or messages that start
+    and end with an assistant turn (only after a message prompt)."""
     response = _check_text(rec, field, value, what)
     prefix = f"{what}: " if what else ""
-    if isinstance(prompt, list) and not isinstance(response, list):
-        raise rec.error(
-            field, f"{prefix}the prompt is a list of messages, so this must be one too, got a string"
-        )
     if isinstance(prompt, str) and isinstance(response, list):
         raise rec.error(
             field, f"{prefix}the prompt is a string, so this must be one too, got a list of messages"

@@ -15,7 +15,7 @@ from alignkit.models.load import unwrap
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """0, 1, 2, ... over the real tokens of each row (left padding shifts them), padding gets 0."""
-    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0).masked_fill(attention_mask == 0, 0)
 
 
 def sequence_logprobs(
@@ -41,7 +41,10 @@ def sequence_logprobs(
     logits = out.logits[:, :-1]
     if temperature != 1.0:
         logits = logits / temperature
-    mask = response_mask[:, 1:].bool() & attention_mask[:, 1:].bool()
+    # the predicting position must be a real token too: with left padding and an empty prompt the first
+    # response token would otherwise be scored from a pad position's logits
+    real = attention_mask.bool()
+    mask = response_mask[:, 1:].bool() & real[:, 1:] & real[:, :-1]
     labels = input_ids[:, 1:].masked_fill(~mask, -100)
     tok = token_logprobs(logits, labels)
     seq = tok.sum(-1)
