@@ -1,0 +1,112 @@
+"""DPO training throughput and peak memory; prints one JSON object per setting.
+
+    python benchmarks/dpo.py                   # every setting, each in a fresh process (own peak RSS)
+    python benchmarks/dpo.py --setting tiny    # one setting
+
+Settings:
+- tiny: GPT-2 with 4 layers, width 256, a 2k BPE vocabulary trained on the data; 512 pairs whose responses
+  have 4-120 words; batch 8; one epoch; reference log-probs precomputed (default) or live ("tiny-live").
+- smollm2-lora / smollm2-full: SmolLM2-135M-Instruct (built-in), 32 pairs of up to 128 tokens, batch 8,
+  4 optimizer steps, LoRA r=16 on all linear layers or full fine-tuning.
+Reported: pairs/s of the training loop (median over steps), end-to-end pairs/s (load, reference pass, training,
+saving), tokens/s, wall seconds, peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+WORDS = ("the film story actor scene music plot camera light dark long short slow fast warm cold old new "
+         "good bad great poor fine dull bright quiet loud simple clever funny sad kind cruel brave calm wild "
+         "river city night day summer winter house road friend mother father child king queen war peace").split()
+
+SETTINGS = {
+    "tiny": dict(model="tiny", pairs=512, batch=8, reference="precomputed", max_steps=None, max_length=512),
+    "tiny-live": dict(model="tiny", pairs=512, batch=8, reference="copy", max_steps=None, max_length=512),
+    "smollm2-lora": dict(model="smollm2-135m-instruct", pairs=32, batch=8, reference="lora-disabled", max_steps=4,
+                         max_length=128, lora=True),
+    "smollm2-full": dict(model="smollm2-135m-instruct", pairs=32, batch=8, reference="precomputed", max_steps=4,
+                         max_length=128),
+}
+
+
+def make_pairs(n: int, seed: int, min_words: int, max_words: int) -> list[dict]:
+    rng = random.Random(seed)
+
+    def text(k):
+        return " " + " ".join(rng.choice(WORDS) for _ in range(k)) + "."
+
+    return [{"prompt": "Write about" + text(rng.randint(3, 12)), "chosen": text(rng.randint(min_words, max_words)),
+             "rejected": text(rng.randint(min_words, max_words))} for _ in range(n)]
+
+
+def run_setting(name: str) -> dict:
+    from alignkit import DPOConfig, run_dpo
+    from alignkit.models.tiny import make_tiny_model
+
+    from alignkit.models.load import resolve_model
+
+    s = SETTINGS[name]
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    model = s["model"] if s["model"] == "tiny" else resolve_model(s["model"])  # converted by main() beforehand
+    os.environ["ALIGNKIT_CACHE"] = str(work / "cache")  # no reuse of cached reference log-probs
+    words = (4, 120) if s["model"] == "tiny" else (4, 60)
+    pairs = make_pairs(s["pairs"], 0, *words)
+    data = work / "pairs.jsonl"
+    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    if model == "tiny":
+        texts = [p[k] for p in pairs for k in ("prompt", "chosen", "rejected")]
+        model = make_tiny_model(work / "model", texts, arch="gpt2", vocab_size=2048, hidden_size=256, num_layers=4)
+    cfg = DPOConfig(model=model, data=str(data), output_dir=str(work / "out"), batch_size=s["batch"],
+                    max_steps=s["max_steps"], reference=s["reference"], lora=s.get("lora", False),
+                    max_length=s["max_length"], max_prompt_length=64, eval_fraction=0.0, progress=False,
+                    learning_rate=1e-5)
+    t0 = time.perf_counter()
+    run_dpo(cfg)
+    wall = time.perf_counter() - t0
+    steps = [json.loads(x) for x in (work / "out" / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in steps if m["split"] == "train"]
+    trained = sum(1 for _ in steps) * s["batch"] if s["max_steps"] else s["pairs"]
+    import torch
+
+    return {
+        "benchmark": "dpo", "setting": name, **{k: v for k, v in s.items()}, "threads": torch.get_num_threads(),
+        "steps": len(steps),
+        "train_pairs_per_s": round(statistics.median(m["examples_per_s"] for m in steps), 2),
+        "train_tokens_per_s": round(statistics.median(m["tokens_per_s"] for m in steps), 1),
+        "end_to_end_pairs_per_s": round(trained / wall, 2),
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--setting", choices=list(SETTINGS), help="run one setting in this process")
+    args = ap.parse_args()
+    names = [args.setting] if args.setting else list(SETTINGS)
+    if any(SETTINGS[n]["model"] != "tiny" for n in names):  # convert the built-in model outside the measurement
+        subprocess.run([sys.executable, "-c", "from alignkit.models.load import resolve_model as r; "
+                        "r('smollm2-135m-instruct')"], check=True)
+    if args.setting:
+        print(json.dumps(run_setting(args.setting)), flush=True)
+        return
+    for name in names:
+        r = subprocess.run([sys.executable, __file__, "--setting", name], capture_output=True, text=True)
+        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+        print(lines[-1] if lines else json.dumps({"setting": name, "error": r.stderr.strip().splitlines()[-1:]}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
