@@ -52,9 +52,8 @@ def make_pairs(n: int, seed: int, min_words: int, max_words: int) -> list[dict]:
 
 def run_setting(name: str) -> dict:
     from alignkit import DPOConfig, run_dpo
-    from alignkit.models.tiny import make_tiny_model
-
     from alignkit.models.load import resolve_model
+    from alignkit.models.tiny import make_tiny_model
 
     s = SETTINGS[name]
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
