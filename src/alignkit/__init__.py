@@ -7,14 +7,19 @@
 from alignkit.train import (
     CoHConfig,
     DPOConfig,
+    PPOConfig,
     RewardConfig,
+    RLOOConfig,
     SFTConfig,
     run_coh,
     run_dpo,
+    run_ppo,
     run_reward,
+    run_rloo,
     run_sft,
 )
 
 __version__ = "0.1.0"
 
-__all__ = ["SFTConfig", "RewardConfig", "DPOConfig", "CoHConfig", "run_sft", "run_reward", "run_dpo", "run_coh"]
+__all__ = ["SFTConfig", "RewardConfig", "DPOConfig", "CoHConfig", "PPOConfig", "RLOOConfig",
+           "run_sft", "run_reward", "run_dpo", "run_coh", "run_ppo", "run_rloo"]

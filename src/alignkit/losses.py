@@ -321,6 +321,295 @@ def implicit_rewards(policy_logps: Tensor, reference_logps: Tensor, beta: float)
     return (beta * (policy_logps.float() - reference_logps.float())).detach()
 
 
+
+# --------------------------------------------------------------------------------------------------
+# Online RL: PPO and RLOO
+# --------------------------------------------------------------------------------------------------
+#
+# Response tensors are (B, T) over response positions only. ``mask`` (B, T, float or bool) is 1 on the
+# real response tokens (up to and including EOS) and 0 on the padding after EOS. Masked-out entries never
+# reach a result, even when they hold inf or nan.
+
+
+def _response_mask(mask: Tensor, like: Tensor) -> Tensor:
+    """``mask`` as bool, checked against the shape of ``like``."""
+    if mask.shape != like.shape:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match tensor shape {tuple(like.shape)}")
+    return mask.bool()
+
+
+def masked_mean(x: Tensor, mask: Tensor, dim: int | tuple[int, ...] | None = None) -> Tensor:
+    """Mean of ``x`` over the entries where ``mask`` is 1: ``Σ_{m=1} x / |{m = 1}|``, float32.
+
+    ``dim=None`` reduces over every dimension (scalar result); otherwise over ``dim`` only. Where no entry
+    is selected the result is 0 (not nan), and masked-out entries of ``x`` may hold any value.
+
+    Source: the token-level averaging used by PPO for language models, Ziegler et al. 2019
+    ("Fine-Tuning Language Models from Human Preferences").
+    """
+    m = _response_mask(mask, x)
+    values = torch.where(m, x.float(), torch.zeros((), dtype=torch.float32, device=x.device))
+    if dim is None:
+        return values.sum() / m.sum().clamp(min=1)
+    return values.sum(dim=dim) / m.sum(dim=dim).clamp(min=1)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, shift_mean: bool = True) -> Tensor:
+    """Normalise ``x`` over its masked entries: ``(x − μ) / sqrt(σ² + 1e-8)``, float32, shape of ``x``.
+
+    ``μ`` and ``σ²`` are the mean and the biased (divide-by-count) variance of the entries with mask 1,
+    pooled over the whole tensor. ``shift_mean=False`` adds ``μ`` back, i.e. rescales without centring.
+    Masked-out positions return 0; an all-zero mask returns all zeros.
+
+    Source: batch advantage normalisation in PPO, Schulman et al. 2017 (as applied to language models in
+    Ziegler et al. 2019).
+    """
+    m = _response_mask(mask, x)
+    zero = torch.zeros((), dtype=torch.float32, device=x.device)
+    values = torch.where(m, x.float(), zero)
+    mean = masked_mean(values, m)
+    var = masked_mean((values - mean) ** 2, m)
+    out = (values - mean) * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return torch.where(m, out, zero)
+
+
+def kl_k1(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token KL estimator ``k1 = logπ(a) − logπ_ref(a)``, float32, same shape.
+
+    For ``a ~ π`` its expectation is KL(π || π_ref); it is unbiased but has high variance and single
+    samples can be negative.
+
+    Source: Schulman 2020, "Approximating KL Divergence" (blog note), estimator k1.
+    """
+    return logp.float() - ref_logp.float()
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token KL estimator ``k3 = (r − 1) − log r`` with ``log r = logπ_ref(a) − logπ(a)``, float32.
+
+    For ``a ~ π`` it is unbiased for KL(π || π_ref) (since E_π[r] = 1) and, because ``log r ≤ r − 1``,
+    never negative; its variance is usually far below k1's. Computed as ``expm1(log r) − log r``.
+
+    Source: Schulman 2020, "Approximating KL Divergence" (blog note), estimator k3.
+    """
+    log_r = ref_logp.float() - logp.float()
+    return (torch.expm1(log_r) - log_r).clamp(min=0.0)
+
+
+def per_token_rewards(score: Tensor, logp: Tensor, ref_logp: Tensor, mask: Tensor, beta: float) -> Tensor:
+    """RLHF per-token reward with a KL penalty, float32, shape (B, T):
+
+        r_t = −β (logπ(a_t) − logπ_ref(a_t))          on response tokens (mask 1)
+        r_T += score                                   at the last response token of each row
+
+    ``score`` (B,) is the reward-model score of each response. Positions with mask 0 get 0, and a row whose
+    mask is all zero gets nothing (not even its score). The result keeps whatever graph its inputs have;
+    rollout code normally calls it under ``torch.no_grad()``.
+
+    Source: Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences"; Ouyang et al. 2022
+    (InstructGPT), eq. 2.
+    """
+    m = _response_mask(mask, logp)
+    if score.shape != logp.shape[:1]:
+        raise ValueError(f"score must have shape (B,) = {tuple(logp.shape[:1])}; got {tuple(score.shape)}")
+    zero = torch.zeros((), dtype=torch.float32, device=logp.device)
+    kl = torch.where(m, kl_k1(logp, ref_logp), zero)
+    rewards = -beta * kl
+    t = logp.shape[1]
+    last = (t - 1) - m.flip(dims=(1,)).int().argmax(dim=1)  # index of the last response token
+    has_tokens = m.any(dim=1)
+    bonus = torch.where(has_tokens, score.float(), zero)
+    return rewards.scatter_add(1, last.unsqueeze(1), bonus.unsqueeze(1))
+
+
+def gae(
+    rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation over response tokens; returns ``(advantages, returns)``, (B, T).
+
+        δ_t = r_t + γ V_{t+1} − V_t,     A_t = Σ_{l≥0} (γλ)^l δ_{t+l} = δ_t + γλ A_{t+1},     R_t = A_t + V_t
+
+    computed backwards in time. Positions with mask 0 are terminal: their value and advantage count as 0,
+    so the last response token bootstraps from V = 0 and padding (whatever it holds) cannot leak in. Both
+    outputs are 0 where the mask is 0. Rewards and values are detached: the results carry no graph.
+
+    Source: Schulman et al. 2016, "High-Dimensional Continuous Control Using Generalized Advantage
+    Estimation"; γ = 1, λ = 0.95 as in Ziegler et al. 2019.
+    """
+    m = _response_mask(mask, rewards)
+    if values.shape != rewards.shape:
+        raise ValueError(f"values shape {tuple(values.shape)} does not match rewards {tuple(rewards.shape)}")
+    zero = torch.zeros((), dtype=torch.float32, device=rewards.device)
+    r = torch.where(m, rewards.detach().float(), zero)
+    v = torch.where(m, values.detach().float(), zero)
+    advantages = torch.zeros_like(r)
+    next_value = torch.zeros_like(r[:, 0])
+    next_advantage = torch.zeros_like(r[:, 0])
+    for t in reversed(range(r.shape[1])):
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        a_t = torch.where(m[:, t], delta + gamma * lam * next_advantage, zero)
+        advantages[:, t] = a_t
+        next_value = v[:, t]
+        next_advantage = a_t
+    returns = torch.where(m, advantages + v, zero)
+    return advantages, returns
+
+
+def _clipped_surrogate(ratio: Tensor, advantages: Tensor, clip: float) -> tuple[Tensor, Tensor]:
+    """Per-element ``max(−A ρ, −A clip(ρ, 1−c, 1+c))`` and where the clipped term is strictly larger."""
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def ppo_policy_loss(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, clip: float = 0.2
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped policy loss, a scalar averaged over response tokens, and detached statistics.
+
+    With the per-token ratio ``ρ_t = exp(logπ(a_t) − logπ_old(a_t))``:
+
+        L = mean_{t: mask=1} max(−A_t ρ_t, −A_t clip(ρ_t, 1 − c, 1 + c))
+
+    ``old_logp`` and ``advantages`` are treated as constants. Stats: ``clip_fraction`` (share of response
+    tokens where the clipped term is the larger one, i.e. the gradient is cut), ``approx_kl`` (mean of
+    k3 = (ρ − 1) − log ρ, which estimates KL(π_old || π) from samples of π_old) and ``ratio_mean``.
+
+    Source: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", eq. 7 (written as a loss);
+    token-level use for language models as in Ziegler et al. 2019.
+    """
+    m = _response_mask(mask, logp)
+    zero = torch.zeros((), dtype=torch.float32, device=logp.device)
+    log_ratio = torch.where(m, logp.float() - old_logp.detach().float(), zero)
+    ratio = torch.exp(log_ratio)
+    adv = torch.where(m, advantages.detach().float(), zero)
+    per_token, clipped = _clipped_surrogate(ratio, adv, clip)
+    loss = masked_mean(per_token, m)
+    with torch.no_grad():
+        stats = {
+            "clip_fraction": masked_mean(clipped.float(), m),
+            "approx_kl": masked_mean(torch.expm1(log_ratio) - log_ratio, m),
+            "ratio_mean": masked_mean(ratio, m),
+        }
+    return loss, stats
+
+
+def ppo_value_loss(
+    values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor, clip: float = 0.2
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """PPO clipped value loss, a scalar averaged over response tokens, and detached statistics:
+
+        L = ½ · mean_{t: mask=1} max((V_t − R_t)², (clip(V_t, V_old,t − c, V_old,t + c) − R_t)²)
+
+    ``old_values`` and ``returns`` are treated as constants. Stats: ``value_clip_fraction`` (share of
+    response tokens where the clipped error is the larger one).
+
+    Source: the value clipping of the PPO reference implementation (Dhariwal et al. 2017, OpenAI
+    Baselines), as used for language models by Ziegler et al. 2019.
+    """
+    m = _response_mask(mask, values)
+    zero = torch.zeros((), dtype=torch.float32, device=values.device)
+    v = torch.where(m, values.float(), zero)
+    v_old = torch.where(m, old_values.detach().float(), zero)
+    ret = torch.where(m, returns.detach().float(), zero)
+    v_clipped = v_old + (v - v_old).clamp(-clip, clip)
+    err = (v - ret) ** 2
+    err_clipped = (v_clipped - ret) ** 2
+    loss = 0.5 * masked_mean(torch.maximum(err, err_clipped), m)
+    with torch.no_grad():
+        stats = {"value_clip_fraction": masked_mean((err_clipped > err).float(), m)}
+    return loss, stats
+
+
+def rloo_advantages(rewards: Tensor, k: int) -> Tensor:
+    """REINFORCE leave-one-out advantages, float32, detached, shape (N,).
+
+    ``rewards`` (N,) holds consecutive groups of ``k`` samples of the same prompt (N = P·k):
+
+        A_i = R_i − (1/(k − 1)) Σ_{j ≠ i, same group} R_j
+
+    so the advantages of a group sum to 0. Raises ``ValueError`` unless ``k ≥ 2`` and ``k`` divides N.
+
+    Source: Kool et al. 2019, "Buy 4 REINFORCE Samples, Get a Baseline for Free!"; Ahmadian et al. 2024,
+    "Back to Basics: Revisiting REINFORCE Style Optimization for Learning from Human Feedback in LLMs".
+    """
+    if k < 2:
+        raise ValueError(f"rloo_advantages needs k >= 2 samples per prompt; got k={k}")
+    if rewards.dim() != 1 or rewards.numel() % k != 0:
+        raise ValueError(f"rewards must be 1-D with a length divisible by k={k}; got {tuple(rewards.shape)}")
+    groups = rewards.detach().float().view(-1, k)
+    others = (groups.sum(dim=1, keepdim=True) - groups) / (k - 1)
+    return (groups - others).reshape(-1)
+
+
+def rloo_loss(
+    seq_logp: Tensor, old_seq_logp: Tensor, advantages: Tensor, clip: float | None = 0.2
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Sequence-level RLOO loss, a scalar averaged over the N responses, and detached statistics.
+
+    With ``ρ_i = exp(logπ(y_i) − logπ_old(y_i))`` (sequence log-probabilities, shape (N,)):
+
+        clip = c:     L = mean_i max(−A_i ρ_i, −A_i clip(ρ_i, 1 − c, 1 + c))
+        clip = None:  L = −mean_i A_i logπ(y_i)          (REINFORCE with the leave-one-out baseline)
+
+    At ρ = 1 (the first step on a fresh batch) the clipped form has the same gradient as the plain one,
+    ``−A_i ∇logπ(y_i)`` per sample. ``old_seq_logp`` and ``advantages`` are treated as constants (with
+    ``clip=None`` ``old_seq_logp`` is unused). Stats: ``clip_fraction`` (0 when ``clip`` is None).
+
+    Source: Ahmadian et al. 2024, "Back to Basics: Revisiting REINFORCE Style Optimization for Learning
+    from Human Feedback in LLMs"; clipping from Schulman et al. 2017.
+    """
+    if seq_logp.dim() != 1 or advantages.shape != seq_logp.shape:
+        raise ValueError(
+            f"rloo_loss expects seq_logp and advantages of one shape (N,); "
+            f"got {tuple(seq_logp.shape)} and {tuple(advantages.shape)}"
+        )
+    adv = advantages.detach().float()
+    if clip is None:
+        loss = -(adv * seq_logp.float()).mean()
+        return loss, {"clip_fraction": torch.zeros((), dtype=torch.float32, device=seq_logp.device)}
+    ratio = torch.exp(seq_logp.float() - old_seq_logp.detach().float())
+    per_sample, clipped = _clipped_surrogate(ratio, adv, clip)
+    with torch.no_grad():
+        stats = {"clip_fraction": clipped.float().mean()}
+    return per_sample.mean(), stats
+
+
+def adaptive_kl_beta(
+    beta: float, kl: float | Tensor, target: float, n_samples: int, horizon: int
+) -> float:
+    """Adaptive KL coefficient, proportional control towards a target KL:
+
+        e = clip(KL / KL_target − 1, −0.2, 0.2),     β ← β (1 + e · n / horizon)
+
+    ``kl`` is the measured KL of the last batch, ``n_samples`` its size. Returns the new β as a float.
+
+    Source: Ziegler et al. 2019, "Fine-Tuning Language Models from Human Preferences", section 2.2.
+    """
+    if not target > 0 or not horizon > 0:
+        raise ValueError(f"target and horizon must be > 0; got target={target}, horizon={horizon}")
+    error = min(max(float(kl) / target - 1.0, -0.2), 0.2)
+    return float(beta) * (1.0 + error * n_samples / horizon)
+
+
+def token_entropy(logits: Tensor) -> Tensor:
+    """Entropy of ``softmax(z)`` at each position, float32, shape ``logits.shape[:-1]``:
+
+        H = logsumexp(z) − Σ_v softmax(z)_v z_v      (= −Σ_v p_v log p_v)
+
+    Logits of −inf (banned tokens) contribute 0.
+
+    Source: the Shannon entropy of the policy's next-token distribution, logged as an entropy statistic
+    in PPO (Schulman et al. 2017).
+    """
+    z = logits.float()
+    p = torch.softmax(z, dim=-1)
+    z_finite = torch.where(p > 0, z, torch.zeros((), dtype=torch.float32, device=z.device))
+    return torch.logsumexp(z, dim=-1) - (p * z_finite).sum(dim=-1)
+
+
 __all__ = [
     "IGNORE_INDEX",
     "PREFERENCE_LOSSES",
@@ -337,4 +626,17 @@ __all__ = [
     "ranking_loss",
     "sft_loss",
     "token_logprobs",
+    # online RL: PPO and RLOO
+    "adaptive_kl_beta",
+    "gae",
+    "kl_k1",
+    "kl_k3",
+    "masked_mean",
+    "masked_whiten",
+    "per_token_rewards",
+    "ppo_policy_loss",
+    "ppo_value_loss",
+    "rloo_advantages",
+    "rloo_loss",
+    "token_entropy",
 ]

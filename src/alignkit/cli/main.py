@@ -12,7 +12,16 @@ from typing import Literal
 
 from alignkit import __version__  # noqa: I001
 from alignkit.errors import AlignkitError
-from alignkit.train.config import CoHConfig, DPOConfig, RewardConfig, SFTConfig, TrainConfig, load_config
+from alignkit.train.config import (
+    CoHConfig,
+    DPOConfig,
+    PPOConfig,
+    RewardConfig,
+    RLOOConfig,
+    RunConfig,
+    SFTConfig,
+    load_config,
+)
 
 
 def _run_sft(cfg):
@@ -39,11 +48,25 @@ def _run_coh(cfg):
     return run_coh(cfg)
 
 
+def _run_ppo(cfg):
+    from alignkit.train.ppo import run_ppo
+
+    return run_ppo(cfg)
+
+
+def _run_rloo(cfg):
+    from alignkit.train.rloo import run_rloo
+
+    return run_rloo(cfg)
+
+
 TRAINERS = {
     "sft": (SFTConfig, _run_sft, "supervised fine-tuning on demonstrations (prompt/completion or chat messages)"),
     "rm": (RewardConfig, _run_rm, "train a Bradley-Terry reward model on preference pairs or rankings"),
     "dpo": (DPOConfig, _run_dpo, "direct preference optimisation: dpo, cdpo, ipo, hinge, gdpo, gipo"),
     "coh": (CoHConfig, _run_coh, "Chain of Hindsight: learn from pairs turned into feedback-annotated text"),
+    "ppo": (PPOConfig, _run_ppo, "online RL: PPO with a per-token KL penalty to the reference"),
+    "rloo": (RLOOConfig, _run_rloo, "online RL: RLOO, k samples per prompt with a leave-one-out baseline"),
 }
 
 EXAMPLES = """examples:
@@ -51,6 +74,8 @@ EXAMPLES = """examples:
   alignkit sft --model runs/tiny --data demos.jsonl --output-dir runs/sft
   alignkit rm  --model runs/sft --data pairs.jsonl --output-dir runs/rm
   alignkit dpo --model smollm2-135m-instruct --data pairs.jsonl --loss gdpo --beta 0.1 --lora --output-dir runs/dpo
+  alignkit ppo --model runs/sft --reward-model runs/rm --prompts prompts.jsonl --output-dir runs/ppo
+  alignkit rloo --model runs/sft --reward mymodule:score --prompts prompts.jsonl --k 4 --output-dir runs/rloo
   alignkit dpo --config dpo.yaml --max-steps 50      (flags override the YAML file)
 """
 
@@ -69,7 +94,7 @@ def _flag_type(annotation):
     return {"type": annotation, "metavar": annotation.__name__.upper()}
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type[TrainConfig]) -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cls: type[RunConfig]) -> None:
     parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (any option below, by its field name)")
     for name, field in cls.model_fields.items():
         default = "required" if field.is_required() else f"default: {field.default}"
@@ -80,7 +105,7 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[TrainConfig]) ->
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alignkit",
-        description="Align language models with human preferences: SFT, reward models, DPO family, Chain of Hindsight.",
+        description="Align language models with human preferences: SFT, reward models, DPO family, Chain of Hindsight, PPO, RLOO.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -8,7 +8,7 @@ Tokenisation (`alignkit.data.tokenize`) and collators (`alignkit.data.collate`, 
 imported from their own modules, so that importing this package stays light.
 """
 
-from alignkit.data.formats import detect_format, load_pairs, load_rankings, load_sft
+from alignkit.data.formats import detect_format, load_pairs, load_prompts, load_rankings, load_sft
 from alignkit.data.readers import iter_raw
 from alignkit.data.records import LoadReport, Message, PreferencePair, Ranking, SFTExample, Text, Where
 from alignkit.data.votes import aggregate_votes, agreement_report, fleiss_kappa, pair_from_votes
@@ -29,5 +29,6 @@ __all__ = [
     "load_pairs",
     "load_rankings",
     "load_sft",
+    "load_prompts",
     "pair_from_votes",
 ]

@@ -550,3 +550,13 @@ def load_sft(
     return _load(
         source, lambda rec, notes: [_sft(rec)], skip_invalid=skip_invalid, max_record_bytes=max_record_bytes
     )
+
+
+def load_prompts(
+    source: Any, *, skip_invalid: bool = False, max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES
+) -> tuple[list[Text], LoadReport]:
+    """Load prompts for sampling (RL, evaluation): records with `prompt`, a string or a list of messages.
+    Other keys are ignored, so preference or SFT files also serve as prompt files."""
+    return _load(
+        source, lambda rec, notes: [rec.text("prompt")], skip_invalid=skip_invalid, max_record_bytes=max_record_bytes
+    )

@@ -73,3 +73,32 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     idx = last_token_index(attention_mask)
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
     return base.score(last).squeeze(-1).float()
+
+
+def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
+                      response_mask: torch.Tensor, *, temperature: float = 1.0, entropy: bool = False):
+    """Per-token log-probs (B, T) of the response columns `input_ids[:, prompt_width:]` at `temperature`,
+    zero where `response_mask` is 0; with `entropy=True` also the per-token entropy (B, T) of the same
+    distribution. Only the response positions' logits are kept."""
+    from alignkit.losses import token_entropy
+
+    out = model(input_ids=input_ids, attention_mask=attention_mask,
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    logits = out.logits[:, prompt_width - 1 : -1]
+    if temperature != 1.0:
+        logits = logits / temperature
+    labels = input_ids[:, prompt_width:].masked_fill(response_mask == 0, -100)
+    logp = token_logprobs(logits, labels)
+    if not entropy:
+        return logp
+    return logp, token_entropy(logits.detach()) * response_mask
+
+
+def response_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> torch.Tensor:
+    """Value estimates (B, T) for the response tokens from a scalar-head model: V_t is read at the position
+    that predicts response token t (the state before the token is chosen)."""
+    base = unwrap(model)
+    backbone = getattr(base, base.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+    return base.score(hidden[:, prompt_width - 1 : -1]).squeeze(-1).float()

@@ -1,9 +1,18 @@
 """The training layer: one loop, thin per-method steps. Importable entry points mirror the CLI commands."""
 
-from alignkit.train.config import CoHConfig, DPOConfig, RewardConfig, SFTConfig, TrainConfig, load_config
+from alignkit.train.config import (
+    CoHConfig,
+    DPOConfig,
+    PPOConfig,
+    RewardConfig,
+    RLOOConfig,
+    SFTConfig,
+    TrainConfig,
+    load_config,
+)
 
 __all__ = ["TrainConfig", "SFTConfig", "RewardConfig", "DPOConfig", "CoHConfig", "load_config",
-           "run_sft", "run_reward", "run_dpo", "run_coh"]
+           "PPOConfig", "RLOOConfig", "run_sft", "run_reward", "run_dpo", "run_coh", "run_ppo", "run_rloo"]
 
 
 def run_sft(cfg):
@@ -26,5 +35,17 @@ def run_dpo(cfg):
 
 def run_coh(cfg):
     from alignkit.train.coh import run_coh as run
+
+    return run(cfg)
+
+
+def run_ppo(cfg):
+    from alignkit.train.ppo import run_ppo as run
+
+    return run(cfg)
+
+
+def run_rloo(cfg):
+    from alignkit.train.rloo import run_rloo as run
 
     return run(cfg)

@@ -84,7 +84,7 @@ def build_coh(cfg: CoHConfig) -> Task:
     def loader(src, skip_invalid):
         return load_pairs(src, format=cfg.data_format, skip_invalid=skip_invalid)
 
-    train_recs, eval_recs, info = load_split(cfg, loader)
+    train_recs, eval_recs, info = load_split(cfg, loader, cfg.data, cfg.eval_data)
     model, tok = policy_and_tokenizer(cfg)
     enc = make_encoder(cfg, tok)
     train_items = encode_all(train_recs, lambda p: encode_coh(enc, p, cfg), "train", cfg.progress)

@@ -17,13 +17,13 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def load_split(cfg: TrainConfig, load: Callable[..., tuple[list, LoadReport]]) -> tuple[list, list, dict]:
-    """Training and held-out records: --eval-data, or a seeded --eval-fraction of --data."""
-    records, report = load(cfg.data, skip_invalid=cfg.skip_invalid)
+def load_split(cfg, load: Callable[..., tuple[list, LoadReport]], data: str, eval_data: str | None) -> tuple[list, list, dict]:
+    """Training and held-out records: `eval_data`, or a seeded `cfg.eval_fraction` of `data`."""
+    records, report = load(data, skip_invalid=cfg.skip_invalid)
     say(report.summary())
     info = {"train_data": vars(report)}
-    if cfg.eval_data:
-        held, eval_report = load(cfg.eval_data, skip_invalid=cfg.skip_invalid)
+    if eval_data:
+        held, eval_report = load(eval_data, skip_invalid=cfg.skip_invalid)
         say(eval_report.summary())
         info["eval_data"] = vars(eval_report)
         return records, held, info

@@ -13,17 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from alignkit.errors import ConfigError
 
 
-class TrainConfig(BaseModel):
-    """Settings shared by every trainer."""
+class RunConfig(BaseModel):
+    """Settings shared by every trainer (offline and online)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     model: str = Field(description="policy to start from: a folder, a hub id, or a built-in name (smollm2-135m-instruct)")
-    data: str = Field(description="training data: .jsonl/.jsonl.gz/.json/.parquet file or a hub dataset id (org/name[:split])")
     output_dir: str = Field(description="folder for the trained model, checkpoints, metrics.jsonl and config.yaml")
-    eval_data: str | None = Field(None, description="held-out data; default: hold out --eval-fraction of --data")
-    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of --data held out for evaluation when --eval-data is not given")
-    data_format: str = Field("auto", description="record format: auto, or (preference data) pairs, hh, alpaca_eval, votes, rankings")
     skip_invalid: bool = Field(False, description="skip invalid records (counted and reported) instead of stopping at the first")
     max_steps: int | None = Field(None, gt=0, description="optimizer steps to run (overrides --epochs)")
     epochs: float = Field(1.0, gt=0, description="passes over the training data")
@@ -58,6 +54,15 @@ class TrainConfig(BaseModel):
         if self.max_prompt_length >= self.max_length:
             raise ValueError(f"max_prompt_length ({self.max_prompt_length}) must be smaller than max_length ({self.max_length})")
         return self
+
+
+class TrainConfig(RunConfig):
+    """Settings shared by the offline trainers (a data file of demonstrations or preferences)."""
+
+    data: str = Field(description="training data: .jsonl/.jsonl.gz/.json/.parquet file or a hub dataset id (org/name[:split])")
+    eval_data: str | None = Field(None, description="held-out data; default: hold out --eval-fraction of --data")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of --data held out for evaluation when --eval-data is not given")
+    data_format: str = Field("auto", description="record format: auto, or (preference data) pairs, hh, alpaca_eval, votes, rankings")
 
 
 class SFTConfig(TrainConfig):
@@ -106,6 +111,63 @@ class CoHConfig(TrainConfig):
     sft_weight: float = Field(0.0, ge=0, description="weight λ of an SFT term on prompt + preferred response")
 
 
+class RLConfig(RunConfig):
+    """Online RL settings shared by PPO and RLOO: prompts, reward source, sampling, KL penalty."""
+
+    max_steps: int | None = Field(None, gt=0, description="rollout batches (PPO/RLOO iterations) to run (overrides --epochs)")
+    epochs: float = Field(1.0, gt=0, description="passes over the training prompts")
+    prompts: str = Field(description="prompt file (records with `prompt`: a string or chat messages) or hub dataset id")
+    eval_prompts: str | None = Field(None, description="held-out prompts; default: hold out --eval-fraction of --prompts")
+    eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of --prompts held out for evaluation")
+    reward_model: str | None = Field(None, description="reward model folder written by `alignkit rm`")
+    reward: str | None = Field(None, description="reward function module:function or file.py:function, called as f(prompts, responses) -> scores")
+    missing_eos_penalty: float | None = Field(None, description="added to the score of a response that never reached EOS (e.g. -1.0)")
+    batch_size: int = Field(16, gt=0, description="prompts per rollout batch")
+    mini_batch_size: int = Field(8, gt=0, description="sequences per optimizer update")
+    ppo_epochs: int = Field(2, gt=0, description="passes over each rollout batch")
+    learning_rate: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
+    warmup_ratio: float = Field(0.0, ge=0, le=1, description="share of updates with linear warm-up")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("constant", description="schedule after warm-up")
+    max_new_tokens: int = Field(64, gt=0, description="longest response to sample")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature (log-probs are computed at the same temperature)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    top_k: int = Field(0, ge=0, description="sample among the k most likely tokens (0 = off)")
+    beta: float = Field(0.05, ge=0, description="KL penalty coefficient β (initial value when adaptive)")
+    adaptive_kl: bool = Field(False, description="adapt β towards --kl-target (Ziegler et al. 2019)")
+    kl_target: float = Field(6.0, gt=0, description="target sequence KL (nats) for the adaptive β")
+    kl_horizon: int = Field(10000, gt=0, description="horizon of the adaptive β controller")
+    reference: Literal["copy", "lora-disabled"] = Field("copy", description="reference policy: a frozen copy, or the base with LoRA disabled")
+    cliprange: float = Field(0.2, gt=0, description="clipping of the policy ratio")
+    eval_samples: int = Field(64, ge=0, description="held-out prompts scored at each evaluation (0 = no evaluation)")
+
+    @model_validator(mode="after")
+    def _rl(self):
+        if bool(self.reward_model) == bool(self.reward):
+            raise ValueError("give exactly one of --reward-model PATH or --reward module:function")
+        if self.reference == "lora-disabled" and not self.lora:
+            raise ValueError("reference 'lora-disabled' needs --lora")
+        return self
+
+
+class PPOConfig(RLConfig):
+    """PPO with a per-token KL penalty to the reference, a value model and GAE (ALGORITHMS.md, PPO)."""
+
+    gamma: float = Field(1.0, ge=0, le=1, description="GAE discount γ")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
+    cliprange_value: float = Field(0.2, gt=0, description="clipping of the value update")
+    vf_coef: float = Field(0.1, ge=0, description="weight of the value loss")
+    whiten_advantages: bool = Field(True, description="normalise advantages over the batch")
+    value_model: str | None = Field(None, description="value model initialisation (default: the reward model, else the policy)")
+
+
+class RLOOConfig(RLConfig):
+    """RLOO: k samples per prompt, leave-one-out baseline on the sequence reward (ALGORITHMS.md, RLOO)."""
+
+    k: int = Field(4, ge=2, description="samples per prompt")
+    ppo_epochs: int = Field(1, gt=0, description="passes over each rollout batch (>1 uses the clipped ratio)")
+    batch_size: int = Field(8, gt=0, description="prompts per rollout batch (each sampled k times)")
+
+
 def _format_validation(err: ValidationError, where: str) -> str:
     lines = []
     for e in err.errors():
@@ -119,7 +181,7 @@ def _format_validation(err: ValidationError, where: str) -> str:
     return "; ".join(lines)
 
 
-def load_config(cls: type[TrainConfig], *, file: str | None = None, overrides: dict | None = None) -> TrainConfig:
+def load_config(cls: type[RunConfig], *, file: str | None = None, overrides: dict | None = None) -> RunConfig:
     """Build a config from a YAML file (optional) and overrides (CLI flags win). Errors name file and field."""
     values: dict = {}
     where = "config"
@@ -148,6 +210,6 @@ def load_config(cls: type[TrainConfig], *, file: str | None = None, overrides: d
         raise ConfigError(_format_validation(e, where if file else "options")) from e
 
 
-def save_config(cfg: TrainConfig, path: str | Path, *, method: str) -> None:
+def save_config(cfg: RunConfig, path: str | Path, *, method: str) -> None:
     data = {"method": method, **cfg.model_dump()}
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

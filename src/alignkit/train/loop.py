@@ -1,7 +1,9 @@
 """The one training loop every offline method runs through (accelerate underneath).
 
 A method hands the loop a `Task`: a model, tokenised items, a collator and a loss function returning
-`(loss, metrics)`. The loop owns everything else: data order, gradient accumulation, warm-up and schedule,
+`(loss, metrics)`. Online methods (PPO, RLOO) also give an `experience` function that turns a batch of prompts
+into minibatches (sampling, scoring, advantages) that the loop then optimises on; one step is then one
+rollout batch. The loop owns everything else: data order, gradient accumulation, warm-up and schedule,
 clipping, evaluation, progress, `metrics.jsonl`, TensorBoard, checkpoints (Hugging Face folder + training
 state, written to a temporary folder then renamed) and exact resume (model, optimizer, scheduler, RNG, data
 position).
@@ -22,7 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from alignkit.train.config import TrainConfig, save_config
+from alignkit.train.config import RunConfig, save_config
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -40,6 +42,11 @@ class Task:
     save: Callable[[torch.nn.Module, Path], None]
     info: dict = field(default_factory=dict)  # data/truncation counts, written to run_info.json
     before_save: Callable[[torch.nn.Module], None] | None = None  # e.g. reward normalisation at the end
+    # online methods: experience(model, batch) -> (minibatches, metrics); `updates_per_step` minibatches each
+    experience: Callable[[torch.nn.Module, dict], tuple[list[dict], dict]] | None = None
+    updates_per_step: int = 1
+    eval_fn: Callable[[torch.nn.Module], dict] | None = None  # replaces loss-based evaluation
+    state: dict = field(default_factory=dict)  # method state saved in checkpoints (e.g. adaptive KL β)
 
 
 @dataclass
@@ -91,6 +98,8 @@ def _scalar(v) -> float:
 
 def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = False) -> dict[str, float]:
     """Weighted means of the loss and metrics over the held-out items (no gradient, eval mode)."""
+    if task.eval_fn is not None:
+        return task.eval_fn(accelerator.unwrap_model(model))
     if not task.eval_items:
         return {}
     from tqdm.auto import tqdm
@@ -156,7 +165,7 @@ def _save_checkpoint(accelerator, task: Task, model, out: Path, state: dict, kee
     accelerator.save_state(str(tmp / "state"))
     if accelerator.is_main_process:
         task.save(accelerator.unwrap_model(model), tmp)
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2))
+        (tmp / "trainer_state.json").write_text(json.dumps({**state, "task_state": task.state}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)  # a checkpoint is complete or absent, never half-written
         done = sorted((int(m.group(1)), p) for p in out.iterdir() if (m := _CKPT.match(p.name)))
@@ -165,7 +174,7 @@ def _save_checkpoint(accelerator, task: Task, model, out: Path, state: dict, kee
     accelerator.wait_for_everyone()
 
 
-def train(task: Task, cfg: TrainConfig) -> TrainResult:
+def train(task: Task, cfg: RunConfig) -> TrainResult:
     """Run the optimisation described by `cfg` on `task`; save the final model into `cfg.output_dir`."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -190,9 +199,10 @@ def train(task: Task, cfg: TrainConfig) -> TrainResult:
     micro_per_epoch = math.ceil(len(task.train_items) / cfg.batch_size)
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    updates = total * task.updates_per_step
     schedule = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.lr_scheduler]
-    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total),
-                              num_training_steps=total)
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=round(cfg.warmup_ratio * updates),
+                              num_training_steps=updates)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     state = {"step": 0, "epoch": 0, "micro_in_epoch": 0}
@@ -200,6 +210,7 @@ def train(task: Task, cfg: TrainConfig) -> TrainResult:
     if cfg.resume and (ckpt := latest_checkpoint(out)) is not None:
         accelerator.load_state(str(ckpt / "state"))
         state = json.loads((ckpt / "trainer_state.json").read_text())
+        task.state.update(state.pop("task_state", {}))
         resume_step = state["step"]
         if main:
             print(f"resuming from {ckpt} (step {resume_step})")
@@ -207,7 +218,7 @@ def train(task: Task, cfg: TrainConfig) -> TrainResult:
     eval_bs = cfg.eval_batch_size or cfg.batch_size
 
     first_eval: dict = {}
-    if resume_step is None and task.eval_items:
+    if resume_step is None and (task.eval_items or task.eval_fn):
         first_eval = evaluate(task, model, accelerator, eval_bs, cfg.progress and main)
         log.write({"split": "eval", "step": 0, **first_eval})
     last_train: dict = {}
@@ -217,52 +228,58 @@ def train(task: Task, cfg: TrainConfig) -> TrainResult:
     t_start = time.perf_counter()
     window: dict[str, list[tuple[float, int]]] = {}
     tokens = examples = 0
-    t_step = time.perf_counter()
+    busy = 0.0  # seconds spent in optimisation (sampling excluded)
     while state["step"] < total:
         loader = accelerator.prepare(_loader(task.train_items, cfg.batch_size, task.collate, seed=cfg.seed + state["epoch"]))
         if state["micro_in_epoch"]:
             loader = accelerator.skip_first_batches(loader, state["micro_in_epoch"])
         accelerator.step = 0
         for batch in loader:
-            with accelerator.accumulate(model):
-                loss, metrics = task.loss(model, batch)
-                if not torch.isfinite(loss):
-                    from alignkit.errors import AlignkitError
+            step_metrics: dict = {}
+            minibatches = [batch]
+            if task.experience is not None:
+                minibatches, step_metrics = task.experience(accelerator.unwrap_model(model), batch)
+            t_busy = time.perf_counter()
+            for mb in minibatches:
+                with accelerator.accumulate(model):
+                    loss, metrics = task.loss(model, mb)
+                    if not torch.isfinite(loss):
+                        from alignkit.errors import AlignkitError
 
-                    raise AlignkitError(f"non-finite loss ({float(loss)}) at step {state['step'] + 1}; the last "
-                                        "checkpoint is kept. Lower --learning-rate or check the data.")
-                accelerator.backward(loss)
-                grad_norm = None
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            for k, v in {"loss": loss, **metrics}.items():
-                window.setdefault(k, []).append((_scalar(v), batch["n"]))
-            tokens += int(batch["attention_mask"].sum()) if "attention_mask" in batch else 0
-            examples += batch["n"]
+                        raise AlignkitError(f"non-finite loss ({float(loss)}) at step {state['step'] + 1}; the last "
+                                            "checkpoint is kept. Lower --learning-rate or check the data.")
+                    accelerator.backward(loss)
+                    grad_norm = None
+                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                for k, v in {"loss": loss, **metrics}.items():
+                    window.setdefault(k, []).append((_scalar(v), mb["n"]))
+                tokens += int(mb["attention_mask"].sum()) if "attention_mask" in mb else 0
+                examples += mb["n"]
+            busy += time.perf_counter() - t_busy
             state["micro_in_epoch"] += 1
             if not accelerator.sync_gradients:
                 continue
             state["step"] += 1
             now = time.perf_counter()
-            dt = max(now - t_step, 1e-9)
-            last_train = {k: _mean(v) for k, v in window.items()}
+            dt = max(busy, 1e-9)
+            last_train = {**step_metrics, **{k: _mean(v) for k, v in window.items()}}
             record = {"split": "train", "step": state["step"], "epoch": state["epoch"] + state["micro_in_epoch"] / micro_per_epoch,
                       **last_train, "lr": scheduler.get_last_lr()[0],
                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
                       "tokens_per_s": tokens / dt, "examples_per_s": examples / dt, "elapsed_s": now - t_start}
             log.write(record)
             bar.update(1)
-            bar.set_postfix({k: f"{v:.3g}" for k, v in last_train.items() if k in ("loss", "accuracy")})
-            window, tokens, examples = {}, 0, 0
+            bar.set_postfix({k: f"{v:.3g}" for k, v in last_train.items() if k in ("loss", "accuracy", "reward", "kl")})
+            window, tokens, examples, busy = {}, 0, 0, 0.0
             if cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < total:
                 last_eval = evaluate(task, model, accelerator, eval_bs)
                 log.write({"split": "eval", "step": state["step"], **last_eval})
             if cfg.save_every and state["step"] % cfg.save_every == 0 and state["step"] < total:
                 _save_checkpoint(accelerator, task, model, out, state, cfg.keep_checkpoints)
-            t_step = time.perf_counter()
             if state["step"] >= total:
                 break
         else:
@@ -270,7 +287,7 @@ def train(task: Task, cfg: TrainConfig) -> TrainResult:
             state["micro_in_epoch"] = 0
     bar.close()
 
-    if task.eval_items and (resume_step is None or resume_step < total):
+    if (task.eval_items or task.eval_fn) and (resume_step is None or resume_step < total):
         last_eval = evaluate(task, model, accelerator, eval_bs)
         log.write({"split": "eval", "step": state["step"], **last_eval})
     final_model = accelerator.unwrap_model(model)

@@ -79,7 +79,7 @@ def build_reward(cfg: RewardConfig) -> Task:
     else:
         def loader(src, skip_invalid):
             return load_pairs(src, format=cfg.data_format, skip_invalid=skip_invalid)
-    train_recs, eval_recs, info = load_split(cfg, loader)
+    train_recs, eval_recs, info = load_split(cfg, loader, cfg.data, cfg.eval_data)
     model, tok = policy_and_tokenizer(cfg, reward=True)
     unwrap(model).config.pad_token_id = tok.pad_token_id
     enc = make_encoder(cfg, tok)

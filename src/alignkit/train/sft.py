@@ -22,7 +22,7 @@ def sft_step(model, batch):
 def build_sft(cfg: SFTConfig) -> Task:
     from alignkit.data import load_sft
 
-    train_recs, eval_recs, info = load_split(cfg, load_sft)
+    train_recs, eval_recs, info = load_split(cfg, load_sft, cfg.data, cfg.eval_data)
     model, tok = policy_and_tokenizer(cfg)
     enc = make_encoder(cfg, tok)
 

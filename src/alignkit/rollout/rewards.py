@@ -1,0 +1,99 @@
+"""Reward sources for online RL: a reward model trained by `alignkit rm`, or any Python callable.
+
+A source is called with the prompts (strings or message lists, as in the prompt file) and the decoded
+responses (EOS removed), and returns one float score per response.
+
+- `ModelReward(path)`: scores with the reward model's own tokenizer (prompt + response + EOS, exactly as in
+  `alignkit rm` training), minus the stored `alignkit_reward_offset` (mean 0 on its training responses).
+- `CallableReward("module:function")` or `"path/to/file.py:function"`: `function(prompts, responses)` returns
+  a list of numbers (a gold scorer, a rule, a judge).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+from pathlib import Path
+
+import torch
+
+from alignkit.data.collate import pad_rows
+from alignkit.data.records import Text
+from alignkit.data.tokenize import Encoder
+from alignkit.errors import AlignkitError, ConfigError
+from alignkit.models.load import load_reward_model, load_tokenizer
+from alignkit.models.logprobs import reward_scores
+
+OFFSET_KEY = "alignkit_reward_offset"
+
+
+class ModelReward:
+    def __init__(self, path: str, *, batch_size: int = 16, max_length: int = 1024, max_prompt_length: int = 512,
+                 chat_template: bool = False, dtype: str = "float32"):
+        self.model = load_reward_model(path, dtype=dtype).eval()
+        self.model.requires_grad_(False)
+        self.encoder = Encoder(load_tokenizer(path), max_length=max_length, max_prompt_length=max_prompt_length,
+                               chat_template=chat_template)
+        self.offset = float(getattr(self.model.config, OFFSET_KEY, 0.0) or 0.0)
+        self.batch_size = batch_size
+        self.name = path
+
+    @torch.no_grad()
+    def __call__(self, prompts: list[Text], responses: list[str]) -> torch.Tensor:
+        rows = [self.encoder.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        dev = next(self.model.parameters()).device
+        scores = []
+        for i in range(0, len(rows), self.batch_size):
+            b = pad_rows(rows[i : i + self.batch_size], self.encoder.tok.pad_token_id)
+            scores.append(reward_scores(self.model, b["input_ids"].to(dev), b["attention_mask"].to(dev)).cpu())
+        return torch.cat(scores) - self.offset
+
+
+def _import_function(spec: str):
+    if ":" not in spec:
+        raise ConfigError(f"--reward '{spec}': expected module:function or path/to/file.py:function")
+    module_name, func_name = spec.rsplit(":", 1)
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name)
+            if not path.exists():
+                raise ConfigError(f"--reward '{spec}': file {module_name} not found")
+            mspec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(mspec)
+            mspec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"--reward '{spec}': cannot import {module_name}: {e}") from e
+    fn = getattr(module, func_name, None)
+    if not callable(fn):
+        raise ConfigError(f"--reward '{spec}': {module_name} has no function {func_name}")
+    return fn
+
+
+class CallableReward:
+    def __init__(self, spec: str):
+        self.fn = _import_function(spec)
+        self.name = spec
+
+    def __call__(self, prompts: list[Text], responses: list[str]) -> torch.Tensor:
+        values = self.fn(list(prompts), list(responses))
+        try:
+            scores = [float(v) for v in values]
+        except (TypeError, ValueError) as e:
+            raise AlignkitError(f"reward function {self.name} must return a list of numbers: {e}") from e
+        if len(scores) != len(responses):
+            raise AlignkitError(f"reward function {self.name} returned {len(scores)} scores for {len(responses)} responses")
+        bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
+        if bad:
+            raise AlignkitError(f"reward function {self.name} returned a non-finite score for response {bad[0]}: "
+                                f"{responses[bad[0]][:200]!r}")
+        return torch.tensor(scores, dtype=torch.float32)
+
+
+def reward_source(reward_model: str | None, reward: str | None, **model_kwargs):
+    """The source named by `--reward-model PATH` or `--reward module:function` (exactly one)."""
+    if bool(reward_model) == bool(reward):
+        raise ConfigError("give exactly one of --reward-model PATH or --reward module:function")
+    return ModelReward(reward_model, **model_kwargs) if reward_model else CallableReward(reward)

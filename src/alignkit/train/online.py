@@ -1,0 +1,155 @@
+"""What PPO and RLOO share: prompt loading, the reference, sampling + scoring a batch, and evaluation.
+
+The per-method parts (advantages and losses) are in `ppo.py` and `rloo.py`."""
+
+from __future__ import annotations
+
+import copy
+import random
+from dataclasses import dataclass
+
+import torch
+
+from alignkit.losses import kl_k1, kl_k3, masked_mean
+from alignkit.models.logprobs import response_logprobs
+from alignkit.rollout.engine import HFBackend, Rollout, SamplingParams
+from alignkit.rollout.rewards import reward_source
+from alignkit.train.common import load_split, make_encoder, policy_and_tokenizer, say
+from alignkit.train.config import RLConfig
+
+
+def load_prompt_split(cfg: RLConfig) -> tuple[list, list, dict]:
+    """Training and held-out prompts (--eval-prompts, or a seeded --eval-fraction of --prompts)."""
+    from alignkit.data import load_prompts
+
+    return load_split(cfg, load_prompts, cfg.prompts, cfg.eval_prompts)
+
+
+@dataclass
+class Scored:
+    """A sampled, scored batch: the rollout plus everything both methods need from it."""
+
+    rollout: Rollout
+    prompts: list
+    texts: list[str]
+    scores: torch.Tensor  # (B,) reward source score (+ missing-EOS penalty)
+    logp: torch.Tensor  # (B, T) policy log-probs at sampling temperature (recomputed)
+    ref_logp: torch.Tensor  # (B, T)
+    entropy: torch.Tensor  # (B, T)
+    metrics: dict
+
+
+class Sampler:
+    """Samples responses from the policy, rescores their log-probs, gets reference log-probs and rewards."""
+
+    def __init__(self, cfg: RLConfig, tokenizer, reference):
+        self.cfg = cfg
+        self.tok = tokenizer
+        self.reference = reference  # None: the policy with its LoRA adapter disabled
+        self.backend = HFBackend()
+        self.params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                     top_p=cfg.top_p, top_k=cfg.top_k)
+        self.reward = reward_source(cfg.reward_model, cfg.reward, max_length=cfg.max_length,
+                                    max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template)
+
+    def decode(self, rollout: Rollout) -> list[str]:
+        out = []
+        for ids, mask in zip(rollout.responses.tolist(), rollout.response_mask.tolist(), strict=True):
+            kept = [t for t, m in zip(ids, mask, strict=True) if m and t != self.tok.eos_token_id]
+            out.append(self.tok.decode(kept, skip_special_tokens=True))
+        return out
+
+    @torch.no_grad()
+    def sample(self, policy, prompt_ids: list[list[int]], prompts: list, params: SamplingParams | None = None) -> Scored:
+        cfg = self.cfg
+        was_training = policy.training
+        policy.eval()
+        ro = self.backend.generate(policy, prompt_ids, params or self.params, pad_id=self.tok.pad_token_id,
+                                   eos_id=self.tok.eos_token_id)
+        args = (ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask)
+        logp, entropy = response_logprobs(policy, *args, temperature=cfg.temperature, entropy=True)
+        if self.reference is None:
+            with policy.disable_adapter():
+                ref_logp = response_logprobs(policy, *args, temperature=cfg.temperature)
+        else:
+            ref_device = next(self.reference.parameters()).device
+            if ref_device != ro.input_ids.device:
+                self.reference.to(ro.input_ids.device)
+            ref_logp = response_logprobs(self.reference, *args, temperature=cfg.temperature)
+        policy.train(was_training)
+        texts = self.decode(ro)
+        scores = self.reward(prompts, texts).to(logp.device)
+        raw_scores = scores.clone()
+        if cfg.missing_eos_penalty is not None:
+            scores = torch.where(ro.finished, scores, scores + cfg.missing_eos_penalty)
+        mask = ro.response_mask.float()
+        n_tokens = int(ro.response_mask.sum())
+        metrics = {
+            "reward": float(raw_scores.mean()),
+            "reward_std": float(raw_scores.std()) if len(raw_scores) > 1 else 0.0,
+            "kl": float((kl_k1(logp, ref_logp) * mask).sum(-1).mean()),
+            "kl_k3": float((kl_k3(logp, ref_logp) * mask).sum(-1).mean()),
+            "entropy": float(masked_mean(entropy, mask)),
+            "response_length": float(ro.lengths.float().mean()),
+            "no_eos_share": float((~ro.finished).float().mean()),
+            "gen_tokens_per_s": n_tokens / max(ro.seconds, 1e-9),
+        }
+        return Scored(ro, prompts, texts, scores, logp, ref_logp, entropy, metrics)
+
+
+def make_reference(cfg: RLConfig, policy):
+    """A frozen copy of the starting policy, or None for the LoRA-disabled base."""
+    if cfg.reference == "lora-disabled":
+        return None
+    ref = copy.deepcopy(policy)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+def prompt_items(cfg: RLConfig, tokenizer, prompts: list) -> list[dict]:
+    enc = make_encoder(cfg, tokenizer)
+    return [{"prompt": p, "prompt_ids": enc.truncate_prompt(enc.prompt_ids(p))} for p in prompts]
+
+
+def collate_prompts(items: list[dict]) -> dict:
+    return {"prompts": [it["prompt"] for it in items], "prompt_ids": [it["prompt_ids"] for it in items]}
+
+
+def make_eval(cfg: RLConfig, sampler: Sampler, items: list[dict]):
+    """Held-out evaluation: mean reward and sequence KL on up to --eval-samples prompts (fixed sample)."""
+    chosen = items[: cfg.eval_samples]
+
+    def evaluate(model) -> dict:
+        if not chosen:
+            return {}
+        policy = getattr(model, "policy", model)
+        rng_state = torch.get_rng_state()
+        torch.manual_seed(cfg.seed + 12345)  # same sampling noise at every evaluation, training RNG untouched
+        try:
+            results = []
+            for i in range(0, len(chosen), cfg.batch_size):
+                part = chosen[i : i + cfg.batch_size]
+                s = sampler.sample(policy, [it["prompt_ids"] for it in part], [it["prompt"] for it in part])
+                results.append((s.metrics, len(part)))
+        finally:
+            torch.set_rng_state(rng_state)
+        keys = ("reward", "kl", "kl_k3", "response_length", "no_eos_share")
+        total = sum(n for _, n in results)
+        return {k: sum(m[k] * n for m, n in results) / total for k in keys}
+
+    return evaluate
+
+
+def setup_online(cfg: RLConfig, *, value: bool = False):
+    """Prompts, policy (+ LoRA), tokenizer, reference and sampler for an online method."""
+    train_prompts, eval_prompts, info = load_prompt_split(cfg)
+    policy, tok = policy_and_tokenizer(cfg)
+    reference = make_reference(cfg, policy)
+    sampler = Sampler(cfg, tok, reference)
+    train_items = prompt_items(cfg, tok, train_prompts)
+    eval_items = prompt_items(cfg, tok, eval_prompts)
+    random.Random(cfg.seed).shuffle(eval_items)
+    say(f"reward: {sampler.reward.name}; reference: {cfg.reference}; {len(train_items)} training prompts, "
+        f"{len(eval_items)} held out")
+    return policy, tok, sampler, train_items, eval_items, info
+

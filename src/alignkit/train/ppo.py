@@ -1,0 +1,97 @@
+"""PPO with a per-token KL penalty to the reference (ALGORITHMS.md, PPO).
+
+Per rollout batch: sample responses, score them, r_t = −β(logπ − logπ_ref) with the score added at the last
+response token, GAE over the value model's estimates, whitened advantages; then `ppo_epochs` passes of
+clipped policy + value updates over minibatches. β is fixed or adaptive (its value is checkpointed).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignkit.losses import (
+    adaptive_kl_beta,
+    gae,
+    masked_whiten,
+    per_token_rewards,
+    ppo_policy_loss,
+    ppo_value_loss,
+)
+from alignkit.models.load import apply_lora, load_reward_model, save_model
+from alignkit.models.logprobs import response_logprobs, response_values
+from alignkit.train.config import PPOConfig
+from alignkit.train.loop import Task, TrainResult, train
+from alignkit.train.online import collate_prompts, make_eval, setup_online
+
+
+class PolicyAndValue(torch.nn.Module):
+    """The two trained models of PPO in one module, so one optimizer, one checkpoint and one prepare()."""
+
+    def __init__(self, policy, value):
+        super().__init__()
+        self.policy = policy
+        self.value = value
+
+
+def minibatches(tensors: dict[str, torch.Tensor], size: int, epochs: int, extra: dict) -> list[dict]:
+    """`epochs` shuffled passes over the rows of `tensors`, cut into minibatches of `size` rows."""
+    n = next(iter(tensors.values())).shape[0]
+    out = []
+    for _ in range(epochs):
+        order = torch.randperm(n)
+        for i in range(0, n, size):
+            idx = order[i : i + size]
+            out.append({**{k: v[idx] for k, v in tensors.items()}, **extra, "n": len(idx)})
+    return out
+
+
+def build_ppo(cfg: PPOConfig) -> Task:
+    policy, tok, sampler, train_items, eval_items, info = setup_online(cfg)
+    value_init = cfg.value_model or cfg.reward_model or cfg.model
+    value = load_reward_model(value_init, dtype=cfg.dtype)
+    if cfg.lora:
+        value = apply_lora(value, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                           target=cfg.lora_target, reward_head=True)
+    info["value_model_init"] = value_init
+    model = PolicyAndValue(policy, value)
+    state = {"beta": cfg.beta}
+
+    def experience(model, batch):
+        s = sampler.sample(model.policy, batch["prompt_ids"], batch["prompts"])
+        ro, mask = s.rollout, s.rollout.response_mask.float()
+        with torch.no_grad():
+            values = response_values(model.value, ro.input_ids, ro.attention_mask, ro.prompt_width) * mask
+            rewards = per_token_rewards(s.scores, s.logp, s.ref_logp, mask, state["beta"])
+            adv, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
+            if cfg.whiten_advantages:
+                adv = masked_whiten(adv, mask)
+        metrics = {**s.metrics, "beta": state["beta"], "value_mean": float((values * mask).sum() / mask.sum())}
+        if cfg.adaptive_kl:
+            state["beta"] = adaptive_kl_beta(state["beta"], s.metrics["kl"], cfg.kl_target, len(s.texts), cfg.kl_horizon)
+        tensors = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "response_mask": ro.response_mask,
+                   "old_logp": s.logp, "old_values": values, "advantages": adv, "returns": returns}
+        return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, {"prompt_width": ro.prompt_width}), metrics
+
+    def loss(model, mb):
+        inner = getattr(model, "module", model)
+        args = (mb["input_ids"], mb["attention_mask"], mb["prompt_width"])
+        mask = mb["response_mask"].float()
+        logp = response_logprobs(inner.policy, *args, mb["response_mask"], temperature=cfg.temperature)
+        pg, pstats = ppo_policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.cliprange)
+        values = response_values(inner.value, *args)
+        vf, vstats = ppo_value_loss(values, mb["old_values"], mb["returns"], mask, cfg.cliprange_value)
+        return pg + cfg.vf_coef * vf, {"policy_loss": pg.detach(), "value_loss": vf.detach(), **pstats, **vstats}
+
+    def save(model, out):
+        save_model(model.policy, tok, out)
+        save_model(model.value, tok, out / "value")
+
+    per_step = cfg.ppo_epochs * -(-cfg.batch_size // cfg.mini_batch_size)
+    return Task("ppo", model, train_items, eval_items, collate_prompts, loss, save, info, experience=experience,
+                updates_per_step=per_step, eval_fn=make_eval(cfg, sampler, eval_items), state=state)
+
+
+def run_ppo(cfg: PPOConfig) -> TrainResult:
+    """PPO-train `cfg.model` against `cfg.reward_model` or `cfg.reward`; the policy is saved in `cfg.output_dir`
+    and the value model in `cfg.output_dir/value`."""
+    return train(build_ppo(cfg), cfg)

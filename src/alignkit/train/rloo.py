@@ -1,0 +1,51 @@
+"""RLOO: k samples per prompt, sequence reward R_i = score − β·KL_i, leave-one-out advantage
+A_i = R_i − mean_{j≠i} R_j, loss −A_i·logπ(y_i), clipped when a batch is used for several passes
+(ALGORITHMS.md, RLOO)."""
+
+from __future__ import annotations
+
+from alignkit.losses import rloo_advantages, rloo_loss
+from alignkit.models.logprobs import response_logprobs
+from alignkit.train.common import saver
+from alignkit.train.config import RLOOConfig
+from alignkit.train.loop import Task, TrainResult, train
+from alignkit.train.online import collate_prompts, make_eval, setup_online
+from alignkit.train.ppo import minibatches
+
+
+def build_rloo(cfg: RLOOConfig) -> Task:
+    policy, tok, sampler, train_items, eval_items, info = setup_online(cfg)
+    k = cfg.k
+
+    def experience(model, batch):
+        ids = [p for p in batch["prompt_ids"] for _ in range(k)]  # groups of k consecutive samples
+        prompts = [p for p in batch["prompts"] for _ in range(k)]
+        s = sampler.sample(model, ids, prompts)
+        ro, mask = s.rollout, s.rollout.response_mask.float()
+        seq_logp = (s.logp * mask).sum(-1)
+        kl = ((s.logp - s.ref_logp) * mask).sum(-1)
+        rewards = s.scores - cfg.beta * kl
+        adv = rloo_advantages(rewards, k)
+        tensors = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "response_mask": ro.response_mask,
+                   "old_seq_logp": seq_logp, "advantages": adv}
+        metrics = {**s.metrics, "beta": cfg.beta, "rloo_reward": float(rewards.mean())}
+        return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, {"prompt_width": ro.prompt_width}), metrics
+
+    def loss(model, mb):
+        logp = response_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["prompt_width"],
+                                 mb["response_mask"], temperature=cfg.temperature)
+        seq = (logp * mb["response_mask"]).sum(-1)
+        # clipped ratio: after the first update of a batch the samples are slightly off-policy; at ratio 1
+        # the gradient is exactly REINFORCE with the leave-one-out baseline
+        value, stats = rloo_loss(seq, mb["old_seq_logp"], mb["advantages"], cfg.cliprange)
+        return value, {**stats, "approx_kl": (mb["old_seq_logp"] - seq.detach()).mean()}
+
+    per_step = cfg.ppo_epochs * -(-(cfg.batch_size * k) // cfg.mini_batch_size)
+    return Task("rloo", policy, train_items, eval_items, collate_prompts, loss, saver(tok), info,
+                experience=experience, updates_per_step=per_step, eval_fn=make_eval(cfg, sampler, eval_items))
+
+
+def run_rloo(cfg: RLOOConfig) -> TrainResult:
+    """RLOO-train `cfg.model` against `cfg.reward_model` or `cfg.reward`; the policy is saved in `cfg.output_dir`."""
+    return train(build_rloo(cfg), cfg)
+
