@@ -57,7 +57,7 @@ class Rollout:
 
 class Backend(Protocol):
     def generate(self, model, prompts: list[list[int]], params: SamplingParams, *, pad_id: int,
-                 eos_id: int) -> Rollout: ...
+                 eos_id: int, generator: torch.Generator | None = None) -> Rollout: ...
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -70,6 +70,7 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
         probs = torch.softmax(sorted_logits, dim=-1)
         before = probs.cumsum(-1) - probs  # mass strictly before each token
         drop_sorted = before >= top_p
+        drop_sorted[..., 0] = False  # the most likely token stays even when top_p <= 0
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -81,7 +82,8 @@ class HFBackend:
 
     @torch.no_grad()
     def generate(self, model, prompts: list[list[int]], params: SamplingParams, *, pad_id: int,
-                 eos_id: int) -> Rollout:
+                 eos_id: int, generator: torch.Generator | None = None) -> Rollout:
+        """Sample responses; `generator` (on the model's device) makes sampling independent of the global RNG."""
         start = time.perf_counter()
         device = next(model.parameters()).device
         batch = pad_rows([(p, [0] * len(p)) for p in prompts], pad_id, side="left")
@@ -102,7 +104,7 @@ class HFBackend:
                 tok = scaled.argmax(-1)
             else:
                 probs = torch.softmax(filter_logits(scaled, params.top_k, params.top_p), dim=-1)
-                tok = torch.multinomial(probs, 1).squeeze(-1)
+                tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             live = ~done
             tok = torch.where(live, tok, torch.full_like(tok, pad_id))
             tokens.append(tok)

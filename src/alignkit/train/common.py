@@ -49,7 +49,11 @@ def make_encoder(cfg: TrainConfig, tokenizer) -> Encoder:
 
 
 def policy_and_tokenizer(cfg: TrainConfig, *, reward: bool = False):
-    """The model to train (causal LM, or reward model with a scalar head), LoRA-wrapped when asked."""
+    """The model to train (causal LM, or reward model with a scalar head), LoRA-wrapped when asked. Seeds the
+    RNGs first, so new weights (a reward or value head, LoRA matrices) are the same in every run of a config."""
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
     model = (load_reward_model if reward else load_causal_lm)(cfg.model, dtype=cfg.dtype)
     if cfg.lora:

@@ -59,13 +59,20 @@ class Sampler:
             out.append(self.tok.decode(kept, skip_special_tokens=True))
         return out
 
+    def generator(self, policy, stream: int) -> torch.Generator:
+        """A sampling RNG seeded by (seed, stream): rollout batch n uses stream n, so sampling does not depend on
+        the global RNG and a resumed run samples exactly what an uninterrupted one would."""
+        gen = torch.Generator(device=next(policy.parameters()).device)
+        gen.manual_seed(self.cfg.seed * 1_000_003 + stream)
+        return gen
+
     @torch.no_grad()
-    def sample(self, policy, prompt_ids: list[list[int]], prompts: list, params: SamplingParams | None = None) -> Scored:
+    def sample(self, policy, prompt_ids: list[list[int]], prompts: list, generator: torch.Generator) -> Scored:
         cfg = self.cfg
         was_training = policy.training
         policy.eval()
-        ro = self.backend.generate(policy, prompt_ids, params or self.params, pad_id=self.tok.pad_token_id,
-                                   eos_id=self.tok.eos_token_id)
+        ro = self.backend.generate(policy, prompt_ids, self.params, pad_id=self.tok.pad_token_id,
+                                   eos_id=self.tok.eos_token_id, generator=generator)
         args = (ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask)
         logp, entropy = response_logprobs(policy, *args, temperature=cfg.temperature, entropy=True)
         if self.reference is None:
@@ -123,16 +130,12 @@ def make_eval(cfg: RLConfig, sampler: Sampler, items: list[dict]):
         if not chosen:
             return {}
         policy = getattr(model, "policy", model)
-        rng_state = torch.get_rng_state()
-        torch.manual_seed(cfg.seed + 12345)  # same sampling noise at every evaluation, training RNG untouched
-        try:
-            results = []
-            for i in range(0, len(chosen), cfg.batch_size):
-                part = chosen[i : i + cfg.batch_size]
-                s = sampler.sample(policy, [it["prompt_ids"] for it in part], [it["prompt"] for it in part])
-                results.append((s.metrics, len(part)))
-        finally:
-            torch.set_rng_state(rng_state)
+        gen = sampler.generator(policy, -1)  # the same sampling noise at every evaluation
+        results = []
+        for i in range(0, len(chosen), cfg.batch_size):
+            part = chosen[i : i + cfg.batch_size]
+            s = sampler.sample(policy, [it["prompt_ids"] for it in part], [it["prompt"] for it in part], gen)
+            results.append((s.metrics, len(part)))
         keys = ("reward", "kl", "kl_k3", "response_length", "no_eos_share")
         total = sum(n for _, n in results)
         return {k: sum(m[k] * n for m, n in results) / total for k in keys}

@@ -33,12 +33,13 @@ class PolicyAndValue(torch.nn.Module):
         self.value = value
 
 
-def minibatches(tensors: dict[str, torch.Tensor], size: int, epochs: int, extra: dict) -> list[dict]:
+def minibatches(tensors: dict[str, torch.Tensor], size: int, epochs: int, extra: dict,
+                generator: torch.Generator) -> list[dict]:
     """`epochs` shuffled passes over the rows of `tensors`, cut into minibatches of `size` rows."""
     n = next(iter(tensors.values())).shape[0]
     out = []
     for _ in range(epochs):
-        order = torch.randperm(n)
+        order = torch.randperm(n, generator=generator, device=generator.device).cpu()
         for i in range(0, n, size):
             idx = order[i : i + size]
             out.append({**{k: v[idx] for k, v in tensors.items()}, **extra, "n": len(idx)})
@@ -54,10 +55,12 @@ def build_ppo(cfg: PPOConfig) -> Task:
                            target=cfg.lora_target, reward_head=True)
     info["value_model_init"] = value_init
     model = PolicyAndValue(policy, value)
-    state = {"beta": cfg.beta}
+    state = {"beta": cfg.beta, "rollouts": 0}
 
     def experience(model, batch):
-        s = sampler.sample(model.policy, batch["prompt_ids"], batch["prompts"])
+        gen = sampler.generator(model.policy, state["rollouts"])
+        state["rollouts"] += 1
+        s = sampler.sample(model.policy, batch["prompt_ids"], batch["prompts"], gen)
         ro, mask = s.rollout, s.rollout.response_mask.float()
         with torch.no_grad():
             values = response_values(model.value, ro.input_ids, ro.attention_mask, ro.prompt_width) * mask
@@ -70,7 +73,7 @@ def build_ppo(cfg: PPOConfig) -> Task:
             state["beta"] = adaptive_kl_beta(state["beta"], s.metrics["kl"], cfg.kl_target, len(s.texts), cfg.kl_horizon)
         tensors = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "response_mask": ro.response_mask,
                    "old_logp": s.logp, "old_values": values, "advantages": adv, "returns": returns}
-        return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, {"prompt_width": ro.prompt_width}), metrics
+        return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, {"prompt_width": ro.prompt_width}, gen), metrics
 
     def loss(model, mb):
         inner = getattr(model, "module", model)

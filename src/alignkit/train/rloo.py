@@ -16,11 +16,14 @@ from alignkit.train.ppo import minibatches
 def build_rloo(cfg: RLOOConfig) -> Task:
     policy, tok, sampler, train_items, eval_items, info = setup_online(cfg)
     k = cfg.k
+    state = {"rollouts": 0}
 
     def experience(model, batch):
+        gen = sampler.generator(model, state["rollouts"])
+        state["rollouts"] += 1
         ids = [p for p in batch["prompt_ids"] for _ in range(k)]  # groups of k consecutive samples
         prompts = [p for p in batch["prompts"] for _ in range(k)]
-        s = sampler.sample(model, ids, prompts)
+        s = sampler.sample(model, ids, prompts, gen)
         ro, mask = s.rollout, s.rollout.response_mask.float()
         seq_logp = (s.logp * mask).sum(-1)
         kl = ((s.logp - s.ref_logp) * mask).sum(-1)
@@ -29,7 +32,7 @@ def build_rloo(cfg: RLOOConfig) -> Task:
         tensors = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "response_mask": ro.response_mask,
                    "old_seq_logp": seq_logp, "advantages": adv}
         metrics = {**s.metrics, "beta": cfg.beta, "rloo_reward": float(rewards.mean())}
-        return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, {"prompt_width": ro.prompt_width}), metrics
+        return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, {"prompt_width": ro.prompt_width}, gen), metrics
 
     def loss(model, mb):
         logp = response_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["prompt_width"],
@@ -42,7 +45,7 @@ def build_rloo(cfg: RLOOConfig) -> Task:
 
     per_step = cfg.ppo_epochs * -(-(cfg.batch_size * k) // cfg.mini_batch_size)
     return Task("rloo", policy, train_items, eval_items, collate_prompts, loss, saver(tok), info,
-                experience=experience, updates_per_step=per_step, eval_fn=make_eval(cfg, sampler, eval_items))
+                experience=experience, updates_per_step=per_step, eval_fn=make_eval(cfg, sampler, eval_items), state=state)
 
 
 def run_rloo(cfg: RLOOConfig) -> TrainResult:
