@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up, then run the whole offline pipeline on a tiny model in about a minute on 2 CPU cores:
-# SFT on demonstrations -> reward model -> DPO and GDPO -> Chain of Hindsight, on examples/pairs.jsonl
-# (synthetic film reviews: chosen responses are positive, rejected ones negative).
+# SFT on demonstrations -> reward model -> DPO, GDPO, Chain of Hindsight -> PPO and RLOO, on examples/
+# (synthetic film reviews: demos are half positive, half negative; in the pairs the positive one is chosen).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -14,4 +14,7 @@ alignkit rm  --model "$out/sft" --data examples/pairs.jsonl --output-dir "$out/r
 alignkit dpo --model "$out/sft" --data examples/pairs.jsonl --output-dir "$out/dpo" --loss dpo --max-steps 40 --learning-rate 1e-3
 alignkit dpo --model "$out/sft" --data examples/soft_pairs.jsonl --output-dir "$out/gdpo" --loss gdpo --max-steps 40 --learning-rate 1e-3
 alignkit coh --model "$out/sft" --data examples/pairs.jsonl --output-dir "$out/coh" --max-steps 40 --learning-rate 2e-3
+# online RL against the reward model trained above
+alignkit ppo --model "$out/sft" --reward-model "$out/rm" --prompts examples/pairs.jsonl --output-dir "$out/ppo" --max-steps 10 --learning-rate 1e-3 --max-new-tokens 12
+alignkit rloo --model "$out/sft" --reward-model "$out/rm" --prompts examples/pairs.jsonl --output-dir "$out/rloo" --max-steps 10 --learning-rate 1e-3 --max-new-tokens 12
 echo "done: models, metrics.jsonl and config.yaml of each stage are in $out/"

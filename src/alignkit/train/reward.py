@@ -11,11 +11,10 @@ from alignkit.data.collate import collate_pairs, collate_rankings, pad_rows
 from alignkit.losses import bradley_terry_loss, ranking_loss
 from alignkit.models.load import unwrap
 from alignkit.models.logprobs import reward_scores
+from alignkit.rollout.rewards import OFFSET_KEY  # stored in config.json; scores are r(x, y) - offset
 from alignkit.train.common import encode_all, load_split, make_encoder, policy_and_tokenizer, saver, say
 from alignkit.train.config import RewardConfig
 from alignkit.train.loop import Task, TrainResult, train
-
-OFFSET_KEY = "alignkit_reward_offset"  # stored in config.json; scores are r(x, y) - offset
 
 
 def pair_step(model, batch):
