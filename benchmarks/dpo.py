@@ -14,17 +14,18 @@ saving), tokens/s, wall seconds, peak RSS.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import random
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import main as bench_main
+from common import peak_rss_mb
 
 WORDS = ("the film story actor scene music plot camera light dark long short slow fast warm cold old new "
          "good bad great poor fine dull bright quiet loud simple clever funny sad kind cruel brave calm wild "
@@ -85,27 +86,16 @@ def run_setting(name: str) -> dict:
         "train_tokens_per_s": round(statistics.median(m["tokens_per_s"] for m in steps), 1),
         "end_to_end_pairs_per_s": round(trained / wall, 2),
         "wall_s": round(wall, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--setting", choices=list(SETTINGS), help="run one setting in this process")
-    args = ap.parse_args()
-    names = [args.setting] if args.setting else list(SETTINGS)
-    if any(SETTINGS[n]["model"] != "tiny" for n in names):  # convert the built-in model outside the measurement
+def convert_builtin(names: list[str]) -> None:
+    """Convert the built-in model outside the measurement (its first load de-quantises a GGUF)."""
+    if any(SETTINGS[n]["model"] != "tiny" for n in names):
         subprocess.run([sys.executable, "-c", "from alignkit.models.load import resolve_model as r; "
                         "r('smollm2-135m-instruct')"], check=True)
-    if args.setting:
-        print(json.dumps(run_setting(args.setting)), flush=True)
-        return
-    for name in names:
-        r = subprocess.run([sys.executable, __file__, "--setting", name], capture_output=True, text=True)
-        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-        print(lines[-1] if lines else json.dumps({"setting": name, "error": r.stderr.strip().splitlines()[-1:]}),
-              flush=True)
 
 
 if __name__ == "__main__":
-    main()
+    bench_main(__doc__, __file__, SETTINGS, run_setting, convert_builtin)

@@ -14,15 +14,14 @@ of the optimised sequences over optimisation time (PPO: policy + value; both exc
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
+
+from common import main as bench_main
+from common import peak_rss_mb
 
 GOOD = "great wonderful brilliant superb lovely moving delightful charming excellent beautiful".split()
 BAD = "awful terrible boring dull dreadful poor weak tedious bad disappointing".split()
@@ -106,23 +105,9 @@ def run_setting(name: str) -> dict:
         "eval_reward_before": round(res.first_eval["reward"], 3), "eval_reward_after": round(res.eval["reward"], 3),
         "eval_kl_after": round(res.eval["kl"], 3),
         "curve": [[m["step"], round(m["reward"], 3), round(m["kl"], 3)] for m in train],
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": peak_rss_mb(),
     }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--setting", choices=list(SETTINGS), help="run one setting in this process")
-    args = ap.parse_args()
-    if args.setting:
-        print(json.dumps(run_setting(args.setting)), flush=True)
-        return
-    for name in SETTINGS:
-        r = subprocess.run([sys.executable, __file__, "--setting", name], capture_output=True, text=True)
-        lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
-        print(lines[-1] if lines else json.dumps({"setting": name, "error": r.stderr.strip().splitlines()[-1:]}),
-              flush=True)
-
-
 if __name__ == "__main__":
-    main()
+    bench_main(__doc__, __file__, SETTINGS, run_setting)

@@ -12,6 +12,7 @@ from typing import Literal
 
 from alignkit import __version__  # noqa: I001
 from alignkit.errors import AlignkitError
+from alignkit.train import run_coh, run_dpo, run_ppo, run_reward, run_rloo, run_sft
 from alignkit.train.config import (
     CoHConfig,
     DPOConfig,
@@ -23,50 +24,13 @@ from alignkit.train.config import (
     load_config,
 )
 
-
-def _run_sft(cfg):
-    from alignkit.train.sft import run_sft
-
-    return run_sft(cfg)
-
-
-def _run_rm(cfg):
-    from alignkit.train.reward import run_reward
-
-    return run_reward(cfg)
-
-
-def _run_dpo(cfg):
-    from alignkit.train.preference import run_dpo
-
-    return run_dpo(cfg)
-
-
-def _run_coh(cfg):
-    from alignkit.train.coh import run_coh
-
-    return run_coh(cfg)
-
-
-def _run_ppo(cfg):
-    from alignkit.train.ppo import run_ppo
-
-    return run_ppo(cfg)
-
-
-def _run_rloo(cfg):
-    from alignkit.train.rloo import run_rloo
-
-    return run_rloo(cfg)
-
-
 TRAINERS = {
-    "sft": (SFTConfig, _run_sft, "supervised fine-tuning on demonstrations (prompt/completion or chat messages)"),
-    "rm": (RewardConfig, _run_rm, "train a Bradley-Terry reward model on preference pairs or rankings"),
-    "dpo": (DPOConfig, _run_dpo, "direct preference optimisation: dpo, cdpo, ipo, hinge, gdpo, gipo"),
-    "coh": (CoHConfig, _run_coh, "Chain of Hindsight: learn from pairs turned into feedback-annotated text"),
-    "ppo": (PPOConfig, _run_ppo, "online RL: PPO with a per-token KL penalty to the reference"),
-    "rloo": (RLOOConfig, _run_rloo, "online RL: RLOO, k samples per prompt with a leave-one-out baseline"),
+    "sft": (SFTConfig, run_sft, "supervised fine-tuning on demonstrations (prompt/completion or chat messages)"),
+    "rm": (RewardConfig, run_reward, "train a Bradley-Terry reward model on preference pairs or rankings"),
+    "dpo": (DPOConfig, run_dpo, "direct preference optimisation: dpo, cdpo, ipo, hinge, gdpo, gipo"),
+    "coh": (CoHConfig, run_coh, "Chain of Hindsight: learn from pairs turned into feedback-annotated text"),
+    "ppo": (PPOConfig, run_ppo, "online RL: PPO with a per-token KL penalty to the reference"),
+    "rloo": (RLOOConfig, run_rloo, "online RL: RLOO, k samples per prompt with a leave-one-out baseline"),
 }
 
 EXAMPLES = """examples:

@@ -10,7 +10,7 @@ from alignkit.data.collate import pad_rows
 from alignkit.data.tokenize import Encoder
 from alignkit.losses import coh_loss, sft_loss
 from alignkit.models.logprobs import position_ids_from_mask
-from alignkit.train.common import encode_all, load_split, make_encoder, policy_and_tokenizer, saver
+from alignkit.train.common import encode_all, load_pair_split, make_encoder, policy_and_tokenizer, saver
 from alignkit.train.config import CoHConfig
 from alignkit.train.loop import Task, TrainResult, train
 
@@ -79,12 +79,7 @@ def make_coh_step(cfg: CoHConfig):
 
 
 def build_coh(cfg: CoHConfig) -> Task:
-    from alignkit.data import load_pairs
-
-    def loader(src, skip_invalid):
-        return load_pairs(src, format=cfg.data_format, skip_invalid=skip_invalid)
-
-    train_recs, eval_recs, info = load_split(cfg, loader, cfg.data, cfg.eval_data)
+    train_recs, eval_recs, info = load_pair_split(cfg)
     model, tok = policy_and_tokenizer(cfg)
     enc = make_encoder(cfg, tok)
     train_items = encode_all(train_recs, lambda p: encode_coh(enc, p, cfg), "train", cfg.progress)

@@ -37,6 +37,16 @@ def load_split(cfg, load: Callable[..., tuple[list, LoadReport]], data: str, eva
     return kept, held, info
 
 
+def load_pair_split(cfg) -> tuple[list, list, dict]:
+    """Preference pairs (any format `load_pairs` reads) for training and evaluation."""
+    from alignkit.data import load_pairs
+
+    def load(source, skip_invalid):
+        return load_pairs(source, format=cfg.data_format, skip_invalid=skip_invalid)
+
+    return load_split(cfg, load, cfg.data, cfg.eval_data)
+
+
 def encode_all(records: list, fn: Callable, desc: str, progress: bool) -> list:
     from tqdm.auto import tqdm
 

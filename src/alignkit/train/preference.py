@@ -21,7 +21,7 @@ from alignkit.data.collate import collate_pairs
 from alignkit.losses import implicit_rewards, preference_loss
 from alignkit.models.load import cache_dir, load_causal_lm
 from alignkit.models.logprobs import sequence_logprobs
-from alignkit.train.common import encode_all, load_split, make_encoder, policy_and_tokenizer, saver, say
+from alignkit.train.common import encode_all, load_pair_split, make_encoder, policy_and_tokenizer, saver, say
 from alignkit.train.config import DPOConfig
 from alignkit.train.loop import Task, TrainResult, train
 
@@ -124,12 +124,7 @@ def precompute_reference(reference, items: list[dict], pad_id: int, batch_size: 
 
 
 def build_dpo(cfg: DPOConfig) -> Task:
-    from alignkit.data import load_pairs
-
-    def loader(src, skip_invalid):
-        return load_pairs(src, format=cfg.data_format, skip_invalid=skip_invalid)
-
-    train_recs, eval_recs, info = load_split(cfg, loader, cfg.data, cfg.eval_data)
+    train_recs, eval_recs, info = load_pair_split(cfg)
     model, tok = policy_and_tokenizer(cfg)
     enc = make_encoder(cfg, tok)
     train_items = encode_all(train_recs, enc.encode_pair, "train", cfg.progress)

@@ -12,7 +12,15 @@ from alignkit.losses import bradley_terry_loss, ranking_loss
 from alignkit.models.load import unwrap
 from alignkit.models.logprobs import reward_scores
 from alignkit.rollout.rewards import OFFSET_KEY  # stored in config.json; scores are r(x, y) - offset
-from alignkit.train.common import encode_all, load_split, make_encoder, policy_and_tokenizer, saver, say
+from alignkit.train.common import (
+    encode_all,
+    load_pair_split,
+    load_split,
+    make_encoder,
+    policy_and_tokenizer,
+    saver,
+    say,
+)
 from alignkit.train.config import RewardConfig
 from alignkit.train.loop import Task, TrainResult, train
 
@@ -70,15 +78,13 @@ def normalizer(items: list[dict], pad_id: int, batch_size: int, limit: int = 512
 
 
 def build_reward(cfg: RewardConfig) -> Task:
-    from alignkit.data import load_pairs, load_rankings
+    from alignkit.data import load_rankings
 
     rankings = _is_rankings(cfg)
     if rankings:
-        loader = load_rankings
+        train_recs, eval_recs, info = load_split(cfg, load_rankings, cfg.data, cfg.eval_data)
     else:
-        def loader(src, skip_invalid):
-            return load_pairs(src, format=cfg.data_format, skip_invalid=skip_invalid)
-    train_recs, eval_recs, info = load_split(cfg, loader, cfg.data, cfg.eval_data)
+        train_recs, eval_recs, info = load_pair_split(cfg)
     model, tok = policy_and_tokenizer(cfg, reward=True)
     unwrap(model).config.pad_token_id = tok.pad_token_id
     enc = make_encoder(cfg, tok)
