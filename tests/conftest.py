@@ -78,3 +78,24 @@ def sft_files(tmp_path_factory) -> tuple[str, str]:
     conv = lambda rows: [{"prompt": r["prompt"], "completion": r["chosen"]} for r in rows]  # noqa: E731
     return (write_jsonl(d / "train.jsonl", conv(synthetic_pairs(256, 3))),
             write_jsonl(d / "eval.jsonl", conv(synthetic_pairs(64, 4))))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2(tmp_path_factory) -> str:
+    from alignkit.models.tiny import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny_gpt2") / "model", None, arch="gpt2", vocab_size=400,
+                           hidden_size=64, num_layers=2, seed=0)
+
+
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def causal_lm(request, tiny_model, tiny_gpt2):
+    """The tiny Llama and the tiny GPT-2, loaded in float32, eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_model if request.param == "llama" else tiny_gpt2
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    expected = "LlamaForCausalLM" if request.param == "llama" else "GPT2LMHeadModel"
+    assert type(model).__name__ == expected
+    return model

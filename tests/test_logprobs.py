@@ -30,25 +30,6 @@ def rows_of(pairs):
     return [(p + r, [0] * len(p) + [1] * len(r)) for p, r in pairs]
 
 
-@pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory) -> str:
-    from alignkit.models.tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("tiny_gpt2") / "model", None, arch="gpt2", vocab_size=400,
-                           hidden_size=64, num_layers=2, seed=0)
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def causal_lm(request, tiny_model, tiny_gpt2):
-    from transformers import AutoModelForCausalLM
-
-    path = tiny_model if request.param == "llama" else tiny_gpt2
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    expected = "LlamaForCausalLM" if request.param == "llama" else "GPT2LMHeadModel"
-    assert type(model).__name__ == expected
-    return model
-
-
 @torch.no_grad()
 def reference_token_logprobs(model, ids: list[int], temperature: float = 1.0) -> torch.Tensor:
     """log p(ids[t] | ids[:t]) for t = 1..n-1, from one unpadded forward pass (no mask, default positions)."""

@@ -27,25 +27,6 @@ PROMPTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_gpt2(tmp_path_factory) -> str:
-    from alignkit.models.tiny import make_tiny_model
-
-    return make_tiny_model(tmp_path_factory.mktemp("tiny_gpt2_rollout") / "model", None, arch="gpt2",
-                           vocab_size=400, hidden_size=64, num_layers=2, seed=0)
-
-
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def causal_lm(request, tiny_model, tiny_gpt2):
-    from transformers import AutoModelForCausalLM
-
-    path = tiny_model if request.param == "llama" else tiny_gpt2
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    expected = "LlamaForCausalLM" if request.param == "llama" else "GPT2LMHeadModel"
-    assert type(model).__name__ == expected
-    return model
-
-
 class EosBiased(torch.nn.Module):
     """Wraps a causal LM and adds `bias` to one token's logit, so that a randomly initialised model emits that
     token often enough for sampled rows to stop at different steps. It is still an ordinary model for the
