@@ -7,6 +7,8 @@ responses (EOS removed), and returns one float score per response.
   `alignkit rm` training), minus the stored `alignkit_reward_offset` (mean 0 on its training responses).
 - `CallableReward("module:function")` or `"path/to/file.py:function"`: `function(prompts, responses)` returns
   a list of numbers (a gold scorer, a rule, a judge).
+- Built-in names for `--reward`: "vader", the VADER sentiment compound score in [-1, 1] (`vaderSentiment`
+  package; a lexicon and rules, runs offline; Hutto & Gilbert 2014).
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ class ModelReward:
 
 def _import_function(spec: str):
     if ":" not in spec:
-        raise ConfigError(f"--reward '{spec}': expected module:function or path/to/file.py:function")
+        raise ConfigError(f"--reward '{spec}': expected module:function, path/to/file.py:function or a built-in "
+                          f"name ({', '.join(BUILTIN_REWARDS)})")
     module_name, func_name = spec.rsplit(":", 1)
     try:
         if module_name.endswith(".py"):
@@ -74,7 +77,7 @@ def _import_function(spec: str):
 
 class CallableReward:
     def __init__(self, spec: str):
-        self.fn = _import_function(spec)
+        self.fn = BUILTIN_REWARDS[spec] if spec in BUILTIN_REWARDS else _import_function(spec)
         self.name = spec
 
     def __call__(self, prompts: list[Text], responses: list[str]) -> torch.Tensor:
@@ -90,6 +93,19 @@ class CallableReward:
             raise AlignkitError(f"reward function {self.name} returned a non-finite score for response {bad[0]}: "
                                 f"{responses[bad[0]][:200]!r}")
         return torch.tensor(scores, dtype=torch.float32)
+
+
+def vader_score(prompts: list[Text], responses: list[str]) -> list[float]:
+    """VADER compound sentiment of each response, in [-1, 1] (the prompt is ignored)."""
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError as e:
+        raise ConfigError("the 'vader' reward needs the package vaderSentiment: pip install vaderSentiment") from e
+    analyzer = SentimentIntensityAnalyzer()
+    return [analyzer.polarity_scores(r)["compound"] for r in responses]
+
+
+BUILTIN_REWARDS = {"vader": vader_score}
 
 
 def reward_source(reward_model: str | None, reward: str | None, **model_kwargs):

@@ -1,0 +1,32 @@
+"""Evaluation statistics against hand-computed values."""
+
+import math
+
+import pytest
+
+from alignkit.evaluate.stats import mean_ci, pairwise_agreement, win_rate
+
+
+def test_mean_ci_hand_values():
+    mean, half = mean_ci([1.0, 2.0, 3.0, 4.0])
+    # mean 2.5; sample variance = (2.25 + 0.25 + 0.25 + 2.25) / 3 = 5/3; half = 1.96 * sqrt(5/3 / 4)
+    assert mean == 2.5
+    assert half == pytest.approx(1.959963984540054 * math.sqrt(5 / 12))
+    assert mean_ci([7.0]) == (7.0, float("inf"))
+    with pytest.raises(ValueError):
+        mean_ci([])
+
+
+def test_win_rate_counts_ties_half():
+    assert win_rate([1, 0, 0.5, 2], [0, 1, 0.5, 1]) == pytest.approx((1 + 0 + 0.5 + 1) / 4)
+    with pytest.raises(ValueError):
+        win_rate([1], [1, 2])
+
+
+def test_pairwise_agreement():
+    # prompt 0: gold orders a > b > c, the model orders a > c > b -> pairs (a,b) ok, (a,c) ok, (b,c) wrong
+    # prompt 1: gold tie -> skipped
+    acc, n = pairwise_agreement([3, 1, 2, 5, 4], [0.9, 0.5, 0.1, 0.3, 0.3], [0, 0, 0, 1, 1])
+    assert n == 3 and acc == pytest.approx(2 / 3)
+    acc, n = pairwise_agreement([1, 2], [0.5, 0.5], [0, 0])
+    assert n == 0 and math.isnan(acc)
