@@ -143,3 +143,20 @@ def test_ppo_resume_after_stop_is_exact(rl_setup, tmp_path):
     keys = ("step", "reward", "kl", "beta", "loss")
     strip = lambda ms: [{k: m.get(k) for k in keys} for m in ms if m["split"] == "train"]  # noqa: E731
     assert strip(metrics(tmp_path / "full")) == strip(metrics(tmp_path / "stop"))
+
+
+def test_eval_shows_the_policy_beat_its_reference(rl_setup, tmp_path, capsys):
+    out = tmp_path / "rloo"
+    run_rloo(RLOOConfig(model=rl_setup["policy"], prompts=rl_setup["prompts"], reward=rl_setup["reward"],
+                        output_dir=str(out), max_steps=10, batch_size=8, k=4, beta=0.02, eval_samples=0, **COMMON))
+    code = main(["eval", "--model", f"rloo={out}", "--reference", rl_setup["policy"], "--prompts",
+                 rl_setup["prompts"], "--gold", rl_setup["reward"], "--output-dir", str(tmp_path / "eval"),
+                 "--max-prompts", "48", "--max-new-tokens", "12"])
+    assert code == 0
+    results = json.loads((tmp_path / "eval" / "results.json").read_text())
+    ref, pol = results["models"]["reference"], results["models"]["rloo"]
+    assert ref["kl"] == 0.0 and ref["win_rate"] == 0.5
+    assert pol["gold_mean"] - pol["gold_ci95"] > ref["gold_mean"] + ref["gold_ci95"], (ref, pol)
+    assert pol["win_rate"] > 0.7 and pol["kl"] > 0
+    assert len(pol["samples"]) == 48
+    assert "rloo" in capsys.readouterr().out

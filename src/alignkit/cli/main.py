@@ -78,6 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _, help_text) in TRAINERS.items():
         p = sub.add_parser(name, help=help_text, description=f"{help_text}. {cls.__doc__.strip()}")
         add_config_flags(p, cls)
+    ev = sub.add_parser("eval", help="evaluate policies against their reference: gold score, win rate, KL",
+                        description="Sample every policy and the reference on the same held-out prompts and report "
+                                    "the gold score (mean, 95%% CI), win rate against the reference by gold score, "
+                                    "sampled sequence KL to the reference, response length and, with "
+                                    "--reward-model, the reward model's score and its accuracy against gold.")
+    ev.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
+                    help="a policy folder to evaluate (repeat for several); NAME defaults to the folder name")
+    ev.add_argument("--reference", required=True, help="the reference policy (KL and win rate are against it)")
+    ev.add_argument("--prompts", required=True, help="held-out prompt file (records with `prompt`)")
+    ev.add_argument("--gold", default="vader", help="gold scorer: vader, module:function or file.py:function (default: vader)")
+    ev.add_argument("--reward-model", help="also score with this reward model and report its accuracy against gold")
+    ev.add_argument("--output-dir", required=True, help="folder for results.json")
+    ev.add_argument("--samples", type=int, default=1, help="responses per prompt and policy (default: 1)")
+    ev.add_argument("--max-new-tokens", type=int, default=48, help="longest response (default: 48)")
+    ev.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    ev.add_argument("--batch-size", type=int, default=16, help="sequences sampled at once (default: 16)")
+    ev.add_argument("--max-prompts", type=int, help="use only the first N prompts")
+    ev.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=False,
+                    help="wrap plain-string prompts as a user message and apply the chat template (default: off)")
+    ev.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     tiny = sub.add_parser("make-tiny-model", help="build a tiny random model + tokenizer for quick runs and tests",
                           description="Build a tiny randomly initialised causal LM and a BPE tokenizer trained on "
                                       "--data texts (optional), saved as a Hugging Face folder.")
@@ -128,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
                                   hidden_size=args.hidden_size, num_layers=args.layers)
             print(f"tiny {args.arch} model written to {out}")
             return 0
+        if args.command == "eval":
+            return _eval(args)
         cls, run, _ = TRAINERS[args.command]
         overrides = {k: v for k, v in vars(args).items() if k in cls.model_fields}
         cfg = load_config(cls, file=args.config, overrides=overrides)
@@ -141,6 +163,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alignkit {args.command}: interrupted; completed checkpoints are kept (resume with --resume)",
               file=sys.stderr)
         return 130
+
+
+def _eval(args) -> int:
+    from alignkit.data import load_prompts
+    from alignkit.evaluate.run import EvalSettings, evaluate_policies, results_table
+
+    _quiet_libraries()
+    policies = {}
+    for spec in args.model:
+        name, _, path = spec.rpartition("=")
+        policies[name or path.rstrip("/").split("/")[-1]] = path
+    prompts, report = load_prompts(args.prompts)
+    print(report.summary(), file=sys.stderr)
+    prompts = prompts[: args.max_prompts] if args.max_prompts else prompts
+    settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, samples=args.samples,
+                            batch_size=args.batch_size, chat_template=args.chat_template, seed=args.seed)
+    results = evaluate_policies(policies, args.reference, prompts, args.gold, reward_model=args.reward_model,
+                                settings=settings, output_dir=args.output_dir)
+    print(results_table(results))
+    print(f"results written to {args.output_dir}/results.json")
+    return 0
 
 
 def _quiet_libraries() -> None:

@@ -1,0 +1,146 @@
+"""Evaluate policies against their reference on held-out prompts: gold score (mean and 95% CI), win rate
+against the reference by gold score, sampled sequence KL to the reference, response length, the reward
+model's score, and the reward model's accuracy against gold preferences.
+
+Every policy answers the same prompts with the same sampling noise (a generator seeded per batch), so the
+comparison is paired. KL(π‖π_ref) is estimated per sample as Σ_t logπ(y_t) − logπ_ref(y_t) over responses
+sampled from π, both at the sampling temperature; the mean over samples is unbiased.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from alignkit.data.tokenize import Encoder
+from alignkit.evaluate.stats import mean_ci, pairwise_agreement, win_rate
+from alignkit.models.load import load_causal_lm, load_tokenizer
+from alignkit.models.logprobs import response_logprobs
+from alignkit.rollout.engine import HFBackend, SamplingParams
+from alignkit.rollout.rewards import CallableReward, ModelReward
+
+
+@dataclass
+class EvalSettings:
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    samples: int = 1  # responses per prompt and policy
+    batch_size: int = 16
+    max_prompt_length: int = 256
+    chat_template: bool = False
+    seed: int = 0
+
+
+@dataclass
+class PolicySamples:
+    prompts: list  # one entry per sample
+    prompt_index: list[int]
+    responses: list[str] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+
+
+def sample_policy(path: str, reference, tok, prompts: list, s: EvalSettings) -> PolicySamples:
+    """Sample `s.samples` responses per prompt from the policy at `path`, with per-sample KL to `reference`
+    (None: the policy is the reference)."""
+    policy = load_causal_lm(path).eval()
+    enc = Encoder(tok, max_length=s.max_prompt_length + s.max_new_tokens + 1, max_prompt_length=s.max_prompt_length,
+                  chat_template=s.chat_template)
+    expanded = [(i, p) for i, p in enumerate(prompts) for _ in range(s.samples)]
+    out = PolicySamples([p for _, p in expanded], [i for i, _ in expanded])
+    params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
+    backend = HFBackend()
+    for b, start in enumerate(range(0, len(expanded), s.batch_size)):
+        part = expanded[start : start + s.batch_size]
+        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + b)
+        ids = [enc.truncate_prompt(enc.prompt_ids(p)) for _, p in part]
+        ro = backend.generate(policy, ids, params, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, generator=gen)
+        with torch.no_grad():
+            args = (ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask)
+            if reference is None:
+                kl = torch.zeros(len(part))
+            else:
+                lp = response_logprobs(policy, *args, temperature=s.temperature)
+                ref = response_logprobs(reference, *args, temperature=s.temperature)
+                kl = ((lp - ref) * ro.response_mask).sum(-1)
+        for row, mask in zip(ro.responses.tolist(), ro.response_mask.tolist(), strict=True):
+            kept = [t for t, m in zip(row, mask, strict=True) if m and t != tok.eos_token_id]
+            out.responses.append(tok.decode(kept, skip_special_tokens=True))
+            out.lengths.append(sum(mask))
+        out.kl += kl.tolist()
+    return out
+
+
+def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, gold: str, *,
+                      reward_model: str | None = None, settings: EvalSettings | None = None,
+                      output_dir: str | Path | None = None) -> dict:
+    """Evaluate each named policy folder and the reference; returns (and writes `results.json`) a dict with one
+    entry per model, plus the reward model's accuracy against gold when `reward_model` is given."""
+    s = settings or EvalSettings()
+    tok = load_tokenizer(reference)
+    ref_model = load_causal_lm(reference).eval()
+    gold_fn = CallableReward(gold)
+    rm = ModelReward(reward_model, chat_template=s.chat_template) if reward_model else None
+    samples = {"reference": sample_policy(reference, None, tok, prompts, s)}
+    for name, path in policies.items():
+        samples[name] = sample_policy(path, ref_model, tok, prompts, s)
+
+    def per_prompt(values: list[float], index: list[int]) -> list[float]:
+        sums = [0.0] * len(prompts)
+        for v, i in zip(values, index, strict=True):
+            sums[i] += v / s.samples
+        return sums
+
+    results: dict = {"settings": vars(s), "gold": gold, "reference": reference, "models": {}}
+    golds = {name: gold_fn(sm.prompts, sm.responses).tolist() for name, sm in samples.items()}
+    ref_prompt_gold = per_prompt(golds["reference"], samples["reference"].prompt_index)
+    all_rm, all_gold, groups = [], [], []
+    for name, sm in samples.items():
+        g = golds[name]
+        mean, half = mean_ci(g)
+        kl_mean, kl_half = mean_ci(sm.kl)
+        entry = {
+            "path": reference if name == "reference" else policies[name],
+            "gold_mean": mean, "gold_ci95": half,
+            "win_rate": win_rate(per_prompt(g, sm.prompt_index), ref_prompt_gold),
+            "kl": kl_mean, "kl_ci95": kl_half,
+            "length": sum(sm.lengths) / len(sm.lengths),
+            "samples": [{"prompt": p, "response": r, "gold": gs}
+                        for p, r, gs in zip(sm.prompts, sm.responses, g, strict=True)],
+        }
+        if rm is not None:
+            scores = rm(sm.prompts, sm.responses).tolist()
+            entry["rm_mean"] = sum(scores) / len(scores)
+            all_rm += scores
+            all_gold += g
+            groups += sm.prompt_index
+        results["models"][name] = entry
+    if rm is not None:
+        acc, n = pairwise_agreement(all_rm, all_gold, groups)
+        results["reward_model"] = {"path": reward_model, "accuracy_vs_gold": acc, "pairs": n}
+    if output_dir is not None:
+        out = Path(output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+    return results
+
+
+def results_table(results: dict) -> str:
+    """A plain-text table of the results: one row per model."""
+    has_rm = any("rm_mean" in e for e in results["models"].values())
+    head = f"{'model':<16} {'gold (95% CI)':>20} {'win rate':>9} {'KL':>14} {'length':>7}" + ("  RM score" if has_rm else "")
+    lines = [head, "-" * len(head)]
+    for name, e in results["models"].items():
+        row = (f"{name:<16} {e['gold_mean']:>10.3f} ± {e['gold_ci95']:<7.3f} {e['win_rate']:>9.3f} "
+               f"{e['kl']:>7.2f} ± {e['kl_ci95']:<4.2f} {e['length']:>7.1f}")
+        if has_rm:
+            row += f"  {e['rm_mean']:>8.3f}"
+        lines.append(row)
+    if "reward_model" in results:
+        rmr = results["reward_model"]
+        lines.append(f"reward model accuracy vs gold: {rmr['accuracy_vs_gold']:.3f} over {rmr['pairs']} pairs")
+    return "\n".join(lines)
