@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _, help_text) in TRAINERS.items():
         p = sub.add_parser(name, help=help_text, description=f"{help_text}. {cls.__doc__.strip()}")
         add_config_flags(p, cls)
+    from alignkit.lab.demo import DemoConfig
+
+    demo = sub.add_parser("demo", help="the sentiment alignment demo: every method vs a gold reward, cached stages",
+                          description=DemoConfig.__doc__ + " Stages finished in --output-dir are reused.")
+    add_config_flags(demo, DemoConfig)
     ev = sub.add_parser("eval", help="evaluate policies against their reference: gold score, win rate, KL",
                         description="Sample every policy and the reference on the same held-out prompts and report "
                                     "the gold score (mean, 95%% CI), win rate against the reference by gold score, "
@@ -150,6 +155,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             return _eval(args)
+        if args.command == "demo":
+            from alignkit.lab.demo import DemoConfig, run_demo
+
+            overrides = {k: v for k, v in vars(args).items() if k in DemoConfig.model_fields}
+            _quiet_libraries()
+            run_demo(load_config(DemoConfig, file=args.config, overrides=overrides))
+            return 0
         cls, run, _ = TRAINERS[args.command]
         overrides = {k: v for k, v in vars(args).items() if k in cls.model_fields}
         cfg = load_config(cls, file=args.config, overrides=overrides)
@@ -190,6 +202,7 @@ def _quiet_libraries() -> None:
     import transformers
 
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -44,10 +44,18 @@ class PolicySamples:
     lengths: list[int] = field(default_factory=list)
 
 
+def prompt_suffix(path: str) -> str:
+    """Text a policy expects after the prompt: a Chain of Hindsight model's positive feedback phrase."""
+    coh = Path(path) / "alignkit_coh.json"
+    return json.loads(coh.read_text())["positive"] if coh.exists() else ""
+
+
 def sample_policy(path: str, reference, tok, prompts: list, s: EvalSettings) -> PolicySamples:
     """Sample `s.samples` responses per prompt from the policy at `path`, with per-sample KL to `reference`
-    (None: the policy is the reference)."""
+    (None: the policy is the reference). A Chain of Hindsight policy gets its positive phrase after the
+    prompt (the KL is then measured on that same input)."""
     policy = load_causal_lm(path).eval()
+    suffix = prompt_suffix(path)
     enc = Encoder(tok, max_length=s.max_prompt_length + s.max_new_tokens + 1, max_prompt_length=s.max_prompt_length,
                   chat_template=s.chat_template)
     expanded = [(i, p) for i, p in enumerate(prompts) for _ in range(s.samples)]
@@ -57,7 +65,7 @@ def sample_policy(path: str, reference, tok, prompts: list, s: EvalSettings) -> 
     for b, start in enumerate(range(0, len(expanded), s.batch_size)):
         part = expanded[start : start + s.batch_size]
         gen = torch.Generator().manual_seed(s.seed * 1_000_003 + b)
-        ids = [enc.truncate_prompt(enc.prompt_ids(p)) for _, p in part]
+        ids = [enc.truncate_prompt(enc.prompt_ids(p)) + (enc.text_ids(suffix) if suffix else []) for _, p in part]
         ro = backend.generate(policy, ids, params, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, generator=gen)
         with torch.no_grad():
             args = (ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask)

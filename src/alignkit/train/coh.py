@@ -3,6 +3,8 @@ sequence (ALGORITHMS.md). Options: random attention dropping over past positions
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from alignkit.data.coh import coh_segments
@@ -13,6 +15,9 @@ from alignkit.models.logprobs import position_ids_from_mask
 from alignkit.train.common import encode_all, load_pair_split, make_encoder, policy_and_tokenizer, saver
 from alignkit.train.config import CoHConfig
 from alignkit.train.loop import Task, TrainResult, train
+
+COH_FILE = "alignkit_coh.json"  # saved with the model: the feedback phrases, so inference can end prompts with
+# the positive one (evaluation does this automatically)
 
 
 def _text(t) -> str:
@@ -85,8 +90,13 @@ def build_coh(cfg: CoHConfig) -> Task:
     train_items = encode_all(train_recs, lambda p: encode_coh(enc, p, cfg), "train", cfg.progress)
     eval_items = encode_all(eval_recs, lambda p: encode_coh(enc, p, cfg), "eval", cfg.progress)
     info["truncation"] = dict(enc.counts)
-    return Task("coh", model, train_items, eval_items, make_collate(tok.pad_token_id), make_coh_step(cfg),
-                saver(tok), info)
+    save_model = saver(tok)
+
+    def save(model, out):
+        save_model(model, out)
+        (out / COH_FILE).write_text(json.dumps({"positive": cfg.positive, "negative": cfg.negative}))
+
+    return Task("coh", model, train_items, eval_items, make_collate(tok.pad_token_id), make_coh_step(cfg), save, info)
 
 
 def run_coh(cfg: CoHConfig) -> TrainResult:

@@ -181,7 +181,7 @@ def _format_validation(err: ValidationError, where: str) -> str:
     return "; ".join(lines)
 
 
-def load_config(cls: type[RunConfig], *, file: str | None = None, overrides: dict | None = None) -> RunConfig:
+def load_config(cls: type[BaseModel], *, file: str | None = None, overrides: dict | None = None) -> BaseModel:
     """Build a config from a YAML file (optional) and overrides (CLI flags win). Errors name file and field."""
     values: dict = {}
     where = "config"

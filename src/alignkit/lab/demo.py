@@ -1,0 +1,219 @@
+"""`alignkit demo`: a complete alignment experiment with a gold reward, every stage cached in the run folder.
+
+Stages (a stage whose folder holds a `DONE` marker is skipped when the demo is run again):
+  base     (--quick only) a tiny model fine-tuned to write short reviews of mixed sentiment
+  prompts  review-writing prompts, training and held-out (held-out films are new)
+  samples  K responses per training prompt from the reference, with their gold (VADER) scores
+  labels   a simulated annotator panel votes on pairs -> votes.jsonl (hard + soft labels)
+  rm       a reward model trained on the votes
+  <method> ppo, rloo (against the reward model), dpo, cdpo, ipo, gdpo (soft labels), coh (from the votes)
+  eval     every policy and the reference on held-out prompts: gold score, win rate, KL, RM accuracy
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from alignkit.lab.annotators import annotate_pairs
+from alignkit.lab.sentiment import quick_reviews, review_prompts
+from alignkit.rollout.rewards import CallableReward
+from alignkit.train.common import say
+
+METHODS = ("ppo", "rloo", "dpo", "cdpo", "ipo", "gdpo", "coh")
+
+
+class DemoConfig(BaseModel):
+    """The sentiment alignment demo: the policy learns to write positive reviews, judged by a gold scorer."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    output_dir: str = Field("runs/demo", description="run folder; stages already finished there are reused")
+    model: str = Field("smollm2-135m-instruct", description="policy and reference to start from")
+    quick: bool = Field(False, description="a tiny model and small sizes: the whole demo in a few minutes")
+    methods: str = Field(",".join(METHODS), description="methods to run, comma-separated")
+    train_prompts: int = Field(64, gt=0, description="training prompts (K responses each are sampled and labelled)")
+    heldout_prompts: int = Field(48, gt=0, description="held-out prompts for the evaluation")
+    k: int = Field(2, ge=2, description="responses sampled per training prompt")
+    annotators: int = Field(5, ge=1, description="simulated annotators per pair")
+    noise: float = Field(0.2, ge=0, description="annotator Bradley-Terry noise on the gold scale (0 = perfect judge)")
+    max_new_tokens: int = Field(48, gt=0, description="longest response sampled")
+    beta: float = Field(0.1, gt=0, description="KL strength for DPO-family and the RL penalty")
+    learning_rate: float = Field(3e-5, gt=0, description="learning rate of the DPO family, CoH and the reward model")
+    rl_learning_rate: float = Field(1e-5, gt=0, description="learning rate of PPO and RLOO")
+    epochs: float = Field(2.0, gt=0, description="passes over the labelled pairs (offline methods)")
+    rl_steps: int = Field(8, gt=0, description="rollout batches for PPO and RLOO")
+    lora: bool = Field(False, description="train LoRA adapters instead of all weights")
+    seed: int = Field(0, description="random seed")
+    progress: bool = Field(True, description="show progress bars")
+
+
+QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rl_learning_rate=1e-3,
+             epochs=3.0, rl_steps=12, beta=0.1)
+
+
+def _done(stage: Path) -> bool:
+    return (stage / "DONE").exists()
+
+
+def _mark(stage: Path, info: dict) -> None:
+    (stage / "DONE").write_text(json.dumps(info, indent=2))
+
+
+def _jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _messages(prompt: str) -> list[dict]:
+    return [{"role": "user", "content": prompt}]
+
+
+def build_base(cfg: DemoConfig, run: Path) -> str:
+    """--quick: a tiny model taught by SFT to answer review prompts with short reviews of mixed sentiment."""
+    from alignkit import SFTConfig, run_sft
+    from alignkit.models.tiny import make_tiny_model
+
+    stage = run / "base"
+    if _done(stage):
+        return str(stage / "sft")
+    stage.mkdir(parents=True, exist_ok=True)
+    prompts = review_prompts(400, split="train", seed=cfg.seed + 1) + review_prompts(100, split="heldout", seed=cfg.seed + 1)
+    reviews = quick_reviews(len(prompts), seed=cfg.seed)
+    rows = [{"prompt": _messages(p), "completion": r} for p, r in zip(prompts, reviews, strict=True)]
+    data = _jsonl(stage / "demos.jsonl", rows)
+    tiny = make_tiny_model(stage / "tiny", prompts + reviews, vocab_size=600, hidden_size=96, num_layers=2,
+                           seed=cfg.seed)
+    run_sft(SFTConfig(model=tiny, data=data, output_dir=str(stage / "sft"), learning_rate=3e-3, max_steps=150,
+                      batch_size=16, eval_fraction=0.05, progress=cfg.progress, seed=cfg.seed))
+    _mark(stage, {"demos": len(rows)})
+    return str(stage / "sft")
+
+
+def stage_prompts(cfg: DemoConfig, run: Path) -> tuple[str, str]:
+    stage = run / "prompts"
+    train, held = stage / "train.jsonl", stage / "heldout.jsonl"
+    if not _done(stage):
+        stage.mkdir(parents=True, exist_ok=True)
+        _jsonl(train, [{"prompt": _messages(p)} for p in review_prompts(cfg.train_prompts, split="train", seed=cfg.seed)])
+        _jsonl(held, [{"prompt": _messages(p)} for p in review_prompts(cfg.heldout_prompts, split="heldout", seed=cfg.seed)])
+        _mark(stage, {"train": cfg.train_prompts, "heldout": cfg.heldout_prompts})
+    return str(train), str(held)
+
+
+def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_prompts: str) -> str:
+    """K samples per prompt from the reference, gold-scored; the panel votes on consecutive pairs."""
+    from alignkit.data import load_prompts
+    from alignkit.evaluate.run import EvalSettings, sample_policy
+    from alignkit.models.load import load_tokenizer
+
+    stage = run / "labels"
+    votes = stage / "votes.jsonl"
+    if _done(stage):
+        return str(votes)
+    stage.mkdir(parents=True, exist_ok=True)
+    prompts, _ = load_prompts(train_prompts)
+    settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, samples=cfg.k, seed=cfg.seed + 7)
+    t0 = time.perf_counter()
+    sm = sample_policy(reference, None, load_tokenizer(reference), prompts, settings)
+    gold = CallableReward("vader")(sm.prompts, sm.responses).tolist()
+    _jsonl(stage / "samples.jsonl", [{"prompt": p, "response": r, "gold": g}
+                                     for p, r, g in zip(sm.prompts, sm.responses, gold, strict=True)])
+    pa, ra, rb, ga, gb = [], [], [], [], []
+    for start in range(0, len(sm.responses), cfg.k):  # the k samples of one prompt are consecutive
+        for j in range(start, start + cfg.k - 1):
+            if sm.responses[j] == sm.responses[j + 1] or not sm.responses[j].strip() or not sm.responses[j + 1].strip():
+                continue  # identical or empty responses carry no preference
+            pa.append(sm.prompts[j])
+            ra.append(sm.responses[j])
+            rb.append(sm.responses[j + 1])
+            ga.append(gold[j])
+            gb.append(gold[j + 1])
+    records = annotate_pairs(pa, ra, rb, ga, gb, annotators=cfg.annotators, noise=cfg.noise, seed=cfg.seed)
+    _jsonl(votes, records)
+    _mark(stage, {"samples": len(sm.responses), "pairs": len(records), "seconds": time.perf_counter() - t0})
+    return str(votes)
+
+
+def _common(cfg: DemoConfig, out: Path) -> dict:
+    return dict(output_dir=str(out), seed=cfg.seed, progress=cfg.progress, lora=cfg.lora)
+
+
+def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: str, train_prompts: str, rm: str) -> str:
+    from alignkit import (
+        CoHConfig,
+        DPOConfig,
+        PPOConfig,
+        RewardConfig,
+        RLOOConfig,
+        run_coh,
+        run_dpo,
+        run_ppo,
+        run_reward,
+        run_rloo,
+    )
+
+    out = run / name
+    if _done(out):
+        return str(out)
+    t0 = time.perf_counter()
+    offline = dict(model=reference, data=votes, data_format="votes", epochs=cfg.epochs, batch_size=8,
+                   learning_rate=cfg.learning_rate, eval_fraction=0.1, max_length=256, max_prompt_length=128,
+                   warmup_ratio=0.1, **_common(cfg, out))
+    online = dict(model=reference, prompts=train_prompts, reward_model=rm, max_steps=cfg.rl_steps, batch_size=8,
+                  mini_batch_size=8, learning_rate=cfg.rl_learning_rate, max_new_tokens=cfg.max_new_tokens,
+                  beta=cfg.beta * 0.5, eval_samples=0, max_length=256, max_prompt_length=128,
+                  reference="lora-disabled" if cfg.lora else "copy", **_common(cfg, out))
+    if name == "rm":
+        run_reward(RewardConfig(**{**offline, "learning_rate": cfg.learning_rate * 2}))
+    elif name in ("dpo", "cdpo", "ipo", "gdpo"):
+        beta = 0.5 if name == "ipo" else cfg.beta
+        run_dpo(DPOConfig(loss=name, beta=beta, **offline))
+    elif name == "coh":  # learning the feedback-conditional takes longer than a pairwise loss: 4x the passes
+        run_coh(CoHConfig(**{**offline, "epochs": cfg.epochs * 4, "learning_rate": cfg.learning_rate * 2}))
+    elif name == "ppo":
+        run_ppo(PPOConfig(**online))
+    elif name == "rloo":
+        run_rloo(RLOOConfig(k=4, **{**online, "batch_size": 4, "mini_batch_size": 16}))
+    else:
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
+    _mark(out, {"seconds": time.perf_counter() - t0})
+    return str(out)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run (or resume) the demo; returns the evaluation results (also in output_dir/eval/results.json)."""
+    from alignkit.data import load_prompts
+    from alignkit.evaluate.run import EvalSettings, evaluate_policies, results_table
+
+    if cfg.quick:
+        cfg = cfg.model_copy(update={k: v for k, v in QUICK.items() if k not in cfg.model_fields_set})
+    run = Path(cfg.output_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "demo_config.json").write_text(cfg.model_dump_json(indent=2))
+    times: dict[str, float] = {}
+
+    def timed(stage, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        say(f"== {stage}")
+        result = fn(*args, **kwargs)
+        times[stage] = round(time.perf_counter() - t0, 1)
+        return result
+
+    reference = timed("base", build_base, cfg, run) if cfg.quick else cfg.model
+    train_prompts, heldout = timed("prompts", stage_prompts, cfg, run)
+    votes = timed("samples+labels", stage_samples_and_labels, cfg, run, reference, train_prompts)
+    rm = timed("rm", stage_train, cfg, run, "rm", reference, votes, train_prompts, "")
+    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    policies = {m: timed(m, stage_train, cfg, run, m, reference, votes, train_prompts, rm) for m in methods}
+    prompts, _ = load_prompts(heldout)
+    settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, samples=4 if cfg.quick else 1, seed=cfg.seed + 99)
+    results = timed("eval", evaluate_policies, policies, reference, prompts, "vader", reward_model=rm,
+                    settings=settings, output_dir=run / "eval")
+    results["stage_seconds"] = times
+    (run / "eval" / "results.json").write_text(json.dumps(results, indent=2))
+    print(results_table(results))
+    return results
