@@ -18,6 +18,13 @@ def test_quick_demo_every_method_beats_reference(tmp_path, capsys):
         assert pol["win_rate"] > 0.5 and pol["kl"] > 0, method
     assert 0.5 < results["reward_model"]["accuracy_vs_gold"] <= 1.0
     assert "reward model accuracy vs gold" in capsys.readouterr().out
+    for png in ("frontier.png", "curves.png"):  # real plots: PNG files of a real size, not empty canvases
+        data = (out / "eval" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 20_000, png
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        assert width >= 600 and height >= 400, (png, width, height)
+    page = (out / "eval" / "report.html").read_text()
+    assert "frontier.png" in page and all(f"<th>{m}</th>" in page for m in METHODS)
 
     # a second run reuses every stage: no model is rewritten
     stamps = {m: (out / m / "model.safetensors").stat().st_mtime_ns for m in METHODS}

@@ -187,6 +187,7 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
 def run_demo(cfg: DemoConfig) -> dict:
     """Run (or resume) the demo; returns the evaluation results (also in output_dir/eval/results.json)."""
     from alignkit.data import load_prompts
+    from alignkit.evaluate.report import write_report
     from alignkit.evaluate.run import EvalSettings, evaluate_policies, results_table
 
     if cfg.quick:
@@ -215,5 +216,8 @@ def run_demo(cfg: DemoConfig) -> dict:
                     settings=settings, output_dir=run / "eval")
     results["stage_seconds"] = times
     (run / "eval" / "results.json").write_text(json.dumps(results, indent=2))
-    print(results_table(results))
+    table = results_table(results)
+    page = write_report(results, run / "eval", {"rm": Path(rm), **{m: Path(p) for m, p in policies.items()}}, table)
+    print(table)
+    print(f"report: {page} (frontier.png, curves.png and results.json beside it)")
     return results

@@ -1,0 +1,108 @@
+"""Report files for an evaluation: a reward-vs-KL frontier plot, training curves, and an HTML page with the
+results table, the plots and side-by-side samples (reference vs each policy on the same prompts)."""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def frontier_plot(results: dict, path: str | Path) -> None:
+    """Gold score (mean ± 95% CI) against sampled KL to the reference, one point per model."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
+    for name, e in results["models"].items():
+        ax.errorbar(e["kl"], e["gold_mean"], xerr=e["kl_ci95"], yerr=e["gold_ci95"], fmt="o", capsize=3,
+                    color="black" if name == "reference" else None, label=name)
+        ax.annotate(name, (e["kl"], e["gold_mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("KL to reference (nats per response, sampled)")
+    ax.set_ylabel(f"gold reward ({results.get('gold', 'gold')})")
+    ax.set_title("Reward vs KL frontier (held-out prompts)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def curves_plot(runs: dict[str, Path], path: str | Path) -> None:
+    """Training curves from each run's metrics.jsonl: loss for offline methods, reward and KL for online ones."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+    for name, run in runs.items():
+        f = Path(run) / "metrics.jsonl"
+        if not f.exists():
+            continue
+        train = [json.loads(x) for x in f.read_text().splitlines()]
+        train = [m for m in train if m["split"] == "train"]
+        steps = [m["step"] for m in train]
+        if train and "reward" in train[0]:
+            axes[1].plot(steps, [m["reward"] for m in train], label=name)
+            axes[2].plot(steps, [m["kl"] for m in train], label=name)
+        elif train:
+            axes[0].plot(steps, [m["loss"] for m in train], label=name)
+    for ax, title in zip(axes, ("offline methods: training loss", "online: reward-model score", "online: KL"),
+                         strict=True):
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _prompt_text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def html_report(results: dict, path: str | Path, *, images: dict[str, str], table: str, samples: int = 8) -> None:
+    """One self-contained page (images by relative path); every model text is escaped."""
+    esc = html.escape
+    models = results["models"]
+    names = [n for n in models if n != "reference"]
+    rows = []
+    ref_samples = models["reference"]["samples"]
+    def cell(sample: dict) -> str:
+        gold = "{:.2f}".format(sample["gold"])
+        return f"<td><b>{gold}</b> {esc(sample['response'])}</td>"
+
+    for i in range(min(samples, len(ref_samples))):
+        cells = "".join(cell(models[n]["samples"][i]) for n in ["reference", *names])
+        rows.append(f"<tr><td class=p>{esc(_prompt_text(ref_samples[i]['prompt']))}</td>{cells}</tr>")
+    head = "".join(f"<th>{esc(n)}</th>" for n in ["prompt", "reference", *names])
+    imgs = "".join(f"<h2>{esc(title)}</h2><img src='{esc(src)}' alt='{esc(title)}'>" for title, src in images.items())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>alignkit report</title>
+<style>body{{font-family:sans-serif;margin:2em;max-width:1400px}} pre{{background:#f5f5f5;padding:1em}}
+table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;padding:6px;vertical-align:top}}
+td.p{{max-width:260px;color:#444}} img{{max-width:100%}}</style></head><body>
+<h1>alignkit evaluation</h1>
+<p>Held-out prompts; gold scorer: {esc(str(results.get('gold')))}; reference: {esc(str(results.get('reference')))}.</p>
+<h2>Results</h2><pre>{esc(table)}</pre>{imgs}
+<h2>Side by side (gold score in bold)</h2><table><tr>{head}</tr>{''.join(rows)}</table>
+</body></html>"""
+    Path(path).write_text(page)
+
+
+def write_report(results: dict, out_dir: str | Path, runs: dict[str, Path], table: str) -> Path:
+    """frontier.png, curves.png and report.html in `out_dir`; returns the HTML path."""
+    out = Path(out_dir)
+    frontier_plot(results, out / "frontier.png")
+    curves_plot(runs, out / "curves.png")
+    page = out / "report.html"
+    html_report(results, page, images={"Reward vs KL frontier": "frontier.png", "Training curves": "curves.png"},
+                table=table)
+    return page
