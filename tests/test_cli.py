@@ -122,3 +122,15 @@ def test_make_tiny_model_cli(tmp_path):
     from transformers import AutoModelForCausalLM
 
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "m").config.model_type == "gpt2"
+
+
+def test_chat_side_by_side(tiny_model, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "alignkit.cli.main", "chat", "--model", tiny_model, "--compare",
+                        tiny_model, "--greedy", "--max-new-tokens", "8"], input="Review of Alpha:\nand again\n",
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    blocks = [ln for ln in r.stdout.splitlines() if " | " in ln and not ln.startswith("-")]
+    headers = [ln for ln in blocks if ln.startswith(tiny_model)]
+    assert len(headers) == 2  # one side-by-side block per message
+    rows = [ln for ln in blocks if ln not in headers]
+    assert rows and all(ln.split(" | ")[0].strip() == ln.split(" | ")[1].strip() for ln in rows)  # same model, greedy

@@ -103,6 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=False,
                     help="wrap plain-string prompts as a user message and apply the chat template (default: off)")
     ev.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    ch = sub.add_parser("chat", help="talk to a trained policy (optionally side by side with a second model)",
+                        description="Chat with a model through its chat template; with --compare a second model "
+                                    "answers the same messages beside it. Reads messages from standard input.")
+    ch.add_argument("--model", required=True, help="the policy folder (or hub id / built-in name)")
+    ch.add_argument("--compare", help="a second model to answer beside it (e.g. the reference)")
+    ch.add_argument("--max-new-tokens", type=int, default=128, help="longest answer (default: 128)")
+    ch.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: 0.7)")
+    ch.add_argument("--greedy", action="store_true", help="always pick the most likely token")
+    ch.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     tiny = sub.add_parser("make-tiny-model", help="build a tiny random model + tokenizer for quick runs and tests",
                           description="Build a tiny randomly initialised causal LM and a BPE tokenizer trained on "
                                       "--data texts (optional), saved as a Hugging Face folder.")
@@ -155,6 +164,12 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             return _eval(args)
+        if args.command == "chat":
+            from alignkit.cli.chat import chat
+
+            _quiet_libraries()
+            return chat(args.model, args.compare, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                        greedy=args.greedy, seed=args.seed)
         if args.command == "demo":
             from alignkit.lab.demo import DemoConfig, run_demo
 
