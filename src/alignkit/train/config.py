@@ -146,6 +146,9 @@ class RLConfig(RunConfig):
             raise ValueError("give exactly one of --reward-model PATH or --reward module:function")
         if self.reference == "lora-disabled" and not self.lora:
             raise ValueError("reference 'lora-disabled' needs --lora")
+        if self.gradient_accumulation_steps != 1:
+            raise ValueError("online methods take one optimizer step per minibatch: use --mini-batch-size, "
+                             "not --gradient-accumulation-steps")
         return self
 
 
