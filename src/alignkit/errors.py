@@ -20,5 +20,5 @@ class DataError(AlignkitError):
         return f"{where}: {what}{self.message}"
 
 
-class ConfigError(AlignkitError):
+class ConfigError(AlignkitError, ValueError):
     """A bad configuration value or file."""

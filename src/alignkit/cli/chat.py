@@ -8,7 +8,7 @@ import torch
 
 from alignkit.data.tokenize import Encoder
 from alignkit.models.load import load_causal_lm, load_tokenizer
-from alignkit.rollout.engine import HFBackend, SamplingParams
+from alignkit.rollout.engine import HFBackend, SamplingParams, decode_responses
 
 
 class ChatModel:
@@ -25,9 +25,7 @@ class ChatModel:
         gen = torch.Generator().manual_seed(seed)
         ro = HFBackend().generate(self.model, [ids], self.params, pad_id=self.tok.pad_token_id,
                                   eos_id=self.tok.eos_token_id, generator=gen)
-        kept = [t for t, m in zip(ro.responses[0].tolist(), ro.response_mask[0].tolist(), strict=True)
-                if m and t != self.tok.eos_token_id]
-        answer = self.tok.decode(kept, skip_special_tokens=True).strip()
+        answer = decode_responses(self.tok, ro)[0].strip()
         self.history.append({"role": "assistant", "content": answer})
         return answer
 

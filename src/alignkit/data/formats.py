@@ -78,7 +78,7 @@ from typing import Any
 
 from alignkit.data.readers import DEFAULT_MAX_RECORD_BYTES, read_records
 from alignkit.data.records import LoadReport, Message, PreferencePair, Ranking, SFTExample, Text, Where
-from alignkit.data.votes import TIE_POLICIES, agreement_report, normalize_votes, pair_from_votes
+from alignkit.data.votes import agreement_report, check_vote_options, normalize_votes, pair_from_votes
 from alignkit.errors import ConfigError, DataError
 
 PAIR_FORMATS = ("auto", "pairs", "hh", "alpaca_eval", "votes", "rankings")
@@ -483,14 +483,7 @@ def load_pairs(
         raise ConfigError(
             f"hh_mismatch must be one of {', '.join(HH_MISMATCH_POLICIES)}, got {hh_mismatch!r}"
         )
-    if tie_policy not in TIE_POLICIES:
-        raise ConfigError(f"tie_policy must be one of {', '.join(TIE_POLICIES)}, got {tie_policy!r}")
-    if (
-        isinstance(smoothing, bool)
-        or not isinstance(smoothing, int | float)
-        or not (math.isfinite(smoothing) and smoothing >= 0)
-    ):
-        raise ConfigError(f"smoothing must be a finite number >= 0, got {smoothing!r}")
+    check_vote_options(tie_policy, smoothing)
 
     chosen_format = [None if format == "auto" else format]
     vote_lists: list[list[str]] = []  # the votes of every valid votes record

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from alignkit.data.records import PreferencePair, Text, Where
+from alignkit.errors import ConfigError
 
 CHOICES = ("a", "b", "tie")
 TIE_POLICIES = ("half", "ignore")
@@ -59,15 +60,16 @@ def normalize_votes(votes: Any) -> list[str]:
     return out
 
 
-def _check_options(tie_policy: str, smoothing: float) -> None:
+def check_vote_options(tie_policy: str, smoothing: float) -> None:
+    """Raise ConfigError (a ValueError) for an unknown tie policy or a smoothing that is not a finite α >= 0."""
     if tie_policy not in TIE_POLICIES:
-        raise ValueError(f"tie_policy must be one of {', '.join(TIE_POLICIES)}, got {tie_policy!r}")
+        raise ConfigError(f"tie_policy must be one of {', '.join(TIE_POLICIES)}, got {tie_policy!r}")
     if (
         isinstance(smoothing, bool)
         or not isinstance(smoothing, int | float)
         or not (math.isfinite(smoothing) and smoothing >= 0)
     ):
-        raise ValueError(f"smoothing must be a finite number >= 0, got {smoothing!r}")
+        raise ConfigError(f"smoothing must be a finite number >= 0, got {smoothing!r}")
 
 
 def aggregate_votes(
@@ -77,7 +79,7 @@ def aggregate_votes(
 
     p = (w + smoothing) / (n + 2 * smoothing), w = votes for a (+ 0.5 per tie under tie_policy="half").
     Under tie_policy="ignore" tie votes are not counted in n. p is None when n == 0."""
-    _check_options(tie_policy, smoothing)
+    check_vote_options(tie_policy, smoothing)
     a, b, tie = vote_counts(votes)
     if tie_policy == "half":
         w, n = a + 0.5 * tie, a + b + tie

@@ -19,7 +19,7 @@ from alignkit.data.tokenize import Encoder
 from alignkit.evaluate.stats import mean_ci, pairwise_agreement, win_rate
 from alignkit.models.load import load_causal_lm, load_tokenizer
 from alignkit.models.logprobs import response_logprobs
-from alignkit.rollout.engine import HFBackend, SamplingParams
+from alignkit.rollout.engine import HFBackend, SamplingParams, decode_responses
 from alignkit.rollout.rewards import CallableReward, ModelReward
 
 
@@ -75,10 +75,8 @@ def sample_policy(path: str, reference, tok, prompts: list, s: EvalSettings) -> 
                 lp = response_logprobs(policy, *args, temperature=s.temperature)
                 ref = response_logprobs(reference, *args, temperature=s.temperature)
                 kl = ((lp - ref) * ro.response_mask).sum(-1)
-        for row, mask in zip(ro.responses.tolist(), ro.response_mask.tolist(), strict=True):
-            kept = [t for t, m in zip(row, mask, strict=True) if m and t != tok.eos_token_id]
-            out.responses.append(tok.decode(kept, skip_special_tokens=True))
-            out.lengths.append(sum(mask))
+        out.responses += decode_responses(tok, ro)
+        out.lengths += ro.lengths.tolist()
         out.kl += kl.tolist()
     return out
 

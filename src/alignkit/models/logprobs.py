@@ -57,22 +57,24 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(-1)
 
 
+def _hidden_and_head(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    """Last hidden states of a scalar-head model's backbone, and its `score` head (peft-wrapped or not)."""
+    base = unwrap(model)
+    backbone = getattr(base, base.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+    return hidden, base.score
+
+
 def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Scalar reward per row read at the last real token (not at the first pad: pad may equal EOS).
 
     `model` is an `AutoModelForSequenceClassification` with num_labels=1 (possibly peft-wrapped): the
     backbone's last hidden state goes through its `score` head."""
-    base = unwrap(model)
-    backbone = getattr(base, base.base_model_prefix)
-    hidden = backbone(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    ).last_hidden_state
+    hidden, head = _hidden_and_head(model, input_ids, attention_mask)
     idx = last_token_index(attention_mask)
     last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
-    return base.score(last).squeeze(-1).float()
+    return head(last).squeeze(-1).float()
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
@@ -97,8 +99,5 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 def response_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int) -> torch.Tensor:
     """Value estimates (B, T) for the response tokens from a scalar-head model: V_t is read at the position
     that predicts response token t (the state before the token is chosen)."""
-    base = unwrap(model)
-    backbone = getattr(base, base.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
-    return base.score(hidden[:, prompt_width - 1 : -1]).squeeze(-1).float()
+    hidden, head = _hidden_and_head(model, input_ids, attention_mask)
+    return head(hidden[:, prompt_width - 1 : -1]).squeeze(-1).float()

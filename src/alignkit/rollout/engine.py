@@ -55,6 +55,15 @@ class Rollout:
         return torch.cat([zeros, self.response_mask.long()], dim=1)
 
 
+def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
+    """The response texts of a rollout: tokens up to EOS, EOS and padding removed."""
+    out = []
+    for ids, mask in zip(rollout.responses.tolist(), rollout.response_mask.tolist(), strict=True):
+        kept = [t for t, m in zip(ids, mask, strict=True) if m and t != tokenizer.eos_token_id]
+        out.append(tokenizer.decode(kept, skip_special_tokens=True))
+    return out
+
+
 class Backend(Protocol):
     def generate(self, model, prompts: list[list[int]], params: SamplingParams, *, pad_id: int,
                  eos_id: int, generator: torch.Generator | None = None) -> Rollout: ...

@@ -15,37 +15,24 @@ __all__ = ["TrainConfig", "SFTConfig", "RewardConfig", "DPOConfig", "CoHConfig",
            "PPOConfig", "RLOOConfig", "run_sft", "run_reward", "run_dpo", "run_coh", "run_ppo", "run_rloo"]
 
 
-def run_sft(cfg):
-    from alignkit.train.sft import run_sft as run
 
-    return run(cfg)
+def _lazy(module: str, name: str):
+    """`name` from `alignkit.train.<module>`, imported on first call (keeps `import alignkit` and
+    `alignkit --help` free of the model libraries)."""
 
+    def run(cfg):
+        import importlib
 
-def run_reward(cfg):
-    from alignkit.train.reward import run_reward as run
+        return getattr(importlib.import_module(f"alignkit.train.{module}"), name)(cfg)
 
-    return run(cfg)
-
-
-def run_dpo(cfg):
-    from alignkit.train.preference import run_dpo as run
-
-    return run(cfg)
+    run.__name__ = run.__qualname__ = name
+    run.__doc__ = f"Run `alignkit.train.{module}.{name}(cfg)`: train and save into cfg.output_dir."
+    return run
 
 
-def run_coh(cfg):
-    from alignkit.train.coh import run_coh as run
-
-    return run(cfg)
-
-
-def run_ppo(cfg):
-    from alignkit.train.ppo import run_ppo as run
-
-    return run(cfg)
-
-
-def run_rloo(cfg):
-    from alignkit.train.rloo import run_rloo as run
-
-    return run(cfg)
+run_sft = _lazy("sft", "run_sft")
+run_reward = _lazy("reward", "run_reward")
+run_dpo = _lazy("preference", "run_dpo")
+run_coh = _lazy("coh", "run_coh")
+run_ppo = _lazy("ppo", "run_ppo")
+run_rloo = _lazy("rloo", "run_rloo")

@@ -12,7 +12,7 @@ import torch
 
 from alignkit.losses import kl_k1, kl_k3, masked_mean
 from alignkit.models.logprobs import response_logprobs
-from alignkit.rollout.engine import HFBackend, Rollout, SamplingParams
+from alignkit.rollout.engine import HFBackend, Rollout, SamplingParams, decode_responses
 from alignkit.rollout.rewards import reward_source
 from alignkit.train.common import load_split, make_encoder, policy_and_tokenizer, say
 from alignkit.train.config import RLConfig
@@ -52,13 +52,6 @@ class Sampler:
         self.reward = reward_source(cfg.reward_model, cfg.reward, max_length=cfg.max_length,
                                     max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template)
 
-    def decode(self, rollout: Rollout) -> list[str]:
-        out = []
-        for ids, mask in zip(rollout.responses.tolist(), rollout.response_mask.tolist(), strict=True):
-            kept = [t for t, m in zip(ids, mask, strict=True) if m and t != self.tok.eos_token_id]
-            out.append(self.tok.decode(kept, skip_special_tokens=True))
-        return out
-
     def generator(self, policy, stream: int) -> torch.Generator:
         """A sampling RNG seeded by (seed, stream): rollout batch n uses stream n, so sampling does not depend on
         the global RNG and a resumed run samples exactly what an uninterrupted one would."""
@@ -84,7 +77,7 @@ class Sampler:
                 self.reference.to(ro.input_ids.device)
             ref_logp = response_logprobs(self.reference, *args, temperature=cfg.temperature)
         policy.train(was_training)
-        texts = self.decode(ro)
+        texts = decode_responses(self.tok, ro)
         scores = self.reward(prompts, texts).to(logp.device)
         raw_scores = scores.clone()
         if cfg.missing_eos_penalty is not None:
