@@ -9,8 +9,9 @@ sampled from π, both at the sampling temperature; the mean over samples is unbi
 
 from __future__ import annotations
 
+import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -67,33 +68,64 @@ def sample_policy(path: str, reference, tok, prompts: list, s: EvalSettings) -> 
         gen = torch.Generator().manual_seed(s.seed * 1_000_003 + b)
         ids = [enc.truncate_prompt(enc.prompt_ids(p)) + (enc.text_ids(suffix) if suffix else []) for _, p in part]
         ro = backend.generate(policy, ids, params, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, generator=gen)
-        with torch.no_grad():
-            args = (ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask)
-            if reference is None:
-                kl = torch.zeros(len(part))
-            else:
-                lp = response_logprobs(policy, *args, temperature=s.temperature)
-                ref = response_logprobs(reference, *args, temperature=s.temperature)
-                kl = ((lp - ref) * ro.response_mask).sum(-1)
+        if reference is None:
+            kl = torch.zeros(len(part))
+        else:  # the sampler's own log-probs are the policy's; only the reference needs a forward pass
+            with torch.no_grad():
+                ref = response_logprobs(reference, ro.input_ids, ro.attention_mask, ro.prompt_width,
+                                        ro.response_mask, temperature=s.temperature)
+            kl = ((ro.logprobs - ref) * ro.response_mask).sum(-1)
         out.responses += decode_responses(tok, ro)
         out.lengths += ro.lengths.tolist()
         out.kl += kl.tolist()
     return out
 
 
+def _folder_stamp(path: str) -> list:
+    """What identifies a model folder's contents cheaply: each file's name, size and modification time."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return [str(path)]
+    return [str(folder.resolve())] + sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns]
+                                            for f in folder.iterdir() if f.is_file())
+
+
+def _cached_samples(cache: Path | None, name: str, path: str, reference, tok, prompts: list, s: EvalSettings, *,
+                    reference_path: str | None = None) -> PolicySamples:
+    """`sample_policy`, reusing `cache/<name>.json` when the policy, reference, prompts and settings match."""
+    if cache is None:
+        return sample_policy(path, reference, tok, prompts, s)
+    key = hashlib.blake2b(json.dumps([_folder_stamp(path), reference_path and _folder_stamp(reference_path),
+                                      prompts, vars(s)]).encode(), digest_size=16).hexdigest()
+    file = cache / f"{name}.json"
+    if file.exists():
+        stored = json.loads(file.read_text())
+        if stored.get("key") == key:
+            return PolicySamples(**stored["samples"])
+    sm = sample_policy(path, reference, tok, prompts, s)
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = file.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": key, "samples": asdict(sm)}))
+    tmp.replace(file)
+    return sm
+
+
 def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, gold: str, *,
                       reward_model: str | None = None, settings: EvalSettings | None = None,
                       output_dir: str | Path | None = None) -> dict:
     """Evaluate each named policy folder and the reference; returns (and writes `results.json`) a dict with one
-    entry per model, plus the reward model's accuracy against gold when `reward_model` is given."""
+    entry per model, plus the reward model's accuracy against gold when `reward_model` is given. With an
+    `output_dir`, each model's samples are kept in `output_dir/samples/` and reused while the model folder,
+    the reference, the prompts and the settings are unchanged."""
     s = settings or EvalSettings()
     tok = load_tokenizer(reference)
     ref_model = load_causal_lm(reference).eval()
     gold_fn = CallableReward(gold)
     rm = ModelReward(reward_model, chat_template=s.chat_template) if reward_model else None
-    samples = {"reference": sample_policy(reference, None, tok, prompts, s)}
+    cache = Path(output_dir) / "samples" if output_dir is not None else None
+    samples = {"reference": _cached_samples(cache, "reference", reference, None, tok, prompts, s)}
     for name, path in policies.items():
-        samples[name] = sample_policy(path, ref_model, tok, prompts, s)
+        samples[name] = _cached_samples(cache, name, path, ref_model, tok, prompts, s, reference_path=reference)
 
     def per_prompt(values: list[float], index: list[int]) -> list[float]:
         sums = [0.0] * len(prompts)

@@ -41,3 +41,36 @@ def annotate_pairs(prompts: Sequence, responses_a: Sequence[str], responses_b: S
          "gold_a": ga, "gold_b": gb}
         for p, a, b, ga, gb in zip(prompts, responses_a, responses_b, gold_a, gold_b, strict=True)
     ]
+
+
+def annotate_groups(prompts: Sequence, groups: Sequence[Sequence[str]], golds: Sequence[Sequence[float]], *,
+                    annotators: int = 5, noise: float = 0.1, seed: int = 0) -> tuple[list[dict], int]:
+    """Votes records from K responses per prompt: the panel votes on every pair of distinct non-empty
+    responses, and the pair kept is the panel's best against its worst (most and fewest votes won over all
+    pairs; ties go to the earlier response), in random a/b order, with the votes cast on that pair. With K=2
+    this is the one pair. Returns the records and the number of prompts skipped (fewer than two distinct
+    non-empty responses)."""
+    rng = random.Random(seed)
+    records, skipped = [], 0
+    for prompt, responses, gold in zip(prompts, groups, golds, strict=True):
+        keep = [i for i, r in enumerate(responses) if r.strip() and r not in responses[:i]]
+        if len(keep) < 2:
+            skipped += 1
+            continue
+        wins = dict.fromkeys(keep, 0)
+        votes = {}
+        for x, i in enumerate(keep):
+            for j in keep[x + 1:]:
+                v = simulate_votes(gold[i], gold[j], annotators=annotators, noise=noise, rng=rng)
+                votes[i, j] = v
+                wins[i] += v.count("a")
+                wins[j] += v.count("b")
+        best = max(keep, key=lambda i: (wins[i], -i))
+        worst = min(keep, key=lambda i: (wins[i], -i))
+        v = votes[min(best, worst), max(best, worst)]
+        a, b = min(best, worst), max(best, worst)
+        if rng.random() < 0.5:  # random presentation order
+            a, b, v = b, a, ["b" if x == "a" else "a" for x in v]
+        records.append({"prompt": prompt, "response_a": responses[a], "response_b": responses[b], "votes": v,
+                        "gold_a": gold[a], "gold_b": gold[b]})
+    return records, skipped

@@ -1,9 +1,15 @@
 """`alignkit demo`: a complete alignment experiment with a gold reward, every stage cached in the run folder.
 
+Two tasks: "sentiment" (default) asks a chat model for film reviews and scores them with VADER; "imdb" is the
+DPO paper's setup (`alignkit.lab.imdb`): the policy continues 2-8-token IMDb review prefixes and a TF-IDF +
+logistic-regression classifier trained on the IMDb train split is the gold.
+
 Stages (a stage whose folder holds a `DONE` marker is skipped when the demo is run again):
-  base     (--quick only) a tiny model fine-tuned to write short reviews of mixed sentiment
-  prompts  review-writing prompts, training and held-out (held-out films are new)
-  samples  K responses per training prompt from the reference, with their gold (VADER) scores
+  base     --quick: a tiny model fine-tuned to write short reviews; imdb: the policy fine-tuned to continue
+           IMDb reviews (the reference of every method)
+  gold     imdb only: the gold classifier, with its test-split accuracy
+  prompts  training and held-out prompts (held-out films, or test-split reviews, are new)
+  samples  K responses per training prompt from the reference, with their gold scores
   labels   a simulated annotator panel votes on pairs -> votes.jsonl (hard + soft labels)
   rm       a reward model trained on the votes
   <method> ppo, rloo (against the reward model), dpo, cdpo, ipo, gdpo (soft labels), coh (from the votes)
@@ -15,15 +21,18 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from alignkit.lab.annotators import annotate_pairs
+from alignkit.lab import imdb
+from alignkit.lab.annotators import annotate_groups
 from alignkit.lab.sentiment import quick_reviews, review_prompts
 from alignkit.rollout.rewards import CallableReward
 from alignkit.train.common import say
 
 METHODS = ("ppo", "rloo", "dpo", "cdpo", "ipo", "gdpo", "coh")
+IMDB_HUB_ID = imdb.HUB_ID
 
 
 class DemoConfig(BaseModel):
@@ -32,19 +41,27 @@ class DemoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     output_dir: str = Field("runs/demo", description="run folder; stages already finished there are reused")
+    task: Literal["sentiment", "imdb"] = Field(
+        "sentiment", description="sentiment: review-writing prompts, VADER gold; imdb: IMDb review prefixes, a "
+        "TF-IDF + logistic-regression gold trained on the IMDb train split (see --data)")
+    data: str = Field(IMDB_HUB_ID, description="imdb: a folder with train/test review files (e.g. "
+                      "../shared/data/imdb) or a hub dataset id")
+    sft_examples: int = Field(256, ge=0, description="imdb: reviews the policy first learns to continue (0 = none)")
     model: str = Field("smollm2-135m-instruct", description="policy and reference to start from")
     quick: bool = Field(False, description="a tiny model and small sizes: the whole demo in a few minutes")
     methods: str = Field(",".join(METHODS), description="methods to run, comma-separated")
-    train_prompts: int = Field(64, gt=0, description="training prompts (K responses each are sampled and labelled)")
+    train_prompts: int = Field(96, gt=0, description="training prompts (K responses each are sampled and labelled)")
     heldout_prompts: int = Field(48, gt=0, description="held-out prompts for the evaluation")
-    k: int = Field(2, ge=2, description="responses sampled per training prompt")
+    k: int = Field(4, ge=2, description="responses sampled per training prompt; the panel's best vs worst is labelled")
     annotators: int = Field(5, ge=1, description="simulated annotators per pair")
     noise: float = Field(0.2, ge=0, description="annotator Bradley-Terry noise on the gold scale (0 = perfect judge)")
-    max_new_tokens: int = Field(48, gt=0, description="longest response sampled")
+    max_new_tokens: int = Field(32, gt=0, description="longest response sampled")
     beta: float = Field(0.1, gt=0, description="KL strength for DPO-family and the RL penalty")
-    learning_rate: float = Field(3e-5, gt=0, description="learning rate of the DPO family, CoH and the reward model")
-    rl_learning_rate: float = Field(1e-5, gt=0, description="learning rate of PPO and RLOO")
-    epochs: float = Field(2.0, gt=0, description="passes over the labelled pairs (offline methods)")
+    learning_rate: float = Field(5e-5, gt=0, description="learning rate of the DPO family, CoH and the reward model")
+    rl_learning_rate: float = Field(2e-5, gt=0, description="learning rate of PPO and RLOO")
+    epochs: float = Field(1.0, gt=0, description="passes over the labelled pairs (offline methods)")
+    coh_passes: float = Field(1.0, gt=0, description="Chain of Hindsight passes as a multiple of --epochs (it "
+                              "learns the feedback-conditional more slowly than a pairwise loss)")
     rl_steps: int = Field(8, gt=0, description="rollout batches for PPO and RLOO")
     lora: bool = Field(False, description="train LoRA adapters instead of all weights")
     seed: int = Field(0, description="random seed")
@@ -52,7 +69,7 @@ class DemoConfig(BaseModel):
 
 
 QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rl_learning_rate=1e-3,
-             epochs=3.0, rl_steps=12, beta=0.1)
+             epochs=3.0, coh_passes=4.0, rl_steps=12, beta=0.1, sft_examples=2000)
 
 
 def _done(stage: Path) -> bool:
@@ -73,39 +90,77 @@ def _messages(prompt: str) -> list[dict]:
 
 
 def build_base(cfg: DemoConfig, run: Path) -> str:
-    """--quick: a tiny model taught by SFT to answer review prompts with short reviews of mixed sentiment."""
+    """The reference every method starts from: --quick, a tiny model taught by SFT to write short reviews;
+    imdb, the policy taught to continue IMDb reviews; otherwise `cfg.model` itself."""
     from alignkit import SFTConfig, run_sft
+    from alignkit.models.load import load_tokenizer
     from alignkit.models.tiny import make_tiny_model
 
+    if not cfg.quick and (cfg.task != "imdb" or cfg.sft_examples == 0):
+        return cfg.model
     stage = run / "base"
     if _done(stage):
         return str(stage / "sft")
     stage.mkdir(parents=True, exist_ok=True)
-    prompts = review_prompts(400, split="train", seed=cfg.seed + 1) + review_prompts(100, split="heldout", seed=cfg.seed + 1)
-    reviews = quick_reviews(len(prompts), seed=cfg.seed)
-    rows = [{"prompt": _messages(p), "completion": r} for p, r in zip(prompts, reviews, strict=True)]
+    if cfg.task == "imdb":
+        texts, _ = imdb.read_reviews(cfg.data, "train")
+        model = make_tiny_model(stage / "tiny", texts[:5000], vocab_size=1000, hidden_size=96, num_layers=2,
+                                seed=cfg.seed) if cfg.quick else cfg.model
+        rows = imdb.continuation_examples(texts, load_tokenizer(model), cfg.sft_examples, seed=cfg.seed,
+                                          length=cfg.max_new_tokens)
+        sft = dict(learning_rate=3e-3, max_steps=150, batch_size=16) if cfg.quick else \
+            dict(learning_rate=cfg.learning_rate, epochs=1.0, batch_size=8, max_length=128, max_prompt_length=16)
+    else:
+        prompts = review_prompts(400, split="train", seed=cfg.seed + 1) + review_prompts(100, split="heldout",
+                                                                                         seed=cfg.seed + 1)
+        reviews = quick_reviews(len(prompts), seed=cfg.seed)
+        rows = [{"prompt": _messages(p), "completion": r} for p, r in zip(prompts, reviews, strict=True)]
+        model = make_tiny_model(stage / "tiny", prompts + reviews, vocab_size=600, hidden_size=96, num_layers=2,
+                                seed=cfg.seed)
+        sft = dict(learning_rate=3e-3, max_steps=150, batch_size=16)
     data = _jsonl(stage / "demos.jsonl", rows)
-    tiny = make_tiny_model(stage / "tiny", prompts + reviews, vocab_size=600, hidden_size=96, num_layers=2,
-                           seed=cfg.seed)
-    run_sft(SFTConfig(model=tiny, data=data, output_dir=str(stage / "sft"), learning_rate=3e-3, max_steps=150,
-                      batch_size=16, eval_fraction=0.05, progress=cfg.progress, seed=cfg.seed))
+    run_sft(SFTConfig(model=model, data=data, output_dir=str(stage / "sft"), eval_fraction=0.05,
+                      progress=cfg.progress, seed=cfg.seed, **sft))
     _mark(stage, {"demos": len(rows)})
     return str(stage / "sft")
 
 
-def stage_prompts(cfg: DemoConfig, run: Path) -> tuple[str, str]:
+def stage_gold(cfg: DemoConfig, run: Path) -> str:
+    """The gold reward spec: VADER, or (imdb) the classifier trained on the IMDb train split."""
+    if cfg.task != "imdb":
+        return "vader"
+    stage = run / "gold"
+    path = stage / "classifier.joblib"
+    if not _done(stage):
+        info = imdb.train_gold(cfg.data, path, seed=cfg.seed)
+        say(f"gold classifier: test accuracy {info['test_accuracy']:.4f} ({info['test']} reviews)")
+        _mark(stage, info)
+    return f"sklearn:{path}"
+
+
+def stage_prompts(cfg: DemoConfig, run: Path, reference: str) -> tuple[str, str]:
+    from alignkit.models.load import load_tokenizer
+
     stage = run / "prompts"
     train, held = stage / "train.jsonl", stage / "heldout.jsonl"
     if not _done(stage):
         stage.mkdir(parents=True, exist_ok=True)
-        _jsonl(train, [{"prompt": _messages(p)} for p in review_prompts(cfg.train_prompts, split="train", seed=cfg.seed)])
-        _jsonl(held, [{"prompt": _messages(p)} for p in review_prompts(cfg.heldout_prompts, split="heldout", seed=cfg.seed)])
+        if cfg.task == "imdb":  # raw-text review prefixes: training from the train split, held-out from test
+            tok = load_tokenizer(reference)
+            tr = imdb.prefix_prompts(imdb.read_reviews(cfg.data, "train")[0], tok, cfg.train_prompts, seed=cfg.seed)
+            ho = imdb.prefix_prompts(imdb.read_reviews(cfg.data, "test")[0], tok, cfg.heldout_prompts, seed=cfg.seed)
+        else:
+            tr = [_messages(p) for p in review_prompts(cfg.train_prompts, split="train", seed=cfg.seed)]
+            ho = [_messages(p) for p in review_prompts(cfg.heldout_prompts, split="heldout", seed=cfg.seed)]
+        _jsonl(train, [{"prompt": p} for p in tr])
+        _jsonl(held, [{"prompt": p} for p in ho])
         _mark(stage, {"train": cfg.train_prompts, "heldout": cfg.heldout_prompts})
     return str(train), str(held)
 
 
-def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_prompts: str) -> str:
-    """K samples per prompt from the reference, gold-scored; the panel votes on consecutive pairs."""
+def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_prompts: str, gold_spec: str) -> str:
+    """K samples per prompt from the reference, gold-scored; the panel votes on every pair of a prompt's samples
+    and its best-vs-worst pair becomes the labelled pair (`annotate_groups`)."""
     from alignkit.data import load_prompts
     from alignkit.evaluate.run import EvalSettings, sample_policy
     from alignkit.models.load import load_tokenizer
@@ -116,25 +171,21 @@ def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_p
         return str(votes)
     stage.mkdir(parents=True, exist_ok=True)
     prompts, _ = load_prompts(train_prompts)
-    settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, samples=cfg.k, seed=cfg.seed + 7)
+    settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, samples=cfg.k, seed=cfg.seed + 7, batch_size=64)
     t0 = time.perf_counter()
     sm = sample_policy(reference, None, load_tokenizer(reference), prompts, settings)
-    gold = CallableReward("vader")(sm.prompts, sm.responses).tolist()
+    gold = CallableReward(gold_spec)(sm.prompts, sm.responses).tolist()
     _jsonl(stage / "samples.jsonl", [{"prompt": p, "response": r, "gold": g}
                                      for p, r, g in zip(sm.prompts, sm.responses, gold, strict=True)])
-    pa, ra, rb, ga, gb = [], [], [], [], []
-    for start in range(0, len(sm.responses), cfg.k):  # the k samples of one prompt are consecutive
-        for j in range(start, start + cfg.k - 1):
-            if sm.responses[j] == sm.responses[j + 1] or not sm.responses[j].strip() or not sm.responses[j + 1].strip():
-                continue  # identical or empty responses carry no preference
-            pa.append(sm.prompts[j])
-            ra.append(sm.responses[j])
-            rb.append(sm.responses[j + 1])
-            ga.append(gold[j])
-            gb.append(gold[j + 1])
-    records = annotate_pairs(pa, ra, rb, ga, gb, annotators=cfg.annotators, noise=cfg.noise, seed=cfg.seed)
+    k = cfg.k  # the k samples of one prompt are consecutive
+    records, skipped = annotate_groups(sm.prompts[::k], [sm.responses[i : i + k] for i in range(0, len(sm.responses), k)],
+                                       [gold[i : i + k] for i in range(0, len(gold), k)], annotators=cfg.annotators,
+                                       noise=cfg.noise, seed=cfg.seed)
+    if skipped:
+        say(f"{skipped} prompts skipped: fewer than two distinct non-empty responses")
     _jsonl(votes, records)
-    _mark(stage, {"samples": len(sm.responses), "pairs": len(records), "seconds": time.perf_counter() - t0})
+    _mark(stage, {"samples": len(sm.responses), "pairs": len(records), "prompts_skipped": skipped,
+                  "seconds": time.perf_counter() - t0})
     return str(votes)
 
 
@@ -172,8 +223,8 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
     elif name in ("dpo", "cdpo", "ipo", "gdpo"):
         beta = 0.5 if name == "ipo" else cfg.beta
         run_dpo(DPOConfig(loss=name, beta=beta, **offline))
-    elif name == "coh":  # learning the feedback-conditional takes longer than a pairwise loss: 4x the passes
-        run_coh(CoHConfig(**{**offline, "epochs": cfg.epochs * 4, "learning_rate": cfg.learning_rate * 2}))
+    elif name == "coh":
+        run_coh(CoHConfig(**{**offline, "epochs": cfg.epochs * cfg.coh_passes, "learning_rate": cfg.learning_rate * 2}))
     elif name == "ppo":
         run_ppo(PPOConfig(**online))
     elif name == "rloo":
@@ -204,17 +255,21 @@ def run_demo(cfg: DemoConfig) -> dict:
         times[stage] = round(time.perf_counter() - t0, 1)
         return result
 
-    reference = timed("base", build_base, cfg, run) if cfg.quick else cfg.model
-    train_prompts, heldout = timed("prompts", stage_prompts, cfg, run)
-    votes = timed("samples+labels", stage_samples_and_labels, cfg, run, reference, train_prompts)
+    reference = timed("base", build_base, cfg, run)
+    gold = timed("gold", stage_gold, cfg, run)
+    train_prompts, heldout = timed("prompts", stage_prompts, cfg, run, reference)
+    votes = timed("samples+labels", stage_samples_and_labels, cfg, run, reference, train_prompts, gold)
     rm = timed("rm", stage_train, cfg, run, "rm", reference, votes, train_prompts, "")
     methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
     policies = {m: timed(m, stage_train, cfg, run, m, reference, votes, train_prompts, rm) for m in methods}
     prompts, _ = load_prompts(heldout)
-    settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, samples=4 if cfg.quick else 1, seed=cfg.seed + 99)
-    results = timed("eval", evaluate_policies, policies, reference, prompts, "vader", reward_model=rm,
+    settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, samples=4 if cfg.quick else 1, seed=cfg.seed + 99,
+                            batch_size=64)
+    results = timed("eval", evaluate_policies, policies, reference, prompts, gold, reward_model=rm,
                     settings=settings, output_dir=run / "eval")
     results["stage_seconds"] = times
+    if cfg.task == "imdb":
+        results["gold_classifier"] = json.loads((run / "gold" / "DONE").read_text())
     (run / "eval" / "results.json").write_text(json.dumps(results, indent=2))
     table = results_table(results)
     page = write_report(results, run / "eval", {"rm": Path(rm), **{m: Path(p) for m, p in policies.items()}}, table)

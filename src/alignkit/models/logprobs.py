@@ -84,9 +84,10 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     distribution. Only the response positions' logits are kept."""
     from alignkit.losses import token_entropy
 
+    keep = input_ids.shape[1] - prompt_width + 1  # the LM head runs on the response positions only
     out = model(input_ids=input_ids, attention_mask=attention_mask,
-                position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-    logits = out.logits[:, prompt_width - 1 : -1]
+                position_ids=position_ids_from_mask(attention_mask), use_cache=False, logits_to_keep=keep)
+    logits = out.logits[:, -keep:-1]
     if temperature != 1.0:
         logits = logits / temperature
     labels = input_ids[:, prompt_width:].masked_fill(response_mask == 0, -100)

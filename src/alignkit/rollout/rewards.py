@@ -9,6 +9,10 @@ responses (EOS removed), and returns one float score per response.
   a list of numbers (a gold scorer, a rule, a judge).
 - Built-in names for `--reward`: "vader", the VADER sentiment compound score in [-1, 1] (`vaderSentiment`
   package; a lexicon and rules, runs offline; Hutto & Gilbert 2014).
+- `"sklearn:PATH"`: a scikit-learn text classifier saved with joblib (e.g. the IMDb demo's gold); the score is
+  its probability of the last class (for 0/1 labels: P(1)) for prompt + response when the prompt is a plain
+  string (a text continuation), for the response alone after chat messages. joblib files are pickles: load
+  only files you made or trust.
 """
 
 from __future__ import annotations
@@ -77,7 +81,10 @@ def _import_function(spec: str):
 
 class CallableReward:
     def __init__(self, spec: str):
-        self.fn = BUILTIN_REWARDS[spec] if spec in BUILTIN_REWARDS else _import_function(spec)
+        if spec.startswith(SKLEARN_PREFIX):
+            self.fn = TextClassifierScore(spec[len(SKLEARN_PREFIX):])
+        else:
+            self.fn = BUILTIN_REWARDS[spec] if spec in BUILTIN_REWARDS else _import_function(spec)
         self.name = spec
 
     def __call__(self, prompts: list[Text], responses: list[str]) -> torch.Tensor:
@@ -106,6 +113,26 @@ def vader_score(prompts: list[Text], responses: list[str]) -> list[float]:
 
 
 BUILTIN_REWARDS = {"vader": vader_score}
+SKLEARN_PREFIX = "sklearn:"
+
+
+class TextClassifierScore:
+    """P(last class) of a joblib-saved scikit-learn text classifier (see the module docstring)."""
+
+    def __init__(self, path: str):
+        if not Path(path).is_file():
+            raise ConfigError(f"--reward {SKLEARN_PREFIX}{path}: file not found")
+        try:
+            import joblib
+        except ImportError as e:
+            raise ConfigError("an sklearn: reward needs scikit-learn: pip install scikit-learn") from e
+        self.model = joblib.load(path)
+        if not hasattr(self.model, "predict_proba"):
+            raise ConfigError(f"--reward {SKLEARN_PREFIX}{path}: the saved object has no predict_proba")
+
+    def __call__(self, prompts: list[Text], responses: list[str]) -> list[float]:
+        texts = [p + r if isinstance(p, str) else r for p, r in zip(prompts, responses, strict=True)]
+        return self.model.predict_proba(texts)[:, -1].tolist()
 
 
 def reward_source(reward_model: str | None, reward: str | None, **model_kwargs):
