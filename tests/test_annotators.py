@@ -7,7 +7,7 @@ import random
 import pytest
 
 from alignkit.data import load_pairs
-from alignkit.lab.annotators import annotate_pairs, simulate_votes, vote_probability
+from alignkit.lab.annotators import annotate_groups, annotate_pairs, simulate_votes, vote_probability
 
 
 def test_vote_probability_is_logistic():
@@ -43,3 +43,20 @@ def test_vader_builtin_reward():
 
     scores = CallableReward("vader")(["p", "p"], ["A wonderful, moving film.", "A dull, boring mess."])
     assert scores[0] > 0.5 and scores[1] < -0.5
+
+
+def test_groups_keep_the_panels_best_against_its_worst():
+    prompts = ["p1", "p2", "p3"]
+    groups = [["mid", "best", "worst", "low"], ["x", "y"], ["same", "same", " "]]
+    golds = [[0.1, 0.9, -0.8, -0.2], [0.3, -0.3], [0.0, 0.0, 0.0]]
+    records, skipped = annotate_groups(prompts, groups, golds, annotators=3, noise=0.0, seed=0)
+    assert skipped == 1 and len(records) == 2  # p3: one distinct non-empty response
+    first = records[0]
+    assert {first["response_a"], first["response_b"]} == {"best", "worst"}
+    winner = "a" if first["response_a"] == "best" else "b"
+    assert first["votes"] == [winner] * 3  # a perfect panel, whatever the presentation order
+    assert {records[1]["response_a"], records[1]["response_b"]} == {"x", "y"}  # K=2: the one pair
+    # presentation order is random: over many prompts the best is shown first about half the time
+    many, _ = annotate_groups(["p"] * 200, [["good", "bad"]] * 200, [[1.0, -1.0]] * 200, annotators=1, noise=0.0)
+    firsts = sum(r["response_a"] == "good" for r in many)
+    assert 70 < firsts < 130

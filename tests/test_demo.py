@@ -26,9 +26,20 @@ def test_quick_demo_every_method_beats_reference(tmp_path, capsys):
     page = (out / "eval" / "report.html").read_text()
     assert "frontier.png" in page and all(f"<th>{m}</th>" in page for m in METHODS)
 
-    # a second run reuses every stage: no model is rewritten
-    stamps = {m: (out / m / "model.safetensors").stat().st_mtime_ns for m in METHODS}
+    # a second run reuses every stage and the evaluation samples: no model or sample file is rewritten
+    files = [out / m / "model.safetensors" for m in METHODS] + sorted((out / "eval" / "samples").glob("*.json"))
+    assert len(files) == 2 * len(METHODS) + 1
+    stamps = [f.stat().st_mtime_ns for f in files]
     assert main(["demo", "--quick", "--output-dir", str(out), "--no-progress"]) == 0
-    assert stamps == {m: (out / m / "model.safetensors").stat().st_mtime_ns for m in METHODS}
+    assert stamps == [f.stat().st_mtime_ns for f in files]
     again = json.loads((out / "eval" / "results.json").read_text())
     assert all(again["stage_seconds"][m] < 1.0 for m in METHODS)
+
+
+def test_rerun_with_other_settings_is_refused(tmp_path, capsys):
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "demo_config.json").write_text(json.dumps({"k": 2, "learning_rate": 1e-3, "methods": "dpo"}))
+    assert main(["demo", "--quick", "--k", "4", "--output-dir", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (k: 2 -> 4)" in err and "Traceback" not in err and "--output-dir" in err

@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a policy folder to evaluate (repeat for several); NAME defaults to the folder name")
     ev.add_argument("--reference", required=True, help="the reference policy (KL and win rate are against it)")
     ev.add_argument("--prompts", required=True, help="held-out prompt file (records with `prompt`)")
-    ev.add_argument("--gold", default="vader", help="gold scorer: vader, module:function or file.py:function (default: vader)")
+    ev.add_argument("--gold", default="vader", help="gold scorer: vader, sklearn:PATH (a joblib text classifier), module:function or file.py:function (default: vader)")
     ev.add_argument("--reward-model", help="also score with this reward model and report its accuracy against gold")
     ev.add_argument("--output-dir", required=True, help="folder for results.json")
     ev.add_argument("--samples", type=int, default=1, help="responses per prompt and policy (default: 1)")

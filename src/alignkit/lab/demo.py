@@ -25,6 +25,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from alignkit.errors import ConfigError
 from alignkit.lab import imdb
 from alignkit.lab.annotators import annotate_groups
 from alignkit.lab.sentiment import quick_reviews, review_prompts
@@ -69,7 +70,7 @@ class DemoConfig(BaseModel):
 
 
 QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rl_learning_rate=1e-3,
-             epochs=3.0, coh_passes=4.0, rl_steps=12, beta=0.1, sft_examples=2000)
+             epochs=3.0, coh_passes=4.0, rl_steps=12, beta=0.1, sft_examples=4000)
 
 
 def _done(stage: Path) -> bool:
@@ -104,11 +105,11 @@ def build_base(cfg: DemoConfig, run: Path) -> str:
     stage.mkdir(parents=True, exist_ok=True)
     if cfg.task == "imdb":
         texts, _ = imdb.read_reviews(cfg.data, "train")
-        model = make_tiny_model(stage / "tiny", texts[:5000], vocab_size=1000, hidden_size=96, num_layers=2,
+        model = make_tiny_model(stage / "tiny", texts[:5000], vocab_size=3000, hidden_size=128, num_layers=2,
                                 seed=cfg.seed) if cfg.quick else cfg.model
         rows = imdb.continuation_examples(texts, load_tokenizer(model), cfg.sft_examples, seed=cfg.seed,
                                           length=cfg.max_new_tokens)
-        sft = dict(learning_rate=3e-3, max_steps=150, batch_size=16) if cfg.quick else \
+        sft = dict(learning_rate=3e-3, max_steps=400, batch_size=32) if cfg.quick else \
             dict(learning_rate=cfg.learning_rate, epochs=1.0, batch_size=8, max_length=128, max_prompt_length=16)
     else:
         prompts = review_prompts(400, split="train", seed=cfg.seed + 1) + review_prompts(100, split="heldout",
@@ -235,6 +236,21 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
     return str(out)
 
 
+RERUN_FREE = {"methods", "progress", "output_dir"}  # settings that may change between runs in one folder
+
+
+def _check_same_settings(cfg: DemoConfig, stored: Path) -> None:
+    """Finished stages are reused, so a rerun in the same folder must ask for the same experiment."""
+    if not stored.exists():
+        return
+    old = json.loads(stored.read_text())
+    changed = sorted(k for k, v in cfg.model_dump().items() if k not in RERUN_FREE and k in old and old[k] != v)
+    if changed:
+        details = ", ".join(f"{k}: {old[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
+        raise ConfigError(f"{stored.parent} holds a demo run with other settings ({details}); its finished stages "
+                          "would be reused, so give a new --output-dir (only --methods may change)")
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     """Run (or resume) the demo; returns the evaluation results (also in output_dir/eval/results.json)."""
     from alignkit.data import load_prompts
@@ -245,6 +261,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         cfg = cfg.model_copy(update={k: v for k, v in QUICK.items() if k not in cfg.model_fields_set})
     run = Path(cfg.output_dir)
     run.mkdir(parents=True, exist_ok=True)
+    _check_same_settings(cfg, run / "demo_config.json")
     (run / "demo_config.json").write_text(cfg.model_dump_json(indent=2))
     times: dict[str, float] = {}
 

@@ -120,7 +120,7 @@ class RLConfig(RunConfig):
     eval_prompts: str | None = Field(None, description="held-out prompts; default: hold out --eval-fraction of --prompts")
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of --prompts held out for evaluation")
     reward_model: str | None = Field(None, description="reward model folder written by `alignkit rm`")
-    reward: str | None = Field(None, description="reward function module:function or file.py:function, called as f(prompts, responses) -> scores")
+    reward: str | None = Field(None, description="reward function module:function or file.py:function, called as f(prompts, responses) -> scores; or vader, or sklearn:PATH")
     missing_eos_penalty: float | None = Field(None, description="added to the score of a response that never reached EOS (e.g. -1.0)")
     batch_size: int = Field(16, gt=0, description="prompts per rollout batch")
     mini_batch_size: int = Field(8, gt=0, description="sequences per optimizer update")
