@@ -228,3 +228,50 @@ def test_position_ids_from_mask():
         [0, 1, 2, 3, 4],
         [0, 0, 0, 0, 0],
     ]
+
+
+# ---- the chunked LM head: same values and gradients as the model's own full-vocabulary logits ----------
+@pytest.mark.parametrize("chunk", [1, 3, 512])
+def test_chunked_head_matches_full_logits_values_and_gradients(causal_lm, chunk, monkeypatch):
+    import alignkit.models.logprobs as lp
+
+    monkeypatch.setattr(lp, "HEAD_CHUNK", chunk)
+    calls = []
+    real_chunk = lp._chunk_logprobs
+    monkeypatch.setattr(lp, "_chunk_logprobs", lambda *a: calls.append(a[0].shape[0]) or real_chunk(*a))
+    batch = pad_rows(rows_of(PAIRS), PAD, side="left")
+    ids, att, resp = batch["input_ids"], batch["attention_mask"], batch["response_mask"]
+    params = [p for p in causal_lm.parameters() if p.requires_grad]
+
+    def full_path():  # the model's own forward: (B, L, V) logits, log-softmax, gather
+        logits = causal_lm(input_ids=ids, attention_mask=att, position_ids=position_ids_from_mask(att)).logits
+        logp = torch.log_softmax(logits[:, :-1].float() / 0.7, -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        mask = (resp[:, 1:] * att[:, 1:] * att[:, :-1]).float()
+        return (logp * mask).sum(-1)
+
+    want = full_path()
+    want_grads = torch.autograd.grad((want * torch.tensor([1.0, -2.0, 0.5, 3.0])).sum(), params)
+    got = sequence_logprobs(causal_lm, ids, att, resp, temperature=0.7)
+    got_grads = torch.autograd.grad((got * torch.tensor([1.0, -2.0, 0.5, 3.0])).sum(), params)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    scored = int((resp[:, 1:] * att[:, 1:] * att[:, :-1]).sum())  # 15 response tokens in PAIRS
+    assert max(calls) == min(chunk, scored) and sum(calls) >= scored  # chunked as asked (backward recomputes)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+
+def test_response_logprobs_entropy_matches_full_softmax(causal_lm):
+    from alignkit.losses import token_entropy
+    from alignkit.models.logprobs import response_logprobs
+
+    batch = pad_rows(rows_of(PAIRS), PAD, side="left")
+    ids, att = batch["input_ids"], batch["attention_mask"]
+    width = 8  # every prompt fits in the left-padded first 8 columns
+    resp = batch["response_mask"][:, width:]
+    with torch.no_grad():
+        logp, ent = response_logprobs(causal_lm, ids, att, width, resp, temperature=1.3, entropy=True)
+        logits = causal_lm(input_ids=ids, attention_mask=att, position_ids=position_ids_from_mask(att)).logits
+        z = logits[:, width - 1 : -1].float() / 1.3
+        want = torch.log_softmax(z, -1).gather(-1, ids[:, width:, None]).squeeze(-1) * resp
+        torch.testing.assert_close(logp, want, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ent, token_entropy(z) * resp, atol=1e-5, rtol=0)

@@ -3,14 +3,22 @@
 Conventions (DESIGN.md): a response's log-probability is the SUM of its tokens' log-probabilities, prompt and
 padding masked, computed in float32 whatever the model's dtype. Both left and right padding work: positions
 are taken from the attention mask.
+
+Memory and compute: the language-model head runs only on the positions that are scored (response tokens),
+in chunks of `HEAD_CHUNK` positions under activation checkpointing, so no (batch, length, vocabulary) logits
+tensor exists in the forward or the backward pass (the backward recomputes one chunk's logits at a time).
+Models whose head does more than a linear map (logit soft-capping or scaling) take the plain path.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
-from alignkit.losses import token_logprobs
+from alignkit.losses import token_entropy, token_logprobs
 from alignkit.models.load import unwrap
+
+HEAD_CHUNK = 512  # scored positions per chunk of the LM head: 512 x 49k float32 logits = 100 MB for SmolLM2
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -32,23 +40,75 @@ def sequence_logprobs(
     `response_mask[b, t] = 1` marks tokens that belong to the response (they are scored); the token at t is
     predicted by the logits at t-1. With `return_tokens=True` also returns per-token log-probs (B, L-1)
     aligned with input_ids[:, 1:] and zero outside the response."""
-    out = model(
-        input_ids=input_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        use_cache=False,
-    )
-    logits = out.logits[:, :-1]
-    if temperature != 1.0:
-        logits = logits / temperature
     # the predicting position must be a real token too: with left padding and an empty prompt the first
     # response token would otherwise be scored from a pad position's logits
     real = attention_mask.bool()
     mask = response_mask[:, 1:].bool() & real[:, 1:] & real[:, :-1]
     labels = input_ids[:, 1:].masked_fill(~mask, -100)
-    tok = token_logprobs(logits, labels)
+    if _needs_full_forward(model):
+        out = model(input_ids=input_ids, attention_mask=attention_mask,
+                    position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+        logits = out.logits[:, :-1]
+        tok = token_logprobs(logits / temperature if temperature != 1.0 else logits, labels)
+    else:
+        hidden, head = _hidden_and_lm_head(model, input_ids, attention_mask)
+        tok = head_logprobs(hidden[:, :-1], head, labels, temperature=temperature)
     seq = tok.sum(-1)
     return (seq, tok) if return_tokens else seq
+
+
+def _needs_full_forward(model) -> bool:
+    """True when the LM head is not a plain linear map of the last hidden state (soft-capping, scaling), or the
+    model has no separable backbone: those go through the model's own forward."""
+    base = unwrap(model)
+    cfg = getattr(base, "config", None)
+    if cfg is None or not hasattr(base, "get_output_embeddings"):  # not a transformers model
+        return True
+    if getattr(cfg, "final_logit_softcapping", None) or getattr(cfg, "logit_scale", None) is not None:
+        return True
+    return base.get_output_embeddings() is None or not hasattr(base, base.base_model_prefix)
+
+
+def _hidden_and_lm_head(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    base = unwrap(model)
+    backbone = getattr(base, base.base_model_prefix)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
+    return hidden, base.get_output_embeddings()
+
+
+def _chunk_logprobs(h: torch.Tensor, y: torch.Tensor, head, temperature: float) -> torch.Tensor:
+    logits = head(h).float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return logits.gather(-1, y[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+
+def head_logprobs(hidden: torch.Tensor, head, labels: torch.Tensor, *, temperature: float = 1.0,
+                  entropy: bool = False, chunk: int | None = None):
+    """`token_logprobs(head(hidden) / temperature, labels)` (B, L) computed only where `labels != -100`, a chunk
+    of `chunk` (default `HEAD_CHUNK`) positions at a time (checkpointed when gradients flow); with `entropy=True` also the per-token entropy
+    (B, L, no gradient) of the same distributions, 0 at unscored positions."""
+    chunk = chunk or HEAD_CHUNK
+    where = (labels != -100).nonzero(as_tuple=True)
+    h, y = hidden[where], labels[where]
+    parts, ents = [], []
+    for s in range(0, y.shape[0], chunk):
+        hc, yc = h[s : s + chunk], y[s : s + chunk]
+        if torch.is_grad_enabled() and hc.requires_grad:
+            parts.append(checkpoint(_chunk_logprobs, hc, yc, head, temperature, use_reentrant=False))
+        else:
+            parts.append(_chunk_logprobs(hc, yc, head, temperature))
+        if entropy:
+            with torch.no_grad():
+                logits = head(hc.detach()).float()
+                ents.append(token_entropy(logits / temperature if temperature != 1.0 else logits))
+    zeros = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
+    values = torch.cat(parts) if parts else zeros[where]
+    logp = zeros.index_put(where, values)
+    if not entropy:
+        return logp
+    return logp, zeros.index_put(where, torch.cat(ents) if ents else zeros[where])
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -82,15 +142,16 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     """Per-token log-probs (B, T) of the response columns `input_ids[:, prompt_width:]` at `temperature`,
     zero where `response_mask` is 0; with `entropy=True` also the per-token entropy (B, T) of the same
     distribution. Only the response positions' logits are kept."""
-    from alignkit.losses import token_entropy
-
+    labels = input_ids[:, prompt_width:].masked_fill(response_mask == 0, -100)
+    if not _needs_full_forward(model):
+        hidden, head = _hidden_and_lm_head(model, input_ids, attention_mask)
+        return head_logprobs(hidden[:, prompt_width - 1 : -1], head, labels, temperature=temperature, entropy=entropy)
     keep = input_ids.shape[1] - prompt_width + 1  # the LM head runs on the response positions only
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask), use_cache=False, logits_to_keep=keep)
     logits = out.logits[:, -keep:-1]
     if temperature != 1.0:
         logits = logits / temperature
-    labels = input_ids[:, prompt_width:].masked_fill(response_mask == 0, -100)
     logp = token_logprobs(logits, labels)
     if not entropy:
         return logp
