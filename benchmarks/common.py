@@ -10,6 +10,30 @@ import sys
 from collections.abc import Callable
 
 
+def matmul_peak_gflops(n: int = 1024, seconds: float = 2.0) -> float:
+    """This machine's measured float32 matmul throughput (GFLOP/s, best of repeated n x n products with the
+    current torch threads): the denominator of model-FLOPs utilisation, measured in the same run."""
+    import time
+
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b  # warm-up
+    best, start = 0.0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
+    return round(best, 1)
+
+
+def model_flops_per_token(n_params: int, *, train: bool = True, live_reference: bool = False) -> int:
+    """Model FLOPs per token (Kaplan et al. 2020 approximation, attention ignored): 6N to train (forward 2N,
+    backward 4N), plus 2N for a reference model run live."""
+    return (6 if train else 2) * n_params + (2 * n_params if live_reference else 0)
+
+
 def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 

@@ -9,7 +9,8 @@ Settings:
 - smollm2-lora / smollm2-full: SmolLM2-135M-Instruct (built-in), 32 pairs of up to 128 tokens, batch 8,
   4 optimizer steps, LoRA r=16 on all linear layers or full fine-tuning.
 Reported: pairs/s of the training loop (median over steps), end-to-end pairs/s (load, reference pass, training,
-saving), tokens/s, wall seconds, peak RSS.
+saving), tokens/s, wall seconds, peak RSS, and model-FLOPs utilisation: tokens/s x 6N (+2N for a live
+reference) against the float32 matmul peak measured at the start of the same process.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 
 from common import main as bench_main
-from common import peak_rss_mb
+from common import matmul_peak_gflops, model_flops_per_token, peak_rss_mb
 
 WORDS = ("the film story actor scene music plot camera light dark long short slow fast warm cold old new "
          "good bad great poor fine dull bright quiet loud simple clever funny sad kind cruel brave calm wild "
@@ -71,6 +72,7 @@ def run_setting(name: str) -> dict:
                     max_steps=s["max_steps"], reference=s["reference"], lora=s.get("lora", False),
                     max_length=s["max_length"], max_prompt_length=64, eval_fraction=0.0, progress=False,
                     learning_rate=1e-5)
+    peak = matmul_peak_gflops()
     t0 = time.perf_counter()
     run_dpo(cfg)
     wall = time.perf_counter() - t0
@@ -78,7 +80,11 @@ def run_setting(name: str) -> dict:
     steps = [m for m in steps if m["split"] == "train"]
     trained = sum(1 for _ in steps) * s["batch"] if s["max_steps"] else s["pairs"]
     import torch
+    from transformers import AutoModelForCausalLM
 
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(work / "out").parameters())
+    tokens_per_s = statistics.median(m["tokens_per_s"] for m in steps)
+    flops = model_flops_per_token(n_params, live_reference=s["reference"] != "precomputed")
     return {
         "benchmark": "dpo", "setting": name, **{k: v for k, v in s.items()}, "threads": torch.get_num_threads(),
         "steps": len(steps),
@@ -87,6 +93,8 @@ def run_setting(name: str) -> dict:
         "end_to_end_pairs_per_s": round(trained / wall, 2),
         "wall_s": round(wall, 1),
         "peak_rss_mb": peak_rss_mb(),
+        "params": n_params, "model_gflops_per_token": round(flops / 1e9, 3), "matmul_peak_gflops": peak,
+        "mfu": round(tokens_per_s * flops / 1e9 / peak, 3),
     }
 
 
