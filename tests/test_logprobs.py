@@ -275,3 +275,24 @@ def test_response_logprobs_entropy_matches_full_softmax(causal_lm):
         want = torch.log_softmax(z, -1).gather(-1, ids[:, width:, None]).squeeze(-1) * resp
         torch.testing.assert_close(logp, want, atol=1e-5, rtol=0)
         torch.testing.assert_close(ent, token_entropy(z) * resp, atol=1e-5, rtol=0)
+
+
+def test_sft_step_equals_sft_loss_on_full_logits(causal_lm):
+    """The SFT step (chunked head on response positions) against `losses.sft_loss` on the model's full logits:
+    same loss and same gradients."""
+    from alignkit.data.collate import collate_sft
+    from alignkit.losses import sft_loss
+    from alignkit.train.sft import sft_step
+
+    batch = collate_sft([{"input_ids": p + r, "response_mask": [0] * len(p) + [1] * len(r)} for p, r in PAIRS],
+                        pad_id=PAD)
+    params = [p for p in causal_lm.parameters() if p.requires_grad]
+    got, _ = sft_step(causal_lm, batch)
+    got_grads = torch.autograd.grad(got, params)
+    att = batch["attention_mask"]
+    logits = causal_lm(input_ids=batch["input_ids"], attention_mask=att, position_ids=position_ids_from_mask(att)).logits
+    want = sft_loss(logits, batch["labels"])
+    want_grads = torch.autograd.grad(want, params)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)

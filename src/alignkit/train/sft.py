@@ -5,18 +5,18 @@ from __future__ import annotations
 from functools import partial
 
 from alignkit.data.collate import collate_sft
-from alignkit.losses import sft_loss
-from alignkit.models.logprobs import position_ids_from_mask
+from alignkit.models.logprobs import sequence_logprobs
 from alignkit.train.common import encode_all, load_split, make_encoder, policy_and_tokenizer, saver
 from alignkit.train.config import SFTConfig
 from alignkit.train.loop import Task, TrainResult, train
 
 
 def sft_step(model, batch):
-    """Mean token cross-entropy over the batch's response tokens."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   position_ids=position_ids_from_mask(batch["attention_mask"]), use_cache=False).logits
-    return sft_loss(logits, batch["labels"]), {}
+    """Mean token cross-entropy over the batch's response tokens (`losses.sft_loss`), computed from log-probs
+    whose LM head runs only on response positions, in chunks (`models.logprobs`)."""
+    _, tok = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                               return_tokens=True)
+    return -tok.sum() / (batch["labels"][:, 1:] != -100).sum().clamp(min=1), {}
 
 
 def build_sft(cfg: SFTConfig) -> Task:
