@@ -275,6 +275,11 @@ def test_response_logprobs_entropy_matches_full_softmax(causal_lm):
         want = torch.log_softmax(z, -1).gather(-1, ids[:, width:, None]).squeeze(-1) * resp
         torch.testing.assert_close(logp, want, atol=1e-5, rtol=0)
         torch.testing.assert_close(ent, token_entropy(z) * resp, atol=1e-5, rtol=0)
+    # with gradients on (the checkpointed path), the same values, and the log-probs carry a gradient
+    logp_g, ent_g = response_logprobs(causal_lm, ids, att, width, resp, temperature=1.3, entropy=True)
+    assert logp_g.requires_grad and not ent_g.requires_grad
+    torch.testing.assert_close(logp_g.detach(), want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent_g, ent, atol=1e-6, rtol=0)
 
 
 def test_sft_step_equals_sft_loss_on_full_logits(causal_lm):

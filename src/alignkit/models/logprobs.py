@@ -51,7 +51,7 @@ def sequence_logprobs(
         logits = out.logits[:, :-1]
         tok = token_logprobs(logits / temperature if temperature != 1.0 else logits, labels)
     else:
-        hidden, head = _hidden_and_lm_head(model, input_ids, attention_mask)
+        hidden, head = _hidden_and_head(model, input_ids, attention_mask, lm=True)
         tok = head_logprobs(hidden[:, :-1], head, labels, temperature=temperature)
     seq = tok.sum(-1)
     return (seq, tok) if return_tokens else seq
@@ -69,26 +69,25 @@ def _needs_full_forward(model) -> bool:
     return base.get_output_embeddings() is None or not hasattr(base, base.base_model_prefix)
 
 
-def _hidden_and_lm_head(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    base = unwrap(model)
-    backbone = getattr(base, base.base_model_prefix)
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
-                      position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
-    return hidden, base.get_output_embeddings()
+def _chunk_logits(h: torch.Tensor, head, temperature: float) -> torch.Tensor:
+    logits = head(h).float()
+    return logits / temperature if temperature != 1.0 else logits
+
+
+def _logprob_of(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return logits.gather(-1, y[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
 
 def _chunk_logprobs(h: torch.Tensor, y: torch.Tensor, head, temperature: float) -> torch.Tensor:
-    logits = head(h).float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    return logits.gather(-1, y[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return _logprob_of(_chunk_logits(h, head, temperature), y)
 
 
 def head_logprobs(hidden: torch.Tensor, head, labels: torch.Tensor, *, temperature: float = 1.0,
                   entropy: bool = False, chunk: int | None = None):
     """`token_logprobs(head(hidden) / temperature, labels)` (B, L) computed only where `labels != -100`, a chunk
-    of `chunk` (default `HEAD_CHUNK`) positions at a time (checkpointed when gradients flow); with `entropy=True` also the per-token entropy
-    (B, L, no gradient) of the same distributions, 0 at unscored positions."""
+    of `chunk` (default `HEAD_CHUNK`) positions at a time (checkpointed when gradients flow); with
+    `entropy=True` also the per-token entropy (B, L, no gradient) of the same distributions, 0 at unscored
+    positions."""
     chunk = chunk or HEAD_CHUNK
     where = (labels != -100).nonzero(as_tuple=True)
     h, y = hidden[where], labels[where]
@@ -97,15 +96,16 @@ def head_logprobs(hidden: torch.Tensor, head, labels: torch.Tensor, *, temperatu
         hc, yc = h[s : s + chunk], y[s : s + chunk]
         if torch.is_grad_enabled() and hc.requires_grad:
             parts.append(checkpoint(_chunk_logprobs, hc, yc, head, temperature, use_reentrant=False))
-        else:
-            parts.append(_chunk_logprobs(hc, yc, head, temperature))
-        if entropy:
-            with torch.no_grad():
-                logits = head(hc.detach()).float()
-                ents.append(token_entropy(logits / temperature if temperature != 1.0 else logits))
+            if entropy:
+                with torch.no_grad():
+                    ents.append(token_entropy(_chunk_logits(hc, head, temperature)))
+        else:  # no gradient: one head pass serves both
+            logits = _chunk_logits(hc, head, temperature)
+            parts.append(_logprob_of(logits, yc))
+            if entropy:
+                ents.append(token_entropy(logits))
     zeros = torch.zeros(labels.shape, dtype=torch.float32, device=labels.device)
-    values = torch.cat(parts) if parts else zeros[where]
-    logp = zeros.index_put(where, values)
+    logp = zeros.index_put(where, torch.cat(parts) if parts else zeros[where])
     if not entropy:
         return logp
     return logp, zeros.index_put(where, torch.cat(ents) if ents else zeros[where])
@@ -117,13 +117,14 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (positions * attention_mask.long()).argmax(-1)
 
 
-def _hidden_and_head(model, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-    """Last hidden states of a scalar-head model's backbone, and its `score` head (peft-wrapped or not)."""
+def _hidden_and_head(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, lm: bool = False):
+    """Last hidden states of the model's backbone (peft-wrapped or not) and its head: the `score` head of a
+    scalar-head model, or with `lm=True` the language-model head (output embeddings)."""
     base = unwrap(model)
     backbone = getattr(base, base.base_model_prefix)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=position_ids_from_mask(attention_mask), use_cache=False).last_hidden_state
-    return hidden, base.score
+    return hidden, base.get_output_embeddings() if lm else base.score
 
 
 def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -144,7 +145,7 @@ def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     distribution. Only the response positions' logits are kept."""
     labels = input_ids[:, prompt_width:].masked_fill(response_mask == 0, -100)
     if not _needs_full_forward(model):
-        hidden, head = _hidden_and_lm_head(model, input_ids, attention_mask)
+        hidden, head = _hidden_and_head(model, input_ids, attention_mask, lm=True)
         return head_logprobs(hidden[:, prompt_width - 1 : -1], head, labels, temperature=temperature, entropy=entropy)
     keep = input_ids.shape[1] - prompt_width + 1  # the LM head runs on the response positions only
     out = model(input_ids=input_ids, attention_mask=attention_mask,
