@@ -67,8 +67,8 @@ def annotate_groups(prompts: Sequence, groups: Sequence[Sequence[str]], golds: S
                 wins[j] += v.count("b")
         best = max(keep, key=lambda i: (wins[i], -i))
         worst = min(keep, key=lambda i: (wins[i], -i))
-        v = votes[min(best, worst), max(best, worst)]
-        a, b = min(best, worst), max(best, worst)
+        a, b = sorted((best, worst))
+        v = votes[a, b]
         if rng.random() < 0.5:  # random presentation order
             a, b, v = b, a, ["b" if x == "a" else "a" for x in v]
         records.append({"prompt": prompt, "response_a": responses[a], "response_b": responses[b], "votes": v,
