@@ -30,3 +30,31 @@ def test_pairwise_agreement():
     assert n == 3 and acc == pytest.approx(2 / 3)
     acc, n = pairwise_agreement([1, 2], [0.5, 0.5], [0, 0])
     assert n == 0 and math.isnan(acc)
+
+
+def test_eval_samples_are_reused_only_while_nothing_changed(tiny_model, tmp_path):
+    """The evaluation sample cache: a rerun reuses each model's samples; a changed policy folder, prompt list or
+    setting samples again (a cache keyed on too little would pass the demo's reuse test but fail here)."""
+    import shutil
+
+    from alignkit.evaluate.run import EvalSettings, evaluate_policies
+
+    policy = tmp_path / "policy"
+    shutil.copytree(tiny_model, policy)
+    prompts = ["Write about the river", "Write about the city"]
+    out = tmp_path / "eval"
+
+    def run(ps=prompts, **settings):
+        evaluate_policies({"p": str(policy)}, tiny_model, ps, "vader", output_dir=out,
+                          settings=EvalSettings(max_new_tokens=4, **settings))
+        return {f.name: f.stat().st_mtime_ns for f in (out / "samples").glob("*.json")}
+
+    first = run()
+    assert set(first) == {"reference.json", "p.json"}
+    assert run() == first  # nothing changed: nothing sampled
+    (policy / "config.json").write_text((policy / "config.json").read_text())  # the policy folder changed
+    again = run()
+    assert again["p.json"] != first["p.json"] and again["reference.json"] == first["reference.json"]
+    for changed in (run(ps=prompts[:1]), run(ps=prompts[:1], seed=3)):  # other prompts, then another seed
+        assert changed["p.json"] != again["p.json"] and changed["reference.json"] != again["reference.json"]
+        again = changed
