@@ -8,6 +8,31 @@ import resource
 import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
+
+WORDS = ("the film story actor scene music plot camera light dark long short slow fast warm cold old new "
+         "good bad great poor fine dull bright quiet loud simple clever funny sad kind cruel brave calm wild "
+         "river city night day summer winter house road friend mother father child king queen war peace").split()
+
+
+def make_pairs(n: int, seed: int, min_words: int, max_words: int) -> list[dict]:
+    import random
+
+    rng = random.Random(seed)
+
+    def text(k):
+        return " " + " ".join(rng.choice(WORDS) for _ in range(k)) + "."
+
+    return [{"prompt": "Write about" + text(rng.randint(3, 12)), "chosen": text(rng.randint(min_words, max_words)),
+             "rejected": text(rng.randint(min_words, max_words))} for _ in range(n)]
+
+
+def tiny_gpt2(path: Path, pairs: list[dict]) -> str:
+    """The tiny benchmark model: GPT-2 with 4 layers, width 256 and a 2k BPE vocabulary trained on the pairs."""
+    from alignkit.models.tiny import make_tiny_model
+
+    texts = [p[k] for p in pairs for k in ("prompt", "chosen", "rejected")]
+    return make_tiny_model(path, texts, arch="gpt2", vocab_size=2048, hidden_size=256, num_layers=4)
 
 
 def matmul_peak_gflops(n: int = 1024, seconds: float = 2.0) -> float:

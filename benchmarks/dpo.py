@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -26,11 +25,7 @@ import time
 from pathlib import Path
 
 from common import main as bench_main
-from common import matmul_peak_gflops, model_flops_per_token, peak_rss_mb
-
-WORDS = ("the film story actor scene music plot camera light dark long short slow fast warm cold old new "
-         "good bad great poor fine dull bright quiet loud simple clever funny sad kind cruel brave calm wild "
-         "river city night day summer winter house road friend mother father child king queen war peace").split()
+from common import make_pairs, matmul_peak_gflops, model_flops_per_token, peak_rss_mb, tiny_gpt2
 
 SETTINGS = {
     "tiny": dict(model="tiny", pairs=512, batch=8, reference="precomputed", max_steps=None, max_length=512),
@@ -42,20 +37,9 @@ SETTINGS = {
 }
 
 
-def make_pairs(n: int, seed: int, min_words: int, max_words: int) -> list[dict]:
-    rng = random.Random(seed)
-
-    def text(k):
-        return " " + " ".join(rng.choice(WORDS) for _ in range(k)) + "."
-
-    return [{"prompt": "Write about" + text(rng.randint(3, 12)), "chosen": text(rng.randint(min_words, max_words)),
-             "rejected": text(rng.randint(min_words, max_words))} for _ in range(n)]
-
-
 def run_setting(name: str) -> dict:
     from alignkit import DPOConfig, run_dpo
     from alignkit.models.load import resolve_model
-    from alignkit.models.tiny import make_tiny_model
 
     s = SETTINGS[name]
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
@@ -66,8 +50,7 @@ def run_setting(name: str) -> dict:
     data = work / "pairs.jsonl"
     data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
     if model == "tiny":
-        texts = [p[k] for p in pairs for k in ("prompt", "chosen", "rejected")]
-        model = make_tiny_model(work / "model", texts, arch="gpt2", vocab_size=2048, hidden_size=256, num_layers=4)
+        model = tiny_gpt2(work / "model", pairs)
     cfg = DPOConfig(model=model, data=str(data), output_dir=str(work / "out"), batch_size=s["batch"],
                     max_steps=s["max_steps"], reference=s["reference"], lora=s.get("lora", False),
                     max_length=s["max_length"], max_prompt_length=64, eval_fraction=0.0, progress=False,
