@@ -32,15 +32,18 @@ def collate_pairs(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     rows = [(it["prompt"] + it["chosen"], [0] * len(it["prompt"]) + [1] * len(it["chosen"])) for it in items]
     rows += [(it["prompt"] + it["rejected"], [0] * len(it["prompt"]) + [1] * len(it["rejected"])) for it in items]
     batch = pad_rows(rows, pad_id)
-    batch["label"] = torch.tensor([float(it.get("label", 1.0)) for it in items])
-    batch["margin"] = torch.tensor([float(it.get("margin", 0.0)) for it in items])
-    if "ref_chosen" in items[0]:
-        batch["ref_chosen"] = torch.tensor([it["ref_chosen"] for it in items], dtype=torch.float32)
-        batch["ref_rejected"] = torch.tensor([it["ref_rejected"] for it in items], dtype=torch.float32)
-    if "ref_chosen_tokens" in items[0]:
-        batch["ref_chosen_tokens"] = torch.tensor([it["ref_chosen_tokens"] for it in items], dtype=torch.float32)
-        batch["ref_rejected_tokens"] = torch.tensor([it["ref_rejected_tokens"] for it in items], dtype=torch.float32)
+    batch.update(_pair_fields(items))
     return batch
+
+
+def _pair_fields(items: list[dict]) -> dict[str, torch.Tensor]:
+    """Per-pair tensors: soft label, margin, and cached reference log-probs when present."""
+    out = {"label": torch.tensor([float(it.get("label", 1.0)) for it in items]),
+           "margin": torch.tensor([float(it.get("margin", 0.0)) for it in items])}
+    for key in ("ref_chosen", "ref_rejected"):
+        if key in items[0]:
+            out[key] = torch.tensor([it[key] for it in items], dtype=torch.float32)
+    return out
 
 
 def collate_rankings(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
@@ -57,4 +60,129 @@ def collate_rankings(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
         index.append(idx + [-1] * (kmax - len(idx)))
     batch = pad_rows(rows, pad_id)
     batch["rank_index"] = torch.tensor(index, dtype=torch.long)
+    return batch
+
+
+# ---- padding-free packing -------------------------------------------------------------------------------
+# A packed batch lays several sequences side by side in each row, up to a token budget, with no padding
+# between them. Each token carries a segment id; a segment may name a parent segment whose tokens it also
+# sees (the shared prompt of a chosen/rejected pair): token q attends to token k <= q when both are in the
+# same segment or k is in q's parent. Positions restart in every segment (continuing after the parent's), so
+# each sequence is computed exactly as it would be alone. The model side (`models.logprobs`) turns `segment`
+# and `parent` into a block-diagonal 4D attention mask and reads what a step needs through flat indices:
+#   score_index / score_label / score_seq: for every scored token, the flat (row * width + column) position
+#       whose output predicts it, the token, and the sequence it belongs to;
+#   last_index: for every sequence, the flat position of its last token (where a reward head reads);
+#   response_tokens: for every sequence, its number of response tokens.
+# Sequences are numbered in the order the caller gives them (pairs: all chosen first, then all rejected).
+
+Segment = tuple[list[int], list[int], int | None, int | None]  # ids, scored mask, parent (index in unit), sequence
+
+
+def pack_units(units: list[list[Segment]], pad_id: int, *, pack_tokens: int) -> dict[str, torch.Tensor]:
+    """Pack units (lists of segments that stay together in one row) into rows of at most `pack_tokens` tokens
+    (or the longest unit, if longer; so 0 means rows as long as the longest unit), first-fit by decreasing
+    length."""
+    sizes = [sum(len(s[0]) for s in u) for u in units]
+    cap = max([pack_tokens, *sizes])
+    rows: list[list[int]] = []  # unit indices per row
+    room: list[int] = []
+    for i in sorted(range(len(units)), key=lambda i: -sizes[i]):
+        r = next((r for r, left in enumerate(room) if left >= sizes[i]), None)
+        if r is None:
+            rows.append([])
+            room.append(cap)
+            r = len(rows) - 1
+        rows[r].append(i)
+        room[r] -= sizes[i]
+    width = max(cap - left for left in room)
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_id, dtype=torch.long)
+    position = torch.zeros(shape, dtype=torch.long)
+    segment = torch.full(shape, -1, dtype=torch.long)
+    parent = torch.full(shape, -1, dtype=torch.long)
+    score_index, score_label, score_seq, last, resp = [], [], [], {}, {}
+    seg_id = 0
+    for r, members in enumerate(rows):
+        col = 0
+        for i in members:
+            ends: list[tuple[int, int, int]] = []  # per segment of the unit: (id, last column, last position)
+            for ids, mask, par, seq in units[i]:
+                n = len(ids)
+                start_pos = ends[par][2] + 1 if par is not None else 0
+                sl = slice(col, col + n)
+                input_ids[r, sl] = torch.tensor(ids, dtype=torch.long)
+                position[r, sl] = torch.arange(start_pos, start_pos + n)
+                segment[r, sl] = seg_id
+                parent[r, sl] = ends[par][0] if par is not None else seg_id
+                if seq is not None:
+                    for j in range(n):
+                        if not mask[j]:
+                            continue
+                        if j > 0:
+                            pred = col + j - 1
+                        elif par is not None:
+                            pred = ends[par][1]
+                        else:
+                            continue  # a sequence's first token has no predictor
+                        score_index.append(r * width + pred)
+                        score_label.append(ids[j])
+                        score_seq.append(seq)
+                    last[seq] = r * width + col + n - 1
+                    resp[seq] = sum(mask)
+                ends.append((seg_id, col + n - 1, start_pos + n - 1))
+                seg_id += 1
+                col += n
+    return {
+        "input_ids": input_ids, "attention_mask": (segment >= 0).long(), "position_ids": position,
+        "segment": segment, "parent": parent,
+        "score_index": torch.tensor(score_index, dtype=torch.long),
+        "score_label": torch.tensor(score_label, dtype=torch.long),
+        "score_seq": torch.tensor(score_seq, dtype=torch.long),
+        "last_index": torch.tensor([last[s] for s in sorted(last)], dtype=torch.long),
+        "response_tokens": torch.tensor([resp[s] for s in sorted(resp)], dtype=torch.long),
+    }
+
+
+def pack_sft(items: list[dict], pad_id: int, *, pack_tokens: int) -> dict[str, torch.Tensor]:
+    """SFT items packed padding-free (see `pack_units`); one sequence per item."""
+    return pack_units([[(it["input_ids"], it["response_mask"], None, i)] for i, it in enumerate(items)], pad_id,
+                      pack_tokens=pack_tokens)
+
+
+def pack_rankings(items: list[dict], pad_id: int, *, pack_tokens: int, shared_prompt: bool = True) -> dict[str, torch.Tensor]:
+    """Rankings packed padding-free, with the same `rank_index` grid as `collate_rankings`; with `shared_prompt`
+    the prompt is laid out once for all of an item's responses."""
+    units: list[list[Segment]] = []
+    index, seq = [], 0
+    kmax = max(len(it["responses"]) for it in items)
+    for it in items:
+        p, rs = it["prompt"], it["responses"]
+        index.append(list(range(seq, seq + len(rs))) + [-1] * (kmax - len(rs)))
+        if shared_prompt and p:
+            units.append([(p, [0] * len(p), None, None)] + [(r, [1] * len(r), 0, seq + j) for j, r in enumerate(rs)])
+        else:
+            units += [[(p + r, [0] * len(p) + [1] * len(r), None, seq + j)] for j, r in enumerate(rs)]
+        seq += len(rs)
+    batch = pack_units(units, pad_id, pack_tokens=pack_tokens)
+    batch["rank_index"] = torch.tensor(index, dtype=torch.long)
+    return batch
+
+
+def pack_pairs(items: list[dict], pad_id: int, *, pack_tokens: int, shared_prompt: bool = True) -> dict[str, torch.Tensor]:
+    """Pairs packed padding-free: sequence i is item i's chosen response, sequence B + i its rejected one. With
+    `shared_prompt` the prompt is laid out once and both responses see it; otherwise each response is a full
+    prompt + response sequence of its own. Carries the same per-pair fields as `collate_pairs`."""
+    b = len(items)
+    units: list[list[Segment]] = []
+    for i, it in enumerate(items):
+        p = it["prompt"]
+        if shared_prompt and p:
+            units.append([(p, [0] * len(p), None, None), (it["chosen"], [1] * len(it["chosen"]), 0, i),
+                          (it["rejected"], [1] * len(it["rejected"]), 0, b + i)])
+        else:
+            units.append([(p + it["chosen"], [0] * len(p) + [1] * len(it["chosen"]), None, i)])
+            units.append([(p + it["rejected"], [0] * len(p) + [1] * len(it["rejected"]), None, b + i)])
+    batch = pack_units(units, pad_id, pack_tokens=pack_tokens)
+    batch.update(_pair_fields(items))
     return batch

@@ -138,6 +138,67 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     return head(last).squeeze(-1).float()
 
 
+def packing_supported(model) -> str | None:
+    """None when `model` computes packed batches (`data.collate.pack_units`) exactly, else the reason it cannot:
+    the 4D mask needs the sdpa or eager attention, and a sliding window would be ignored under a custom mask."""
+    cfg = getattr(unwrap(model), "config", None)
+    if cfg is None:
+        return "not a transformers model"
+    impl = getattr(cfg, "_attn_implementation", None) or "eager"
+    if impl not in ("sdpa", "eager"):
+        return f"attention implementation {impl!r} takes no 4D mask"
+    if getattr(cfg, "sliding_window", None):
+        return "sliding-window attention"
+    return None
+
+
+def packed_attention_mask(segment: torch.Tensor, parent: torch.Tensor, eager: bool, dtype: torch.dtype) -> torch.Tensor:
+    """(R, 1, L, L) mask of a packed batch: token q sees token k <= q of its own segment or of its parent
+    segment; padding sees only itself (so no row of the softmax is empty). Boolean (True = attend) for sdpa,
+    additive (0 / dtype min) for eager attention."""
+    n = segment.shape[1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=segment.device).tril()
+    k = segment[:, None, :]
+    allowed = causal & (k >= 0) & ((k == segment[:, :, None]) | (k == parent[:, :, None]))
+    allowed |= torch.eye(n, dtype=torch.bool, device=segment.device)
+    if not eager:
+        return allowed[:, None]
+    return torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
+
+
+def _packed_forward(model, batch: dict, *, lm: bool):
+    """Last hidden states (flattened to (R*L, H)) of a packed batch and the head to apply, or with a model that
+    needs its own forward, its flattened logits and None."""
+    base = unwrap(model)
+    eager = (getattr(base.config, "_attn_implementation", None) or "eager") == "eager"
+    mask = packed_attention_mask(batch["segment"], batch["parent"], eager, next(model.parameters()).dtype)
+    args = dict(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False)
+    if lm and _needs_full_forward(model):
+        return model(**args).logits.flatten(0, 1), None
+    hidden = getattr(base, base.base_model_prefix)(**args).last_hidden_state
+    return hidden.flatten(0, 1), base.get_output_embeddings() if lm else base.score
+
+
+def packed_sequence_logprobs(model, batch: dict, *, return_tokens: bool = False):
+    """`sequence_logprobs` of a packed batch: summed response log-probs per sequence (S,), and with
+    `return_tokens=True` also the scored tokens' log-probs (N,) in `score_index` order."""
+    out, head = _packed_forward(model, batch, lm=True)
+    where, labels = batch["score_index"], batch["score_label"]
+    if head is None:
+        tok = token_logprobs(out[where][None], labels[None])[0]
+    else:
+        tok = head_logprobs(out[where][None], head, labels[None])[0]
+    n_seqs = batch["last_index"].shape[0]
+    seq = torch.zeros(n_seqs, dtype=tok.dtype, device=tok.device).index_add(0, batch["score_seq"], tok)
+    return (seq, tok) if return_tokens else seq
+
+
+def packed_reward_scores(model, batch: dict) -> torch.Tensor:
+    """`reward_scores` of a packed batch: the scalar head read at each sequence's last token, (S,)."""
+    hidden, head = _packed_forward(model, batch, lm=False)
+    return head(hidden[batch["last_index"]]).squeeze(-1).float()
+
+
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
                       response_mask: torch.Tensor, *, temperature: float = 1.0, entropy: bool = False):
     """Per-token log-probs (B, T) of the response columns `input_ids[:, prompt_width:]` at `temperature`,

@@ -72,6 +72,19 @@ def policy_and_tokenizer(cfg: TrainConfig, *, reward: bool = False):
     return model, tokenizer
 
 
+def use_packing(cfg: TrainConfig, *models) -> bool:
+    """Whether batches are packed (`cfg.packing`, and every model that runs them computes packed rows exactly)."""
+    from alignkit.models.logprobs import packing_supported
+
+    if not cfg.packing:
+        return False
+    for m in models:
+        if (why := packing_supported(m)) is not None:
+            say(f"packing off: {why}; batches are padded instead")
+            return False
+    return True
+
+
 def saver(tokenizer) -> Callable:
     def save(model, out: Path) -> None:
         save_model(model, tokenizer, out)

@@ -63,6 +63,12 @@ class TrainConfig(RunConfig):
     eval_data: str | None = Field(None, description="held-out data; default: hold out --eval-fraction of --data")
     eval_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="share of --data held out for evaluation when --eval-data is not given")
     data_format: str = Field("auto", description="record format: auto, or (preference data) pairs, hh, alpaca_eval, votes, rankings")
+    packing: bool = Field(True, description="pack sequences into rows without padding (block-diagonal attention); "
+                          "off, or unsupported by the model, pads each batch to its longest sequence")
+    pack_tokens: int = Field(0, ge=0, description="token budget of a packed row (0 = the batch's longest sequence: "
+                             "least attention work on CPU; larger rows suit GPUs)")
+    shared_prompt: bool = Field(True, description="with packing, lay a pair's (or ranking's) prompt out once for all "
+                                "its responses")
 
 
 class SFTConfig(TrainConfig):

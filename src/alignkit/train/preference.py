@@ -17,18 +17,30 @@ from functools import partial
 
 import torch
 
-from alignkit.data.collate import collate_pairs
+from alignkit.data.collate import collate_pairs, pack_pairs
 from alignkit.losses import implicit_rewards, preference_loss
 from alignkit.models.load import cache_dir, load_causal_lm
-from alignkit.models.logprobs import sequence_logprobs
-from alignkit.train.common import encode_all, load_pair_split, make_encoder, policy_and_tokenizer, saver, say
+from alignkit.models.logprobs import packed_sequence_logprobs, sequence_logprobs
+from alignkit.train.common import (
+    encode_all,
+    load_pair_split,
+    make_encoder,
+    policy_and_tokenizer,
+    saver,
+    say,
+    use_packing,
+)
 from alignkit.train.config import DPOConfig
 from alignkit.train.loop import Task, TrainResult, train
 
 
 def pair_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed response log-probs of the chosen rows and the rejected rows (one forward pass for both)."""
-    logps = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    """Summed response log-probs of the chosen and the rejected responses (one forward pass for both; packed
+    batches may lay the prompt out once for both)."""
+    if "segment" in batch:
+        logps = packed_sequence_logprobs(model, batch)
+    else:
+        logps = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
     b = logps.shape[0] // 2
     return logps[:b], logps[b:]
 
@@ -51,7 +63,7 @@ def make_dpo_step(cfg: DPOConfig, reference=None):
                 else:
                     rc, rr = pair_logprobs(reference, batch)
         if cfg.ipo_average and cfg.loss in ("ipo", "gipo"):
-            n = batch["response_mask"].sum(-1).clamp(min=1).float()
+            n = (batch["response_tokens"] if "segment" in batch else batch["response_mask"].sum(-1)).clamp(min=1).float()
             b = pc.shape[0]
             pc, pr, rc, rr = pc / n[:b], pr / n[b:], rc / n[:b], rr / n[b:]
         losses = preference_loss(cfg.loss, pc, pr, rc, rr, beta=cfg.beta, label=batch["label"] if soft else None,
@@ -81,10 +93,10 @@ def _fingerprint(model, items: list[dict]) -> str:
     return h.hexdigest()
 
 
-def precompute_reference(reference, items: list[dict], pad_id: int, batch_size: int, *, progress: bool = True,
+def precompute_reference(reference, items: list[dict], collate, batch_size: int, *, progress: bool = True,
                          adapter_off: bool = False, cache: bool = True) -> str:
-    """Fill `ref_chosen` / `ref_rejected` of every item, from the disk cache when the same reference and data
-    were seen before. Returns "cache" or "computed"."""
+    """Fill `ref_chosen` / `ref_rejected` of every item (batches made by `collate`, packed or padded), from the
+    disk cache when the same reference and data were seen before. Returns "cache" or "computed"."""
     from tqdm.auto import tqdm
 
     if not items:
@@ -106,7 +118,7 @@ def precompute_reference(reference, items: list[dict], pad_id: int, batch_size: 
     dev = next(reference.parameters()).device
     with torch.inference_mode(), ctx():
         for i in tqdm(range(0, len(items), batch_size), desc="reference log-probs", leave=False, disable=not progress):
-            batch = collate_pairs(items[i : i + batch_size], pad_id)
+            batch = collate(items[i : i + batch_size])
             batch = {k: v.to(dev) for k, v in batch.items()}
             c, r = pair_logprobs(reference, batch)
             chosen.append(c.float().cpu())
@@ -140,11 +152,15 @@ def build_dpo(cfg: DPOConfig) -> Task:
     if reference is not None:
         reference.requires_grad_(False)
         reference.eval()
+    if use_packing(cfg, model, *([reference] if reference is not None else [])):
+        collate = partial(pack_pairs, pad_id=tok.pad_token_id, pack_tokens=cfg.pack_tokens, shared_prompt=cfg.shared_prompt)
+    else:
+        collate = partial(collate_pairs, pad_id=tok.pad_token_id)
     if cfg.reference == "precomputed":
         # before the first step the policy IS the reference (with LoRA: its base, adapter off)
         source = reference if reference is not None else model
         bs = cfg.eval_batch_size or cfg.batch_size
-        how = precompute_reference(source, train_items + eval_items, tok.pad_token_id, bs, progress=cfg.progress,
+        how = precompute_reference(source, train_items + eval_items, collate, bs, progress=cfg.progress,
                                    adapter_off=reference is None and cfg.lora)
         say(f"reference log-probs: {how} for {len(train_items) + len(eval_items)} pairs")
         info["reference_logps"] = how
@@ -152,8 +168,8 @@ def build_dpo(cfg: DPOConfig) -> Task:
         step = make_dpo_step(cfg)
     else:
         step = make_dpo_step(cfg, reference)
-    return Task(f"dpo-{cfg.loss}" if cfg.loss != "dpo" else "dpo", model, train_items, eval_items,
-                partial(collate_pairs, pad_id=tok.pad_token_id), step, saver(tok), info)
+    return Task(f"dpo-{cfg.loss}" if cfg.loss != "dpo" else "dpo", model, train_items, eval_items, collate, step,
+                saver(tok), info)
 
 
 def run_dpo(cfg: DPOConfig) -> TrainResult:

@@ -7,10 +7,10 @@ from functools import partial
 
 import torch
 
-from alignkit.data.collate import collate_pairs, collate_rankings, pad_rows
+from alignkit.data.collate import collate_pairs, collate_rankings, pack_pairs, pack_rankings, pad_rows
 from alignkit.losses import bradley_terry_loss, ranking_loss
 from alignkit.models.load import unwrap
-from alignkit.models.logprobs import reward_scores
+from alignkit.models.logprobs import packed_reward_scores, reward_scores
 from alignkit.rollout.rewards import OFFSET_KEY  # stored in config.json; scores are r(x, y) - offset
 from alignkit.train.common import (
     encode_all,
@@ -20,13 +20,21 @@ from alignkit.train.common import (
     policy_and_tokenizer,
     saver,
     say,
+    use_packing,
 )
 from alignkit.train.config import RewardConfig
 from alignkit.train.loop import Task, TrainResult, train
 
 
+def batch_scores(model, batch) -> torch.Tensor:
+    """One reward per sequence of a packed or padded batch."""
+    if "segment" in batch:
+        return packed_reward_scores(model, batch)
+    return reward_scores(model, batch["input_ids"], batch["attention_mask"])
+
+
 def pair_step(model, batch):
-    r = reward_scores(model, batch["input_ids"], batch["attention_mask"])
+    r = batch_scores(model, batch)
     b = r.shape[0] // 2
     rc, rr = r[:b], r[b:]
     loss = bradley_terry_loss(rc, rr, margin=batch["margin"], label=batch["label"]).mean()
@@ -35,7 +43,7 @@ def pair_step(model, batch):
 
 
 def ranking_step(model, batch):
-    r = reward_scores(model, batch["input_ids"], batch["attention_mask"])
+    r = batch_scores(model, batch)
     idx = batch["rank_index"]
     valid = idx >= 0
     grid = r[idx.clamp(min=0)]
@@ -88,12 +96,15 @@ def build_reward(cfg: RewardConfig) -> Task:
     model, tok = policy_and_tokenizer(cfg, reward=True)
     unwrap(model).config.pad_token_id = tok.pad_token_id
     enc = make_encoder(cfg, tok)
+    pack = dict(pack_tokens=cfg.pack_tokens, shared_prompt=cfg.shared_prompt) if use_packing(cfg, model) else None
     if rankings:
         def item(r):
             return enc.encode_responses(r.prompt, r.responses)
-        collate, step = partial(collate_rankings, pad_id=tok.pad_token_id), ranking_step
+        collate, step = (partial(pack_rankings, pad_id=tok.pad_token_id, **pack) if pack
+                         else partial(collate_rankings, pad_id=tok.pad_token_id)), ranking_step
     else:
-        item, collate, step = enc.encode_pair, partial(collate_pairs, pad_id=tok.pad_token_id), pair_step
+        item, step = enc.encode_pair, pair_step
+        collate = partial(pack_pairs, pad_id=tok.pad_token_id, **pack) if pack else partial(collate_pairs, pad_id=tok.pad_token_id)
     train_items = encode_all(train_recs, item, "train", cfg.progress)
     eval_items = encode_all(eval_recs, item, "eval", cfg.progress)
     info["truncation"] = dict(enc.counts)

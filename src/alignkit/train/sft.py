@@ -4,16 +4,26 @@ from __future__ import annotations
 
 from functools import partial
 
-from alignkit.data.collate import collate_sft
-from alignkit.models.logprobs import sequence_logprobs
-from alignkit.train.common import encode_all, load_split, make_encoder, policy_and_tokenizer, saver
+from alignkit.data.collate import collate_sft, pack_sft
+from alignkit.models.logprobs import packed_sequence_logprobs, sequence_logprobs
+from alignkit.train.common import (
+    encode_all,
+    load_split,
+    make_encoder,
+    policy_and_tokenizer,
+    saver,
+    use_packing,
+)
 from alignkit.train.config import SFTConfig
 from alignkit.train.loop import Task, TrainResult, train
 
 
 def sft_step(model, batch):
     """Mean token cross-entropy over the batch's response tokens (`losses.sft_loss`), computed from log-probs
-    whose LM head runs only on response positions, in chunks (`models.logprobs`)."""
+    whose LM head runs only on response positions, in chunks (`models.logprobs`); packed or padded batches."""
+    if "segment" in batch:
+        _, tok = packed_sequence_logprobs(model, batch, return_tokens=True)
+        return -tok.sum() / max(tok.shape[0], 1), {}
     _, tok = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
                                return_tokens=True)
     return -tok.sum() / (batch["labels"][:, 1:] != -100).sum().clamp(min=1), {}
@@ -33,8 +43,11 @@ def build_sft(cfg: SFTConfig) -> Task:
     train_items = encode_all(train_recs, item, "train", cfg.progress)
     eval_items = encode_all(eval_recs, item, "eval", cfg.progress)
     info["truncation"] = dict(enc.counts)
-    return Task("sft", model, train_items, eval_items, partial(collate_sft, pad_id=tok.pad_token_id), sft_step,
-                saver(tok), info)
+    if use_packing(cfg, model):
+        collate = partial(pack_sft, pad_id=tok.pad_token_id, pack_tokens=cfg.pack_tokens)
+    else:
+        collate = partial(collate_sft, pad_id=tok.pad_token_id)
+    return Task("sft", model, train_items, eval_items, collate, sft_step, saver(tok), info)
 
 
 def run_sft(cfg: SFTConfig) -> TrainResult:
