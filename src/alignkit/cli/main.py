@@ -121,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--vocab-size", type=int, default=512, help="tokenizer vocabulary (default: 512)")
     tiny.add_argument("--hidden-size", type=int, default=64, help="model width (default: 64)")
     tiny.add_argument("--layers", type=int, default=2, help="number of layers (default: 2)")
+    from alignkit.cli.label import add_label_parser
+    from alignkit.cli.sample import add_sample_parser
+
+    add_sample_parser(sub)
+    add_label_parser(sub)
     return parser
 
 
@@ -164,6 +169,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             return _eval(args)
+        if args.command in ("label", "sample"):
+            from alignkit.cli.label import run_label
+            from alignkit.cli.sample import run_sample
+
+            if args.command == "label":
+                return run_label(args)
+            _quiet_libraries()
+            return run_sample(args)
         if args.command == "chat":
             from alignkit.cli.chat import chat
 

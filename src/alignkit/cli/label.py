@@ -1,0 +1,174 @@
+"""`alignkit label import | invite | serve | status | export`: parsing and printing only; the work is done in
+`alignkit.label`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from alignkit.label.db import DEFAULT_DB
+
+DB_HELP = ("the labeling database: a file path (SQLite) or postgresql://USER:PASSWORD@HOST:PORT/NAME "
+           f"(default: {DEFAULT_DB})")
+EXAMPLES = """examples:
+  alignkit sample --model runs/sft --prompts prompts.jsonl -k 2 --output samples.jsonl
+  alignkit label import samples.jsonl --per-item 3
+  alignkit label import checks.jsonl --gold              (known answers: chosen is right)
+  alignkit label invite alice --url http://127.0.0.1:8000
+  alignkit label invite boss --admin
+  alignkit label serve --port 8000
+  alignkit label status
+  alignkit label export --output-dir labels/ && alignkit dpo --loss gdpo --data labels/soft_pairs.jsonl ...
+"""
+
+
+def add_label_parser(sub) -> None:
+    label = sub.add_parser(
+        "label", help="collect preferences from people: a labeling web app over a database, soft labels out",
+        description="Collect preference labels from people. Import items (pairs, or K responses per prompt), "
+                    "invite annotators (personal links), serve the labeling app, watch progress and agreement, "
+                    "and export pairs with hard and soft labels, rankings and raw votes for the trainers.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmds = label.add_subparsers(dest="label_command", metavar="SUBCOMMAND", required=True)
+
+    imp = cmds.add_parser(
+        "import", help="add items to label from data files (creates the database if needed)",
+        description="Add items from JSON-lines/JSON/Parquet files: K-response sets {prompt, responses} (K = 2: a "
+                    "pair, K > 2: a ranking task), pairs {prompt, chosen, rejected} or {prompt, response_a, "
+                    "response_b}. An item already in the database is not added twice.")
+    imp.add_argument("files", nargs="+", metavar="FILE", help="data files to import")
+    imp.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    imp.add_argument("--per-item", type=int, default=3, metavar="R",
+                     help="distinct annotators wanted for each item (default: 3)")
+    imp.add_argument("--gold", action="store_true",
+                     help="gold (attention-check) items with a known answer: `chosen` for pairs (a `label` of 0.5: "
+                          "'about the same'), the given order for `responses` (best first); status reports each "
+                          "annotator's score on them, export leaves them out unless --include-gold")
+    imp.add_argument("--skip-invalid", action="store_true",
+                     help="skip invalid records (counted and reported) instead of stopping at the first one")
+
+    inv = cmds.add_parser("invite", help="create an annotator and print their personal link",
+                          description="Create an annotator and print their personal link and token. Only a hash "
+                                      "of the token is stored, so it is shown this once (--new-token replaces it).")
+    inv.add_argument("name", help="the annotator's name (unique)")
+    inv.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    inv.add_argument("--admin", action="store_true", help="may open the admin page and invite others")
+    inv.add_argument("--new-token", action="store_true", help="replace an existing annotator's token")
+    inv.add_argument("--url", default="http://127.0.0.1:8000",
+                     help="the app's address as annotators reach it, for the link (default: http://127.0.0.1:8000)")
+
+    srv = cmds.add_parser("serve", help="run the labeling web app",
+                          description="Run the labeling web app. Annotators open their personal link; the admin "
+                                      "page is /admin. Every accepted vote is committed before the reply.")
+    srv.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
+    srv.add_argument("--task-timeout", type=float, default=3600, metavar="SECONDS",
+                     help="how long an unanswered task keeps its place before the item may go to someone else "
+                          "(default: 3600)")
+    srv.add_argument("--max-request-bytes", type=int, default=64 * 1024,
+                     help="refuse larger request bodies (default: 65536)")
+    srv.add_argument("--secure-cookies", action="store_true",
+                     help="mark the sign-in cookie Secure (set this when the app is served over HTTPS)")
+
+    st = cmds.add_parser("status", help="progress, per-annotator counts, gold scores and agreement",
+                         description="Show progress (items complete, votes, skips), per-annotator counts with "
+                                     "their score on gold items, and agreement on pair items (mean pairwise "
+                                     "agreement and Fleiss' kappa over a / b / about the same).")
+    st.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    st.add_argument("--json", action="store_true", help="print the status as JSON")
+
+    ex = cmds.add_parser(
+        "export", help="write pairs (hard and soft labels), rankings and raw votes",
+        description="Write to --output-dir: pairs.jsonl (hard labels by majority; exact ties left out and "
+                    "counted), soft_pairs.jsonl (label = vote share, for --loss gdpo / cdpo), rankings.jsonl "
+                    "(K-way items by mean position), votes.jsonl (pair items with every vote, the 'votes' "
+                    "format) and ranking_votes.jsonl (every ranking vote).")
+    ex.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
+    ex.add_argument("--output-dir", required=True, help="folder for the exported files")
+    ex.add_argument("--min-votes", type=int, default=1,
+                    help="put only items with at least this many votes in pairs/soft_pairs/rankings (default: 1)")
+    ex.add_argument("--include-gold", action="store_true", help="also put gold items in pairs/soft_pairs/rankings")
+
+
+def run_label(args) -> int:
+    from alignkit.label import store
+    from alignkit.label.db import open_db
+
+    cmd = args.label_command
+    engine = open_db(args.db, create=cmd in ("import", "invite"))
+    try:
+        if cmd == "import":
+            return _import(engine, args)
+        if cmd == "invite":
+            token = store.invite(engine, args.name, admin=args.admin, new_token=args.new_token)
+            print(f"{'admin' if args.admin else 'annotator'} {args.name.strip()}: {args.url.rstrip('/')}/login?token={token}")
+            print(f"token (shown only now): {token}")
+            return 0
+        if cmd == "serve":
+            return _serve(engine, args)
+        if cmd == "status":
+            report = store.status(engine)
+            print(json.dumps(report, indent=2) if args.json else _status_text(report))
+            return 0
+        counts = store.export(engine, args.output_dir, min_votes=args.min_votes, include_gold=args.include_gold)
+        for name in store.EXPORT_FILES:
+            print(f"{args.output_dir.rstrip('/')}/{name}: {counts[name]} records")
+        notes = {k: v for k, v in counts.items() if k not in store.EXPORT_FILES and v}
+        if notes:
+            print("; ".join(f"{k.replace('_', ' ')}: {v}" for k, v in notes.items()))
+        return 0
+    finally:
+        engine.dispose()
+
+
+def _import(engine, args) -> int:
+    from alignkit.label.importer import read_items
+    from alignkit.label.store import add_items
+
+    for path in args.files:
+        new, report = read_items(path, gold=args.gold, skip_invalid=args.skip_invalid)
+        counts = add_items(engine, new, args.per_item)
+        print(report.summary(), file=sys.stderr)
+        for error in report.errors[:5]:
+            print(f"  skipped: {error}", file=sys.stderr)
+        print(f"{path}: {len(new)} {'gold ' if args.gold else ''}items ({sum(i.kind == 'pair' for i in new)} pairs, "
+              f"{sum(i.kind == 'ranking' for i in new)} rankings): {counts['added']} added, {counts['duplicates']} "
+              f"already in the database; {args.per_item} annotators wanted per item")
+    return 0
+
+
+def _serve(engine, args) -> int:
+    import uvicorn
+
+    from alignkit.label.app import create_app
+
+    app = create_app(engine, timeout_s=args.task_timeout, max_request_bytes=args.max_request_bytes,
+                     secure_cookies=args.secure_cookies)
+    print(f"labeling app on http://{args.host}:{args.port} (annotators: the links from `alignkit label invite`; "
+          "admin page: /admin)", flush=True)
+    # no access log: sign-in links carry the token in their query string
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _status_text(s: dict) -> str:
+    a = s["agreement"]
+
+    def num(x, fmt=".3f"):
+        return "n/a" if x is None else format(x, fmt)
+
+    lines = [
+        f"items: {s['items']} ({s['pair_items']} pairs, {s['ranking_items']} rankings, {s['gold_items']} gold); "
+        f"complete: {s['complete_items']}; without votes: {s['items_without_votes']}",
+        f"votes: {s['votes']}; skips: {s['skips']}; open tasks: {s['open_tasks']}",
+        f"agreement on {a['items']} pair items with 2+ votes: pairwise {num(a['pairwise_agreement'])}, "
+        f"Fleiss' kappa {num(a['fleiss_kappa'])}",
+        f"{'annotator':<24}{'votes':>7}{'skipped':>9}{'open':>6}{'gold votes':>12}{'gold score':>12}",
+    ]
+    for p in s["annotators"]:
+        name = p["name"] + (" (admin)" if p["admin"] else "")
+        lines.append(f"{name:<24}{p['votes']:>7}{p['skipped']:>9}{p['open']:>6}{p['gold_votes']:>12}"
+                     f"{num(p['gold_score'], '.2f'):>12}")
+    return "\n".join(lines)

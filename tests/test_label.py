@@ -1,0 +1,533 @@
+"""The labeling store and the `alignkit label` / `alignkit sample` commands, on SQLite and on PostgreSQL (the
+PostgreSQL cases need ALIGNKIT_TEST_PG_URL, which scripts/test.sh sets after starting a throwaway server).
+The web app through HTTP and a real browser is in test_label_web.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import uuid
+
+import pytest
+from sqlalchemy import func, inspect, select, text
+
+from alignkit.cli.main import main
+from alignkit.data import load_pairs, load_rankings
+from alignkit.errors import AlignkitError
+from alignkit.label import store
+from alignkit.label.db import assignments, open_db, votes
+from alignkit.label.importer import read_items
+from conftest import REPO, write_jsonl
+
+PG_URL = os.environ.get("ALIGNKIT_TEST_PG_URL")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """A fresh, empty labeling database URL: a SQLite file, or a new database on the test PostgreSQL server."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "label.db")
+        return
+    if not PG_URL:
+        pytest.skip("ALIGNKIT_TEST_PG_URL is not set (scripts/test.sh starts PostgreSQL on 127.0.0.1 and sets it)")
+    import psycopg
+    from psycopg import sql
+    from sqlalchemy.engine import make_url
+
+    name = f"alignkit_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    with psycopg.connect(PG_URL, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+@pytest.fixture
+def engine(db_url):
+    e = open_db(db_url, create=True)
+    yield e
+    e.dispose()
+
+
+def sets(n: int, k: int = 2, tag: str = "") -> list[dict]:
+    return [{"prompt": f"prompt {tag}{i}", "responses": [f"response {j} to {tag}{i}" for j in range(k)]} for i in range(n)]
+
+
+def add(engine, tmp_path, rows, *, replicas=2, gold=False, name=None):
+    path = write_jsonl(tmp_path / (name or f"items-{uuid.uuid4().hex[:6]}.jsonl"), rows)
+    new, _ = read_items(path, gold=gold)
+    return store.add_items(engine, new, replicas)
+
+
+def people(engine, n: int, prefix: str = "ann") -> list[int]:
+    for i in range(n):
+        store.invite(engine, f"{prefix}{i}")
+    return _ids(engine, prefix)
+
+
+def _ids(engine, prefix):
+    with engine.connect() as conn:
+        return list(conn.execute(text("SELECT id FROM annotators WHERE name LIKE :p ORDER BY id"),
+                                 {"p": prefix + "%"}).scalars())
+
+
+def answer(engine, annotator_id, canonical: str = "a", **kw) -> store.Task | None:
+    """Take this annotator's next task and answer it with the given canonical choice (pairs)."""
+    task = store.next_task(engine, annotator_id)
+    if task is None:
+        return None
+    screen = "tie" if canonical == "tie" else "left" if "ab"[task.shown_order[0]] == canonical else "right"
+    assert store.submit_vote(engine, annotator_id, task.nonce, screen, **kw) == "stored"
+    return task
+
+
+def vote_rows(engine):
+    with engine.connect() as conn:
+        return conn.execute(select(votes).order_by(votes.c.id)).all()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# import
+
+
+def test_import_shapes_duplicates_and_gold(engine, tmp_path):
+    assert add(engine, tmp_path, sets(2, 2) + sets(1, 4, "r")) == {"added": 3, "duplicates": 0}
+    assert add(engine, tmp_path, [{"prompt": "p", "chosen": "good", "rejected": "bad", "label": 0.5},
+                                  {"prompt": "q", "chosen": "yes", "rejected": "no"}], gold=True) == {"added": 2, "duplicates": 0}
+    assert add(engine, tmp_path, [{"prompt": "u", "response_a": "x", "response_b": "y"}]) == {"added": 1, "duplicates": 0}
+    assert add(engine, tmp_path, sets(2, 2)) == {"added": 0, "duplicates": 2}  # importing again adds nothing
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT kind, responses, gold, replicas FROM items ORDER BY id")).all()
+    assert [r.kind for r in rows] == ["pair", "pair", "ranking", "pair", "pair", "pair"]
+    assert json.loads(rows[2].responses) == [f"response {j} to r0" for j in range(4)]
+    assert [None if r.gold is None else json.loads(r.gold) for r in rows] == [None, None, None, "tie", "a", None]
+    s = store.status(engine)
+    assert (s["items"], s["pair_items"], s["ranking_items"], s["gold_items"]) == (6, 5, 1, 2)
+
+
+def test_unlabelled_pairs_cannot_be_gold(tmp_path):
+    path = write_jsonl(tmp_path / "ab.jsonl", [{"prompt": "u", "response_a": "x", "response_b": "y"}])
+    with pytest.raises(AlignkitError, match="gold items need a known answer"):
+        read_items(path, gold=True)
+
+
+@pytest.mark.parametrize("lines, expected", [
+    (['{"prompt": "p", "responses": ["a", "b"]}', '{"prompt": "p", "responses": ["a", '],
+     r"bad\.jsonl:2: invalid JSON"),
+    (['{"prompt": "p", "responses": ["a", "b"]}', '{"prompt": "p", "responses": ["a", ""]}'],
+     r"bad\.jsonl:2: field 'responses': response 2: text is empty"),
+    (['{"prompt": "p", "responses": ["a", "b"]}', '{"prompt": 7, "responses": ["a", "b"]}'],
+     r"bad\.jsonl:2: field 'prompt': expected a string or a list of messages, got int"),
+    (['{"prompt": "p", "response_a": "x", "response_b": "y"}', '{"prompt": "p", "response_a": "x"}'],
+     r"bad\.jsonl:2: field 'response_b': required field is missing"),
+    (['{"prompt": "p", "response_a": "x", "response_b": "y"}', '{"prompt": "p", "response_a": "x", "response_b": "x"}'],
+     r"bad\.jsonl:2: field 'response_b': responses 1 and 2 are identical"),
+    (['{"prompt": "p", "response_a": "x", "response_b": "y"}', '{"prompt": "p", "response_a": [1], "response_b": "x"}'],
+     r"bad\.jsonl:2: field 'response_a': response 1: message 1 must be an object"),
+    (['{"text": "p"}'], r"bad\.jsonl: cannot tell the data format from the keys \['text'\]"),
+], ids=["broken-json", "empty-response", "prompt-int", "missing-response-b", "identical", "bad-message", "unknown-shape"])
+def test_import_bad_records_one_clear_message(lines, expected, tmp_path, capsys):
+    import re
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    code = main(["label", "import", str(bad), "--db", str(tmp_path / "l.db")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and re.search(expected, errors[0]), err
+
+
+def test_import_skip_invalid_counts(tmp_path, capsys):
+    rows = [json.dumps(r) for r in sets(5)]
+    rows[1] = '{"prompt": "p", "responses": ["only one"]}'
+    rows[3] = "not json"
+    (tmp_path / "some.jsonl").write_text("\n".join(rows) + "\n")
+    db = str(tmp_path / "l.db")
+    assert main(["label", "import", str(tmp_path / "some.jsonl"), "--db", db, "--skip-invalid"]) == 0
+    out = capsys.readouterr()
+    assert "3 loaded of 5 read; 2 invalid skipped" in out.err and ":2: field 'responses'" in out.err
+    assert "3 items (3 pairs, 0 rankings): 3 added" in out.out
+    engine = open_db(db)
+    assert store.status(engine)["items"] == 3
+    engine.dispose()
+
+
+@pytest.mark.parametrize("db, expected", [
+    ("mysql://u@h/d", "the scheme 'mysql' is not supported"),
+    ("postgresql://u@127.0.0.1:1/d", "cannot open the labeling database 'postgresql://u@127.0.0.1:1/d'"),
+    ("missing.db", "no labeling database at 'missing.db'"),
+    ("postgresql://u:p@h:notaport/d", "bad database URL"),
+], ids=["scheme", "unreachable", "missing-file", "malformed"])
+def test_bad_database_one_clear_message(db, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["label", "status", "--db", db]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and expected in err, err
+
+
+def test_schema_is_versioned(db_url):
+    engine = open_db(db_url, create=True)
+    with engine.begin() as conn:
+        assert conn.execute(text("SELECT version FROM schema_version")).scalar_one() == 1
+        assert {"items", "assignments", "votes", "annotators", "settings"} <= set(inspect(conn).get_table_names())
+        conn.execute(text("UPDATE schema_version SET version = 99"))
+    engine.dispose()
+    with pytest.raises(AlignkitError, match="schema version 99, newer than this alignkit supports"):
+        open_db(db_url)
+
+
+def test_not_a_labeling_database(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "other.db"
+    sqlite3.connect(path).execute("CREATE TABLE orders (id INTEGER)").connection.commit()
+    with pytest.raises(AlignkitError, match="holds other tables"):
+        open_db(str(path), create=True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# assignment, votes, skips
+
+
+def test_each_item_gets_r_distinct_annotators_spread_evenly(engine, tmp_path):
+    add(engine, tmp_path, sets(4), replicas=2)
+    a, b, c = people(engine, 3)
+    # breadth first: the 4 items each get one annotator before any gets a second
+    assert [answer(engine, who).item_id for who in (a, b, c, a)] == [1, 2, 3, 4]
+    with engine.connect() as conn:
+        assert dict(conn.execute(select(votes.c.item_id, func.count()).group_by(votes.c.item_id)).all()) == {
+            1: 1, 2: 1, 3: 1, 4: 1}
+    while any(answer(engine, who) for who in (a, b, c)):
+        pass
+    rows = vote_rows(engine)
+    assert len(rows) == 8  # 4 items x R=2, no more
+    for item in range(1, 5):
+        who = [r.annotator_id for r in rows if r.item_id == item]
+        assert len(who) == 2 and len(set(who)) == 2  # R distinct annotators, never the same person twice
+    assert all(store.next_task(engine, x) is None for x in (a, b, c))
+
+
+def test_skip_frees_the_place_and_is_never_offered_again(engine, tmp_path):
+    add(engine, tmp_path, sets(1), replicas=1)
+    a, b = people(engine, 2)
+    task = store.next_task(engine, a)
+    assert store.next_task(engine, b) is None  # the only place is held by a's open task
+    assert store.next_task(engine, a).nonce == task.nonce  # a reload shows the same task
+    assert store.skip_task(engine, a, task.nonce) == "skipped"
+    assert store.skip_task(engine, a, task.nonce) == "duplicate"
+    assert store.next_task(engine, a) is None  # a skipped it: never again for a
+    assert answer(engine, b).item_id == task.item_id
+    with pytest.raises(store.Refused) as e:
+        store.submit_vote(engine, a, task.nonce, "left")
+    assert e.value.status == 409
+    s = store.status(engine)
+    assert s["skips"] == 1 and s["complete_items"] == 1 and s["votes"] == 1
+
+
+def test_concurrent_requests_never_exceed_r(engine, tmp_path):
+    add(engine, tmp_path, sets(3), replicas=2)
+    ids = people(engine, 12)
+    barrier = threading.Barrier(len(ids))
+    got, errors = {}, []
+
+    def ask(who):
+        barrier.wait()
+        try:
+            got[who] = store.next_task(engine, who)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=ask, args=(who,)) for who in ids]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    given = [t.item_id for t in got.values() if t is not None]
+    assert sorted(given) == [1, 1, 2, 2, 3, 3]  # 3 items x R=2 places, 6 annotators left without a task
+
+
+def test_votes_are_idempotent_and_only_from_their_annotator(engine, tmp_path):
+    add(engine, tmp_path, sets(2), replicas=2)
+    a, b = people(engine, 2)
+    task = store.next_task(engine, a)
+    with pytest.raises(store.Refused) as e:  # b can not answer a's task
+        store.submit_vote(engine, b, task.nonce, "left")
+    assert e.value.status == 403
+    with pytest.raises(store.Refused) as e:
+        store.skip_task(engine, b, task.nonce)
+    assert e.value.status == 403
+    assert vote_rows(engine) == []
+    assert store.submit_vote(engine, a, task.nonce, "left") == "stored"
+    assert store.submit_vote(engine, a, task.nonce, "right") == "duplicate"  # a retry stores nothing new
+    rows = vote_rows(engine)
+    assert len(rows) == 1 and rows[0].choice == "ab"[task.shown_order[0]] and rows[0].annotator_id == a
+    # the same form sent many times at once: one vote
+    task = store.next_task(engine, a)
+    barrier = threading.Barrier(8)
+    results = []
+
+    def send():
+        barrier.wait()
+        results.append(store.submit_vote(engine, a, task.nonce, "tie"))
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["duplicate"] * 7 + ["stored"]
+    assert len(vote_rows(engine)) == 2
+    with pytest.raises(store.Refused) as e:
+        store.submit_vote(engine, a, "no-such-nonce", "left")
+    assert e.value.status == 404
+
+
+def test_screen_order_is_random_recorded_and_mapped_back(engine, tmp_path):
+    add(engine, tmp_path, sets(40), replicas=1)
+    (who,) = people(engine, 1)
+    orders = []
+    while (task := store.next_task(engine, who)) is not None:
+        store.submit_vote(engine, who, task.nonce, "left")
+        orders.append(task.shown_order)
+        assert task.shown == [f"response {i} to {task.item_id - 1}" for i in task.shown_order]
+    rows = vote_rows(engine)
+    assert len(rows) == 40 and {tuple(o) for o in orders} == {(0, 1), (1, 0)}  # both orders occur
+    for row, order in zip(rows, orders, strict=True):
+        assert json.loads(row.shown_order) == order and row.choice == "ab"[order[0]]
+
+
+def test_ranking_answers_and_bad_answers(engine, tmp_path):
+    add(engine, tmp_path, sets(1, 4), replicas=1)
+    (who,) = people(engine, 1)
+    task = store.next_task(engine, who)
+    assert task.kind == "ranking" and sorted(task.shown_order) == [0, 1, 2, 3]
+    for bad in ("0,1,2", "0,1,2,2", "a,b,c,d", "left", "0,1,2,3,4"):
+        with pytest.raises(store.Refused) as e:
+            store.submit_vote(engine, who, task.nonce, bad)
+        assert e.value.status == 400
+    with pytest.raises(store.Refused):
+        store.submit_vote(engine, who, task.nonce, "3,2,1,0", confidence=7)
+    assert store.submit_vote(engine, who, task.nonce, "3,2,1,0", confidence=3, reason=" fine ") == "stored"
+    (row,) = vote_rows(engine)
+    assert json.loads(row.choice) == [task.shown_order[p] for p in (3, 2, 1, 0)]
+    assert (row.confidence, row.reason) == (3, "fine")
+
+
+def test_abandoned_task_expires(engine, tmp_path):
+    add(engine, tmp_path, sets(1), replicas=1)
+    a, b = people(engine, 2)
+    old = store.next_task(engine, a, timeout_s=3600)
+    assert store.next_task(engine, b, timeout_s=3600) is None
+    taken = store.next_task(engine, b, timeout_s=0)  # a's open task no longer holds the place
+    assert taken is not None and taken.item_id == old.item_id
+    store.submit_vote(engine, b, taken.nonce, "left", timeout_s=0)
+    with pytest.raises(store.Refused) as e:  # a comes back after the item was filled
+        store.submit_vote(engine, a, old.nonce, "left", timeout_s=0)
+    assert e.value.status == 409
+    with engine.connect() as conn:
+        assert conn.execute(select(assignments.c.status).where(assignments.c.nonce == old.nonce)).scalar() == "expired"
+    assert len(vote_rows(engine)) == 1
+
+
+def test_injection_strings_are_stored_literally(engine, tmp_path):
+    evil = "x'); DROP TABLE votes; --"
+    add(engine, tmp_path, [{"prompt": evil, "responses": [evil + " a", "\" OR 1=1 --"]}], replicas=1)
+    store.invite(engine, evil)
+    (who,) = _ids(engine, "x'")
+    answer(engine, who, "b", reason=evil)
+    store.export(engine, str(tmp_path / "out"))
+    record = json.loads((tmp_path / "out" / "votes.jsonl").read_text())
+    assert record["prompt"] == evil and record["response_b"] == "\" OR 1=1 --"
+    assert record["votes"][0]["annotator"] == evil and record["votes"][0]["reason"] == evil
+    assert len(vote_rows(engine)) == 1  # the table is still there
+
+
+# ----------------------------------------------------------------------------------------------------------
+# status and export
+
+
+def test_status_gold_scores_and_agreement(engine, tmp_path):
+    add(engine, tmp_path, sets(2), replicas=3)
+    add(engine, tmp_path, [{"prompt": "gold pair", "chosen": "right", "rejected": "wrong"}], replicas=3, gold=True)
+    add(engine, tmp_path, [{"prompt": "gold ranking", "responses": ["1st", "2nd", "3rd"]}], replicas=3, gold=True)
+    a, b, c = people(engine, 3)
+    plan = {a: {1: "a", 2: "a", 3: "a"}, b: {1: "a", 2: "b", 3: "b"}, c: {1: "b", 2: "tie", 3: "a"}}
+    for who, answers in plan.items():
+        while (task := store.next_task(engine, who)) is not None:
+            if task.kind == "ranking":  # a: gold order; b: reversed; c: first two swapped
+                canonical = {a: [0, 1, 2], b: [2, 1, 0], c: [1, 0, 2]}[who]
+                screen = ",".join(str(task.shown_order.index(x)) for x in canonical)
+                store.submit_vote(engine, who, task.nonce, screen)
+            else:
+                want = answers[task.item_id]
+                screen = "tie" if want == "tie" else "left" if "ab"[task.shown_order[0]] == want else "right"
+                store.submit_vote(engine, who, task.nonce, screen)
+    s = store.status(engine)
+    assert s["votes"] == 12 and s["complete_items"] == 4
+    by_name = {p["name"]: p for p in s["annotators"]}
+    assert by_name["ann0"]["gold_votes"] == 2 and by_name["ann0"]["gold_score"] == 1.0
+    assert by_name["ann1"]["gold_score"] == pytest.approx((0 + 0) / 2)  # gold pair wrong, ranking reversed: 0/3
+    assert by_name["ann2"]["gold_score"] == pytest.approx((1 + 2 / 3) / 2)
+    # agreement over the 3 pair items: (a,a,b), (a,b,tie), (a,b,a) -> P_i = 1/3, 0, 1/3
+    assert s["agreement"]["items"] == 3
+    assert s["agreement"]["pairwise_agreement"] == pytest.approx((1 / 3 + 0 + 1 / 3) / 3)
+    p_a, p_b, p_t = 5 / 9, 3 / 9, 1 / 9
+    p_e = p_a**2 + p_b**2 + p_t**2
+    assert s["agreement"]["fleiss_kappa"] == pytest.approx((2 / 9 - p_e) / (1 - p_e))
+
+
+def test_status_command_text_and_json(engine, db_url, tmp_path, capsys):
+    add(engine, tmp_path, sets(2), replicas=1)
+    (who,) = people(engine, 1)
+    answer(engine, who)
+    assert main(["label", "status", "--db", db_url, "--json"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    assert s["votes"] == 1 and s["items"] == 2 and s["annotators"][0]["votes"] == 1
+    assert main(["label", "status", "--db", db_url]) == 0
+    out = capsys.readouterr().out
+    assert "items: 2 (2 pairs, 0 rankings, 0 gold); complete: 1" in out and "ann0" in out
+
+
+def test_export_labels_in_the_trainers_formats(engine, tmp_path):
+    add(engine, tmp_path, sets(3), replicas=4)  # pair items 1-3
+    add(engine, tmp_path, sets(1, 3, "r"), replicas=4)  # ranking item 4
+    add(engine, tmp_path, [{"prompt": "g", "chosen": "c", "rejected": "r"}], replicas=4, gold=True)  # gold item 5
+    ids = people(engine, 4)
+    plan = {1: ["a", "a", "a", "b"], 2: ["b", "b", "tie", "a"], 3: ["a", "b", "a", "b"]}
+    rankings = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [0, 1, 2]]
+    for n, who in enumerate(ids):
+        while (task := store.next_task(engine, who)) is not None:
+            if task.kind == "ranking":
+                screen = ",".join(str(task.shown_order.index(x)) for x in rankings[n])
+                store.submit_vote(engine, who, task.nonce, screen, confidence=2)
+            else:
+                want = plan.get(task.item_id, ["a"] * 4)[n]
+                screen = "tie" if want == "tie" else "left" if "ab"[task.shown_order[0]] == want else "right"
+                store.submit_vote(engine, who, task.nonce, screen)
+    out = tmp_path / "out"
+    counts = store.export(engine, str(out))
+    r = lambda i, tag="": f"response {i} to {tag}"  # noqa: E731
+    # soft labels: vote share of the majority side, ties half
+    soft, report = load_pairs(str(out / "soft_pairs.jsonl"))
+    got = {(p.prompt, p.chosen, p.rejected): p.label for p in soft}
+    assert got[("prompt 0", r(0, "0"), r(1, "0"))] == 0.75
+    assert got[("prompt 1", r(1, "1"), r(0, "1"))] == pytest.approx(2.5 / 4)
+    assert got[("prompt 2", r(0, "2"), r(1, "2"))] == 0.5  # an exact tie is kept with label 0.5
+    # ranking item 4 -> 3 pairs: 0>1 in 3 of 4, 0>2 in 4 of 4, 1>2 in 3 of 4
+    assert got[("prompt r0", r(0, "r0"), r(1, "r0"))] == 0.75
+    assert got[("prompt r0", r(0, "r0"), r(2, "r0"))] == 1.0
+    assert got[("prompt r0", r(1, "r0"), r(2, "r0"))] == 0.75
+    assert len(soft) == 6 and report.counts.get("label_half") == 1 and "g" not in {p.prompt for p in soft}
+    hard, _ = load_pairs(str(out / "pairs.jsonl"))
+    assert {(p.prompt, p.chosen) for p in hard} == {(k[0], k[1]) for k, v in got.items() if v > 0.5}
+    assert all(p.label == 1.0 for p in hard)
+    (ranking,), _ = load_rankings(str(out / "rankings.jsonl"))
+    assert ranking.responses == [r(0, "r0"), r(1, "r0"), r(2, "r0")]  # mean positions 0.25, 1, 1.75
+    # raw votes: the "votes" format, read by the data layer with the same labels
+    from_votes, vreport = load_pairs(str(out / "votes.jsonl"))
+    assert vreport.counts["votes"] == 16 and len(from_votes) == 4  # 3 pair items + the gold item
+    raw = [json.loads(line) for line in (out / "ranking_votes.jsonl").read_text().splitlines()]
+    assert [v["ranking"] for v in raw[0]["votes"]] == rankings and raw[0]["votes"][0]["confidence"] == 2
+    assert counts["gold_left_out"] == 1 and counts["hard_ties_left_out"] == 1 and counts["pairs_from_rankings"] == 3
+    # --include-gold and --min-votes
+    counts = store.export(engine, str(out), include_gold=True, min_votes=5)
+    assert counts["soft_pairs.jsonl"] == 0 and counts["below_min_votes"] == 5 and counts["votes.jsonl"] == 4
+    counts = store.export(engine, str(out), include_gold=True)
+    assert counts["soft_pairs.jsonl"] == 7
+
+
+def test_invite_tokens_are_hashed_and_unique(engine):
+    token = store.invite(engine, "ann")
+    with engine.connect() as conn:
+        stored = conn.execute(text("SELECT token_hash FROM annotators")).scalar_one()
+    assert token not in stored and stored == store.hash_token(token)
+    assert store.annotator_by_token(engine, token).name == "ann"
+    assert store.annotator_by_token(engine, token + "x") is None and store.annotator_by_token(engine, "") is None
+    with pytest.raises(AlignkitError, match="exists already"):
+        store.invite(engine, "ann")
+    new = store.invite(engine, "ann", new_token=True)
+    assert store.annotator_by_token(engine, token) is None and store.annotator_by_token(engine, new).name == "ann"
+
+
+def test_cli_invite_prints_a_working_link(db_url, capsys):
+    assert main(["label", "invite", "zoe", "--db", db_url, "--url", "http://example.test:9/"]) == 0
+    out = capsys.readouterr().out
+    link = out.splitlines()[0].split(": ", 1)[1]
+    assert link.startswith("http://example.test:9/login?token=")
+    engine = open_db(db_url)
+    assert store.annotator_by_token(engine, link.split("token=")[1]).name == "zoe"
+    engine.dispose()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# sample -> import -> label -> export -> train
+
+
+def test_sample_import_label_export_train_gdpo(tiny_model, tmp_path, capsys):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Review of film {i}:"} for i in range(6)])
+    samples = tmp_path / "samples.jsonl"
+    assert main(["sample", "--model", tiny_model, "--prompts", prompts, "-k", "3", "--output", str(samples),
+                 "--max-new-tokens", "12", "--seed", "1"]) == 0
+    assert "prompts written" in capsys.readouterr().out
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert len(rows) >= 4 and all(2 <= len(r["responses"]) <= 3 and len(set(r["responses"])) == len(r["responses"])
+                                  for r in rows)
+    db = str(tmp_path / "label.db")
+    assert main(["label", "import", str(samples), "--db", db, "--per-item", "3"]) == 0
+    engine = open_db(db)
+    ids = people(engine, 3)
+    for n, who in enumerate(ids):  # annotator 0 and 1 prefer the first canonical response, annotator 2 the last
+        while (task := store.next_task(engine, who)) is not None:
+            k = len(task.shown_order)
+            canonical = list(range(k)) if n < 2 else list(reversed(range(k)))
+            if task.kind == "pair":
+                want = "ab"[canonical[0]]
+                store.submit_vote(engine, who, task.nonce, "left" if "ab"[task.shown_order[0]] == want else "right")
+            else:
+                store.submit_vote(engine, who, task.nonce, ",".join(str(task.shown_order.index(x)) for x in canonical))
+    engine.dispose()
+    out = tmp_path / "labels"
+    assert main(["label", "export", "--db", db, "--output-dir", str(out)]) == 0
+    soft = [json.loads(line) for line in (out / "soft_pairs.jsonl").read_text().splitlines()]
+    assert soft and all(math.isclose(p["label"], 2 / 3) for p in soft)
+    train = tmp_path / "gdpo"
+    assert main(["dpo", "--model", tiny_model, "--data", str(out / "soft_pairs.jsonl"), "--loss", "gdpo",
+                 "--output-dir", str(train), "--max-steps", "2", "--batch-size", "4", "--no-progress"]) == 0
+    info = json.loads((train / "run_info.json").read_text())
+    assert info["train_data"]["skipped"] == 0
+    metrics = [json.loads(line) for line in (train / "metrics.jsonl").read_text().splitlines()]
+    assert any(m.get("split") != "eval" and math.isfinite(m["loss"]) for m in metrics if "loss" in m)
+
+
+def test_sample_bad_options(tmp_path, capsys):
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "x"}])
+    assert main(["sample", "--model", "m", "--prompts", prompts, "-k", "1", "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert "-k must be at least 2" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": ""}\n')
+    assert main(["sample", "--model", "m", "--prompts", str(bad), "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert "bad.jsonl:1: field 'prompt': text is empty" in capsys.readouterr().err
+
+
+def test_every_label_command_has_help():
+    from alignkit.cli.main import build_parser
+
+    parser = build_parser()
+    commands = parser._subparsers._group_actions[0].choices
+    assert "sample" in commands and "label" in commands
+    label = commands["label"]._subparsers._group_actions[0].choices
+    assert set(label) == {"import", "invite", "serve", "status", "export"}
+    for name, sub in label.items():
+        text_ = sub.format_help()
+        assert "--db" in text_ and len(sub.description) > 40, name
+        for action in sub._actions:
+            assert action.help, (name, action.dest)
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Collecting preferences from people (`alignkit label`)")[1].split("\n## ")[0]
+    for name in [*label, "alignkit sample"]:
+        assert name in section
+
