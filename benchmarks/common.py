@@ -67,8 +67,9 @@ def main(doc: str, script: str, settings: dict, run_setting: Callable[[str], dic
          before: Callable[[list[str]], None] | None = None) -> None:
     ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setting", choices=list(settings), help="run one setting in this process")
+    ap.add_argument("--only", default="", help="run the settings whose name starts with this")
     args = ap.parse_args()
-    names = [args.setting] if args.setting else list(settings)
+    names = [args.setting] if args.setting else [n for n in settings if n.startswith(args.only)]
     if before is not None:
         before(names)
     if args.setting:

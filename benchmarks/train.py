@@ -1,16 +1,22 @@
-"""DPO training throughput and peak memory; prints one JSON object per setting.
+"""Training throughput and peak memory of SFT, reward-model and DPO steps; prints one JSON object per setting.
 
-    python benchmarks/dpo.py                   # every setting, each in a fresh process (own peak RSS)
-    python benchmarks/dpo.py --setting tiny    # one setting
+    python benchmarks/train.py                        # every setting, each in a fresh process (own peak RSS)
+    python benchmarks/train.py --setting tiny-dpo     # one setting
+    python benchmarks/train.py --only tiny            # the settings whose name starts with "tiny"
 
-Settings:
-- tiny: GPT-2 with 4 layers, width 256, a 2k BPE vocabulary trained on the data; 512 pairs whose responses
-  have 4-120 words; batch 8; one epoch; reference log-probs precomputed (default) or live ("tiny-live").
-- smollm2-lora / smollm2-full: SmolLM2-135M-Instruct (built-in), 32 pairs of up to 128 tokens, batch 8,
-  4 optimizer steps, LoRA r=16 on all linear layers or full fine-tuning.
-Reported: pairs/s of the training loop (median over steps), end-to-end pairs/s (load, reference pass, training,
-saving), tokens/s, wall seconds, peak RSS, and model-FLOPs utilisation: tokens/s x 6N (+2N for a live
-reference) against the float32 matmul peak measured at the start of the same process.
+Settings (names: <model>-<method>[-variant]):
+- tiny-*: GPT-2 with 4 layers, width 256, a 2k BPE vocabulary trained on the data; 512 pairs whose responses
+  have 4-120 words (`common.make_pairs`); batch 8 (pairs, or demonstrations = prompt + chosen for SFT); one
+  epoch. DPO with the reference log-probs precomputed (default) or run live (`-live`); `-padded` turns
+  packing off (each batch padded to its longest sequence), `-separate` packs without the shared prompt.
+- smollm2-*: SmolLM2-135M-Instruct (built in), 32 pairs of up to 128 tokens, batch 8, 4 optimizer steps;
+  full fine-tuning or LoRA r=16 on all linear layers (`-lora`, reference = the adapter switched off, live).
+Reported: examples/s of the training loop (median over steps), end-to-end examples/s (load, reference pass,
+training, saving), tokens/s (real tokens; a shared prompt counts once), wall seconds, peak RSS, and model-FLOPs
+utilisation (MFU): useful model FLOPs per second against the float32 matmul peak measured at the start of
+the same process. Useful FLOPs per step = 6 x (parameters outside the embeddings and heads) x tokens +
+6 x (hidden x vocabulary) x scored tokens (the LM head of SFT and DPO; a reward model's head is negligible),
+and a third more for a live reference (forward only); attention's own FLOPs are left out.
 """
 
 from __future__ import annotations
@@ -25,59 +31,107 @@ import time
 from pathlib import Path
 
 from common import main as bench_main
-from common import make_pairs, matmul_peak_gflops, model_flops_per_token, peak_rss_mb, tiny_gpt2
+from common import make_pairs, matmul_peak_gflops, peak_rss_mb, tiny_gpt2
 
+TINY = dict(model="tiny", pairs=512, batch=8, max_steps=None, max_length=512)
+SMOL = dict(model="smollm2-135m-instruct", pairs=32, batch=8, max_steps=4, max_length=128)
 SETTINGS = {
-    "tiny": dict(model="tiny", pairs=512, batch=8, reference="precomputed", max_steps=None, max_length=512),
-    "tiny-live": dict(model="tiny", pairs=512, batch=8, reference="copy", max_steps=None, max_length=512),
-    "smollm2-lora": dict(model="smollm2-135m-instruct", pairs=32, batch=8, reference="lora-disabled", max_steps=4,
-                         max_length=128, lora=True),
-    "smollm2-full": dict(model="smollm2-135m-instruct", pairs=32, batch=8, reference="precomputed", max_steps=4,
-                         max_length=128),
+    "tiny-sft": dict(TINY, method="sft"),
+    "tiny-sft-padded": dict(TINY, method="sft", packing=False),
+    "tiny-rm": dict(TINY, method="rm"),
+    "tiny-rm-separate": dict(TINY, method="rm", shared_prompt=False),
+    "tiny-rm-padded": dict(TINY, method="rm", packing=False),
+    "tiny-dpo": dict(TINY, method="dpo", reference="precomputed"),
+    "tiny-dpo-padded": dict(TINY, method="dpo", reference="precomputed", packing=False),
+    "tiny-dpo-live": dict(TINY, method="dpo", reference="copy"),
+    "tiny-dpo-live-separate": dict(TINY, method="dpo", reference="copy", shared_prompt=False),
+    "tiny-dpo-live-padded": dict(TINY, method="dpo", reference="copy", packing=False),
+    "smollm2-sft": dict(SMOL, method="sft"),
+    "smollm2-rm": dict(SMOL, method="rm"),
+    "smollm2-dpo": dict(SMOL, method="dpo", reference="precomputed"),
+    "smollm2-dpo-padded": dict(SMOL, method="dpo", reference="precomputed", packing=False),
+    "smollm2-dpo-lora": dict(SMOL, method="dpo", reference="lora-disabled", lora=True),
 }
 
 
+def useful_flops_per_step(model_dir: Path, method: str, tokens: float, scored: float, live_reference: bool) -> float:
+    """Model FLOPs of one optimizer step (see the module docstring)."""
+    import torch
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_config(cfg)
+    emb = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) for p in m.parameters()}
+    pos = getattr(model, "transformer", None)  # GPT-2's learned positions are a lookup too
+    if pos is not None and hasattr(pos, "wpe"):
+        emb |= {id(p) for p in pos.wpe.parameters()}
+    body = sum(p.numel() for p in model.parameters() if id(p) not in emb)
+    head = cfg.hidden_size * cfg.vocab_size if method != "rm" else 0
+    train = 6 * body * tokens + 6 * head * scored
+    return train * (4 / 3 if live_reference else 1)
+
+
 def run_setting(name: str) -> dict:
-    from alignkit import DPOConfig, run_dpo
+    import torch
+
+    from alignkit import DPOConfig, RewardConfig, SFTConfig, run_dpo, run_reward, run_sft
     from alignkit.models.load import resolve_model
 
     s = SETTINGS[name]
     work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     model = s["model"] if s["model"] == "tiny" else resolve_model(s["model"])  # converted by main() beforehand
-    os.environ["ALIGNKIT_CACHE"] = str(work / "cache")  # no reuse of cached reference log-probs
-    words = (4, 120) if s["model"] == "tiny" else (4, 60)
-    pairs = make_pairs(s["pairs"], 0, *words)
-    data = work / "pairs.jsonl"
-    data.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    os.environ["ALIGNKIT_CACHE"] = str(work / "cache")  # then no reuse of cached reference log-probs
+    pairs = make_pairs(s["pairs"], 0, *((4, 120) if s["model"] == "tiny" else (4, 60)))
+    if s["method"] == "sft":
+        rows = [{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs]
+    else:
+        rows = pairs
+    data = work / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     if model == "tiny":
         model = tiny_gpt2(work / "model", pairs)
-    cfg = DPOConfig(model=model, data=str(data), output_dir=str(work / "out"), batch_size=s["batch"],
-                    max_steps=s["max_steps"], reference=s["reference"], lora=s.get("lora", False),
-                    max_length=s["max_length"], max_prompt_length=64, eval_fraction=0.0, progress=False,
-                    learning_rate=1e-5)
+    common = dict(model=model, data=str(data), output_dir=str(work / "out"), batch_size=s["batch"],
+                  max_steps=s["max_steps"], lora=s.get("lora", False), max_length=s["max_length"], max_prompt_length=64,
+                  eval_fraction=0.0, progress=False, learning_rate=1e-5, packing=s.get("packing", True),
+                  shared_prompt=s.get("shared_prompt", True))
+    if s["method"] == "dpo":
+        common["reference"] = s["reference"]
+    run, cls = {"sft": (run_sft, SFTConfig), "rm": (run_reward, RewardConfig), "dpo": (run_dpo, DPOConfig)}[s["method"]]
+    cfg = cls(**common)
     peak = matmul_peak_gflops()
     t0 = time.perf_counter()
-    run_dpo(cfg)
+    run(cfg)
     wall = time.perf_counter() - t0
     steps = [json.loads(x) for x in (work / "out" / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in steps if m["split"] == "train"]
-    trained = sum(1 for _ in steps) * s["batch"] if s["max_steps"] else s["pairs"]
-    import torch
-    from transformers import AutoModelForCausalLM
+    trained = len(steps) * s["batch"] if s["max_steps"] else s["pairs"]
+    # scored tokens per token of the data, from the tokenised data (the same for every layout)
+    from transformers import AutoTokenizer
 
-    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(work / "out").parameters())
+    tok = AutoTokenizer.from_pretrained(work / "out")
+    n = lambda t: len(tok(t)["input_ids"])  # noqa: E731
+    resp_keys = ("completion",) if s["method"] == "sft" else ("chosen", "rejected")
+    scored = sum(n(r[k]) for r in rows for k in resp_keys)
+    prompts = sum(n(r["prompt"]) for r in rows) * (1 if s.get("shared_prompt", True) and s.get("packing", True)
+                                                   or s["method"] == "sft" else 2)
+    scored_share = scored / (scored + prompts)
+    step_s = statistics.median(m["examples_per_s"] for m in steps)
     tokens_per_s = statistics.median(m["tokens_per_s"] for m in steps)
-    flops = model_flops_per_token(n_params, live_reference=s["reference"] != "precomputed")
+    live = s.get("reference") in ("copy", "lora-disabled")
+    flops_per_s = useful_flops_per_step(work / "out", s["method"], tokens_per_s, tokens_per_s * scored_share, live)
+    unit = "pairs" if s["method"] != "sft" else "examples"
     return {
-        "benchmark": "dpo", "setting": name, **{k: v for k, v in s.items()}, "threads": torch.get_num_threads(),
-        "steps": len(steps),
-        "train_pairs_per_s": round(statistics.median(m["examples_per_s"] for m in steps), 2),
-        "train_tokens_per_s": round(statistics.median(m["tokens_per_s"] for m in steps), 1),
-        "end_to_end_pairs_per_s": round(trained / wall, 2),
+        "benchmark": "train", "setting": name, **s, "threads": torch.get_num_threads(), "steps": len(steps),
+        f"train_{unit}_per_s": round(step_s, 2),
+        "train_tokens_per_s": round(tokens_per_s, 1),
+        f"end_to_end_{unit}_per_s": round(trained / wall, 2),
         "wall_s": round(wall, 1),
         "peak_rss_mb": peak_rss_mb(),
-        "params": n_params, "model_gflops_per_token": round(flops / 1e9, 3), "matmul_peak_gflops": peak,
-        "mfu": round(tokens_per_s * flops / 1e9 / peak, 3),
+        "matmul_peak_gflops": peak, "model_gflops_per_s": round(flops_per_s / 1e9, 1),
+        "mfu": round(flops_per_s / 1e9 / peak, 3),
     }
 
 
