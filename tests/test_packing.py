@@ -139,6 +139,34 @@ def test_packed_sft_loss_matches_padded(causal_lm):
     torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("sft_weight", [0.0, 0.5])
+def test_packed_coh_loss_matches_padded(causal_lm, sft_weight):
+    from alignkit.train.coh import make_coh_step, make_collate
+    from alignkit.train.config import CoHConfig
+
+    # CoH rows: prompt, feedback phrase (not trained), response (trained); one item also has an SFT row
+    items = [{"rows": [(it["prompt"] + [3, 4] + it["chosen"], [0] * (len(it["prompt"]) + 2) + [1] * len(it["chosen"])),
+                       (it["prompt"] + [5] + it["rejected"], [0] * (len(it["prompt"]) + 1) + [1] * len(it["rejected"]))],
+              "sft": (it["prompt"] + it["chosen"], [0] * len(it["prompt"]) + [1] * len(it["chosen"])) if i == 1 else None}
+             for i, it in enumerate(ITEMS)]
+    step = make_coh_step(CoHConfig(model="m", data="d", output_dir="o", sft_weight=sft_weight))
+    results = []
+    for collate in (make_collate(PAD), make_collate(PAD, pack_tokens=20)):
+        batch = collate(items)
+        causal_lm.zero_grad()
+        loss, metrics = step(causal_lm, batch)
+        loss.backward()
+        results.append((loss.detach(), metrics, torch.cat([p.grad.flatten() for p in causal_lm.parameters()
+                                                           if p.grad is not None])))
+    (loss_pad, m_pad, g_pad), (loss_pack, m_pack, g_pack) = results
+    assert "segment" in make_collate(PAD, pack_tokens=20)(items)
+    torch.testing.assert_close(loss_pack, loss_pad, atol=1e-6, rtol=1e-5)
+    assert m_pack.keys() == m_pad.keys() == {"coh_loss", "sft_loss"}
+    for k in m_pad:
+        torch.testing.assert_close(m_pack[k], m_pad[k], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(g_pack, g_pad, atol=1e-5, rtol=1e-4)
+
+
 @pytest.fixture(scope="module", params=["llama", "gpt2"])
 def reward_model(request, tiny_model, tiny_gpt2):
     from transformers import AutoModelForSequenceClassification
@@ -181,18 +209,19 @@ def _curve(out) -> list[float]:
     return [m["loss"] for m in lines if m["split"] == "train"]
 
 
-@pytest.mark.parametrize("method", ["sft", "rm", "dpo"])
+@pytest.mark.parametrize("method", ["sft", "rm", "dpo", "coh"])
 def test_training_curve_same_with_and_without_packing(method, tiny_model, pair_files, sft_files, tmp_path):
     """Four optimizer steps on a fixed seed: packed (shared prompt or not) and padded runs give the same loss
     curve, and the packed batches are really packed."""
-    from alignkit import DPOConfig, RewardConfig, SFTConfig, run_dpo, run_reward, run_sft
+    from alignkit import CoHConfig, DPOConfig, RewardConfig, SFTConfig, run_coh, run_dpo, run_reward, run_sft
 
-    run, cls = {"sft": (run_sft, SFTConfig), "rm": (run_reward, RewardConfig), "dpo": (run_dpo, DPOConfig)}[method]
+    run, cls = {"sft": (run_sft, SFTConfig), "rm": (run_reward, RewardConfig), "dpo": (run_dpo, DPOConfig),
+                "coh": (run_coh, CoHConfig)}[method]
     data = sft_files[0] if method == "sft" else pair_files[0]
     curves = {}
     for name, kw in {"padded": dict(packing=False), "packed": dict(packing=True, pack_tokens=256),
                      "separate": dict(packing=True, shared_prompt=False)}.items():
-        if method == "sft" and name == "separate":
+        if method in ("sft", "coh") and name == "separate":
             continue
         out = tmp_path / name
         run(cls(model=tiny_model, data=data, output_dir=str(out), max_steps=4, batch_size=8, learning_rate=1e-3,

@@ -8,11 +8,19 @@ import json
 import torch
 
 from alignkit.data.coh import coh_segments
-from alignkit.data.collate import pad_rows
+from alignkit.data.collate import pack_units, pad_rows
 from alignkit.data.tokenize import Encoder
 from alignkit.losses import coh_loss, sft_loss
-from alignkit.models.logprobs import position_ids_from_mask
-from alignkit.train.common import encode_all, load_pair_split, make_encoder, policy_and_tokenizer, saver
+from alignkit.models.logprobs import packed_sequence_logprobs, position_ids_from_mask
+from alignkit.train.common import (
+    encode_all,
+    load_pair_split,
+    make_encoder,
+    policy_and_tokenizer,
+    saver,
+    say,
+    use_packing,
+)
 from alignkit.train.config import CoHConfig
 from alignkit.train.loop import Task, TrainResult, train
 
@@ -49,21 +57,46 @@ def encode_coh(enc: Encoder, pair, cfg: CoHConfig) -> dict:
     return {"rows": rows, "sft": sft}
 
 
-def make_collate(pad_id: int):
+def make_collate(pad_id: int, pack_tokens: int | None = None):
+    """Batches of the CoH rows of every item, then their SFT rows; padded, or packed when `pack_tokens` is
+    given (`data.collate.pack_units`)."""
     def collate(items):
         rows = [r for it in items for r in it["rows"]]
         n_coh = len(rows)
         rows += [it["sft"] for it in items if it["sft"] is not None]
-        batch = pad_rows(rows, pad_id)
-        batch["labels"] = batch["input_ids"].masked_fill(batch["response_mask"] == 0, -100)
+        if pack_tokens is not None:
+            batch = pack_units([[(ids, mask, None, i)] for i, (ids, mask) in enumerate(rows)], pad_id,
+                               pack_tokens=pack_tokens)
+        else:
+            batch = pad_rows(rows, pad_id)
+            batch["labels"] = batch["input_ids"].masked_fill(batch["response_mask"] == 0, -100)
         batch["n_coh"] = torch.tensor(n_coh)
         return batch
 
     return collate
 
 
+def _packed_step(cfg: CoHConfig, model, batch):
+    """The CoH loss (and SFT term) of a packed batch: `coh_loss` and `sft_loss` from per-token log-probs."""
+    _, tok = packed_sequence_logprobs(model, batch, return_tokens=True)
+    seq, n = batch["score_seq"], int(batch["n_coh"])
+    n_seqs = batch["last_index"].shape[0]
+    sums = torch.zeros(n_seqs, dtype=tok.dtype, device=tok.device).index_add(0, seq, tok)
+    counts = torch.bincount(seq, minlength=n_seqs)
+    has = counts[:n] > 0
+    loss = -(sums[:n][has] / counts[:n][has]).sum() / has.sum().clamp(min=1)
+    metrics = {"coh_loss": loss.detach()}
+    if n_seqs > n:
+        sft = -sums[n:].sum() / counts[n:].sum().clamp(min=1)
+        loss = loss + cfg.sft_weight * sft
+        metrics["sft_loss"] = sft.detach()
+    return loss, metrics
+
+
 def make_coh_step(cfg: CoHConfig):
     def step(model, batch):
+        if "segment" in batch:
+            return _packed_step(cfg, model, batch)
         mask = batch["attention_mask"]
         if model.training and cfg.attention_drop > 0:
             drop = torch.rand(mask.shape, device=mask.device) < cfg.attention_drop
@@ -96,7 +129,14 @@ def build_coh(cfg: CoHConfig) -> Task:
         save_model(model, out)
         (out / COH_FILE).write_text(json.dumps({"positive": cfg.positive, "negative": cfg.negative}))
 
-    return Task("coh", model, train_items, eval_items, make_collate(tok.pad_token_id), make_coh_step(cfg), save, info)
+    pack = None
+    if cfg.attention_drop > 0:  # the random attention mask is applied to padded rows
+        if cfg.packing:
+            say("packing off: --attention-drop needs padded batches")
+    elif use_packing(cfg, model):
+        pack = cfg.pack_tokens
+    return Task("coh", model, train_items, eval_items, make_collate(tok.pad_token_id, pack), make_coh_step(cfg), save,
+                info)
 
 
 def run_coh(cfg: CoHConfig) -> TrainResult:
