@@ -88,6 +88,44 @@ def resolve_model(name: str) -> str:
     raise AlignkitError(f"model '{name}' not found: not a folder, a hub id (org/name) or a built-in name ({known})")
 
 
+_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def context_length(name: str) -> tuple[int, str] | None:
+    """(positions, config key) of the longest sequence a local model folder declares in its config.json, or
+    None when unknown (a hub id, an adapter-only folder, no such key). An unreadable config.json is also None
+    here: loading the model reports it."""
+    if name in BUILTIN_MODELS:
+        folder = cache_dir() / "models" / "smollm2-135m-instruct"
+    else:
+        folder = Path(name).expanduser()
+    try:
+        config = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(config, dict):
+        return None
+    for section in (config, config.get("text_config")):
+        for key in _CONTEXT_KEYS:
+            value = section.get(key) if isinstance(section, dict) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value, key
+    return None
+
+
+def check_context(name: str, needed: int, what: str) -> None:
+    """Raise AlignkitError when `needed` tokens (described by `what`, e.g. "--max-length 5000") do not fit in
+    the context of model `name`: the model would otherwise fail deep inside (a position index out of range)
+    or silently run past the positions it was trained on."""
+    found = context_length(name)
+    if found is not None and needed > found[0]:
+        n, key = found
+        raise AlignkitError(
+            f"{what} is longer than the context of model '{name}' ({n} positions: {key} in its config.json); "
+            f"use at most {n}"
+        )
+
+
 def _from_pretrained(loader, name: str, **kwargs):
     path = resolve_model(name)
     try:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignkit.errors import ConfigError
 
@@ -48,6 +48,20 @@ class RunConfig(BaseModel):
     lora_target: str = Field("all-linear", description="LoRA target modules: all-linear or a comma list (q_proj,v_proj)")
     tensorboard: bool = Field(False, description="also log metrics to TensorBoard (output_dir/tensorboard)")
     progress: bool = Field(True, description="show a progress bar")
+
+    @field_validator("output_dir")
+    @classmethod
+    def _output_dir(cls, value: str) -> str:
+        """Refuse at once an output folder that cannot be created (a file in its place or above it), rather than
+        failing after data loading and model setup."""
+        path = Path(value).expanduser()
+        for p in (path, *path.parents):
+            if p.exists():
+                if not p.is_dir():
+                    what = "is an existing file" if p == path else f"is inside '{p}', which is a file"
+                    raise ValueError(f"'{value}' {what}, not a folder")
+                break
+        return value
 
     @model_validator(mode="after")
     def _lengths(self):
@@ -180,13 +194,13 @@ class RLOOConfig(RLConfig):
 def _format_validation(err: ValidationError, where: str) -> str:
     lines = []
     for e in err.errors():
-        field = ".".join(str(x) for x in e["loc"]) or "config"
-        msg = e["msg"]
+        field = ".".join(str(x) for x in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown setting"
         elif e["type"] == "missing":
             msg = "required setting is missing"
-        lines.append(f"{where}: field '{field}': {msg}")
+        lines.append(f"{where}: field '{field}': {msg}" if field else f"{where}: {msg}")
     return "; ".join(lines)
 
 

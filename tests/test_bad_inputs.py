@@ -1,0 +1,243 @@
+"""The bad-input corpus (issue 7): every kind of broken file, config or path a user may hand the CLI, each run
+through the real command line in a subprocess and answered with one clear message (naming the file, line and
+field where there are such), exit code 2, no traceback and nothing half-written in --output-dir.
+
+The corpus is generated here, into tmp_path (the 50 MB line included), so nothing large lives in git. Every
+case is documented, with its message and exit code, in README.md ("## Bad input"); `test_readme_documents_
+every_case` keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from conftest import REPO, synthetic_pairs
+
+EXIT_USER_ERROR = 2  # what `alignkit` returns for every AlignkitError (cli/main.py)
+
+
+def pair(**fields) -> str:
+    """One JSON-lines preference record: a good pair unless `fields` override (None drops the field)."""
+    record = {"prompt": "Review of Alpha:", "chosen": " great lovely.", "rejected": " awful dull."}
+    record.update(fields)
+    return json.dumps({k: v for k, v in record.items() if v is not None})
+
+
+GOOD = [json.dumps(p) for p in synthetic_pairs(6, 11)]
+
+
+def lines(*rows: str) -> bytes:
+    return ("\n".join(rows) + "\n").encode()
+
+
+def huge_line() -> bytes:
+    """A good line, then a valid 50 MB record on one line (a 'JSON-lines' file with no line breaks)."""
+    return lines(GOOD[0]) + pair(chosen=" " + "great " * (50 * 2**20 // 6)).encode() + b"\n"
+
+
+def config(**settings) -> bytes:
+    return "".join(f"{k}: {v}\n" for k, v in settings.items()).encode()
+
+
+@dataclass
+class Case:
+    """One bad input. `args` and file contents may use {model}, {out}, {dir} (the case's tmp folder)."""
+
+    id: str
+    args: list[str]
+    message: str  # a regular expression the one error line must match (re.search)
+    files: dict[str, bytes | str] = field(default_factory=dict)
+    code: int = EXIT_USER_ERROR
+
+
+TRAIN = ["--model", "{model}", "--output-dir", "{out}", "--max-steps", "1", "--no-progress"]
+ONLINE = [*TRAIN, "--reward", "vader", "--max-new-tokens", "4", "--batch-size", "2"]
+
+CASES = [
+    # ---- data files: one record wrong, named by file, line and field -----------------------------------
+    Case("broken-json-line-3", ["sft", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:3: invalid JSON: Expecting value at column 31$",
+         {"bad.jsonl": lines('{"prompt": "a", "completion": "b"}', '{"prompt": "c", "completion": "d"}',
+                             '{"prompt": "e", "completion": ')}),
+    Case("chosen-is-a-number", ["dpo", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:2: field 'chosen': expected a string or a list of messages, got int$",
+         {"bad.jsonl": lines(GOOD[0], pair(chosen=5))}),
+    Case("missing-rejected", ["rm", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:3: field 'rejected': required field is missing$",
+         {"bad.jsonl": lines(GOOD[0], GOOD[1], pair(rejected=None))}),
+    Case("empty-chosen", ["dpo", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:1: field 'chosen': text is empty$",
+         {"bad.jsonl": lines(pair(chosen=""))}),
+    Case("whitespace-rejected", ["coh", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:2: field 'rejected': text is only whitespace$",
+         {"bad.jsonl": lines(GOOD[0], pair(rejected=" \n\t "))}),
+    Case("chosen-equals-rejected", ["dpo", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:2: field 'rejected': chosen and rejected are identical$",
+         {"bad.jsonl": lines(GOOD[0], pair(chosen=" same.", rejected=" same."))}),
+    Case("label-nan", ["dpo", *TRAIN, "--loss", "gdpo", "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:2: field 'label': soft label must be a finite number, got nan$",
+         {"bad.jsonl": lines(GOOD[0], pair(label=float("nan")))}),  # json.dumps writes the NaN literal
+    Case("label-1.5", ["rm", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:2: field 'label': soft label 1\.5 is outside \[0, 1\]$",
+         {"bad.jsonl": lines(GOOD[0], pair(label=1.5))}),
+    Case("label-string", ["dpo", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:2: field 'label': soft label must be a number, got str$",
+         {"bad.jsonl": lines(GOOD[0], pair(label="high"))}),
+    Case("non-utf8-bytes", ["dpo", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:2: not valid UTF-8 \(byte 0xe9 at byte 16 of the line\)$",
+         {"bad.jsonl": lines(GOOD[0]) + b'{"prompt": "caf\xe9", "chosen": "b", "rejected": "c"}\n'}),
+    Case("line-50mb", ["dpo", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:2: record is 5242\d{4} bytes, over the limit of 16777216; raise max_record_bytes$",
+         {"bad.jsonl": huge_line()}),
+    Case("votes-unknown-value", ["dpo", *TRAIN, "--data", "{dir}/votes.jsonl"],
+         r"votes\.jsonl:2: field 'votes': vote 3 is 'maybe'; expected 'a', 'b' or 'tie'",
+         {"votes.jsonl": lines(json.dumps({"prompt": "p", "response_a": "x", "response_b": "y", "votes": ["a"]}),
+                               json.dumps({"prompt": "p", "response_a": "x", "response_b": "y",
+                                           "votes": ["a", "b", "maybe"]}))}),
+    Case("ranking-one-response", ["rm", *TRAIN, "--data", "{dir}/rank.jsonl"],
+         r"rank\.jsonl:2: field 'responses': a ranking needs at least 2 responses, got 1$",
+         {"rank.jsonl": lines(json.dumps({"prompt": "p", "responses": ["x", "y", "z"]}),
+                              json.dumps({"prompt": "p", "responses": ["x"]}))}),
+    Case("ppo-prompt-is-a-number", ["ppo", *ONLINE, "--prompts", "{dir}/prompts.jsonl"],
+         r"prompts\.jsonl:2: field 'prompt': expected a string or a list of messages, got int$",
+         {"prompts.jsonl": lines('{"prompt": "Review of Alpha:"}', '{"prompt": 5}')}),
+    Case("rloo-prompt-missing", ["rloo", *ONLINE, "--prompts", "{dir}/prompts.jsonl"],
+         r"prompts\.jsonl:2: field 'prompt': required field is missing$",
+         {"prompts.jsonl": lines('{"prompt": "Review of Alpha:"}', '{"text": "Review of Bravo:"}')}),
+    Case("bad-eval-data", ["dpo", *TRAIN, "--data", "{dir}/train.jsonl", "--eval-data", "{dir}/eval.jsonl"],
+         r"eval\.jsonl:1: field 'label': soft label -0\.2 is outside \[0, 1\]$",
+         {"train.jsonl": lines(*GOOD), "eval.jsonl": lines(pair(label=-0.2))}),
+    # ---- data files: nothing usable in the whole file -----------------------------------------------------
+    Case("empty-file", ["dpo", *TRAIN, "--data", "{dir}/empty.jsonl"],
+         r"empty\.jsonl: file is empty$", {"empty.jsonl": b""}),
+    Case("blank-lines-only", ["sft", *TRAIN, "--data", "{dir}/blank.jsonl"],
+         r"blank\.jsonl: no records: the file holds only blank lines$", {"blank.jsonl": b"\n  \n\n"}),
+    Case("all-invalid-skipped", ["dpo", *TRAIN, "--skip-invalid", "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl: no valid records: all 3 records are invalid; the first: "
+         r".*bad\.jsonl:1: field 'rejected': chosen and rejected are identical$",
+         {"bad.jsonl": lines(pair(rejected=" great lovely."), pair(chosen=""), pair(label=2))}),
+    Case("data-file-not-found", ["dpo", *TRAIN, "--data", "{dir}/nope.jsonl"],
+         r"data file not found: '.*nope\.jsonl'"),
+    # ---- configs --------------------------------------------------------------------------------------------
+    Case("config-unknown-key", ["dpo", "--config", "{dir}/run.yaml"],
+         r"run\.yaml: field 'betta': unknown setting$",
+         {"run.yaml": config(model="{model}", data="{dir}/d.jsonl", output_dir="{out}", betta=0.2),
+          "d.jsonl": lines(*GOOD)}),
+    Case("config-wrong-type", ["dpo", "--config", "{dir}/run.yaml"],
+         r"run\.yaml: field 'batch_size': Input should be a valid integer, unable to parse string as an integer$",
+         {"run.yaml": config(model="{model}", data="{dir}/d.jsonl", output_dir="{out}", batch_size="eight"),
+          "d.jsonl": lines(*GOOD)}),
+    Case("config-not-yaml", ["sft", "--config", "{dir}/run.yaml"],
+         r"run\.yaml:3: not valid YAML: mapping values are not allowed here$",
+         {"run.yaml": "model: {model}\ndata: {dir}/d.jsonl\n  output_dir: {out}\n"}),
+    Case("config-not-a-mapping", ["sft", "--config", "{dir}/run.yaml"],
+         r"run\.yaml: a config file must hold a mapping of settings, not list$",
+         {"run.yaml": "- model\n- data\n"}),
+    Case("config-file-not-found", ["sft", "--config", "{dir}/nope.yaml"],
+         r"cannot read config file .*nope\.yaml: No such file or directory$"),
+    Case("bad-flag-value", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl", "--warmup-ratio", "2"],
+         r"options: field 'warmup_ratio': Input should be less than or equal to 1$",
+         {"d.jsonl": lines(*GOOD)}),
+    Case("max-length-over-context", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl", "--max-length", "5000"],
+         r"--max-length 5000 is longer than the context of model '.*' \(1024 positions: max_position_embeddings "
+         r"in its config\.json\); use at most 1024$",
+         {"d.jsonl": lines(*GOOD)}),
+    Case("rl-length-over-context", ["rloo", *ONLINE, "--prompts", "{dir}/d.jsonl", "--max-new-tokens", "1000"],
+         r"--max-prompt-length 256 \+ --max-new-tokens 1000 = 1256 is longer than the context of model '.*' "
+         r"\(1024 positions",
+         {"d.jsonl": lines(*GOOD)}),
+    # ---- model and output paths ------------------------------------------------------------------------------
+    Case("model-not-found", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl", "--model", "{dir}/no-such-model"],
+         r"model '.*no-such-model' not found: not a folder, a hub id \(org/name\) or a built-in name",
+         {"d.jsonl": lines(*GOOD)}),
+    Case("model-folder-without-config", ["sft", *TRAIN, "--data", "{dir}/d.jsonl", "--model", "{dir}"],
+         r"model folder '.*' has no config\.json: is it a Hugging Face model folder\?$",
+         {"d.jsonl": lines('{"prompt": "a", "completion": "b"}')}),
+    Case("model-corrupt-config", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl", "--model", "{dir}/model"],
+         r"could not load model '.*model': .*config\.json' is not a valid JSON file",
+         {"d.jsonl": lines(*GOOD), "model/config.json": '{"model_type": "llama", "hidden_size": '}),
+    Case("output-dir-is-a-file", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl", "--output-dir", "{dir}/notes.txt"],
+         r"options: field 'output_dir': '.*notes\.txt' is an existing file, not a folder$",
+         {"d.jsonl": lines(*GOOD), "notes.txt": "my notes\n"}),
+    Case("output-dir-under-a-file", ["sft", *TRAIN, "--data", "{dir}/d.jsonl", "--output-dir", "{dir}/notes.txt/run"],
+         r"options: field 'output_dir': '.*notes\.txt/run' is inside '.*notes\.txt', which is a file, not a folder$",
+         {"d.jsonl": lines('{"prompt": "a", "completion": "b"}'), "notes.txt": "my notes\n"}),
+]
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "alignkit.cli.main", *args], capture_output=True, text=True,
+                          timeout=300, cwd=REPO)
+
+
+def fill(text: str, values: dict[str, str]) -> str:
+    for k, v in values.items():
+        text = text.replace("{" + k + "}", v)
+    return text
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_one_clear_message(case: Case, tiny_model, tmp_path):
+    values = {"model": str(tiny_model), "out": str(tmp_path / "out"), "dir": str(tmp_path)}
+    for name, content in case.files.items():
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if name.startswith("model/"):  # a copy of the tiny model, with this file spoilt
+            shutil.copytree(tiny_model, path.parent, dirs_exist_ok=True)
+        if isinstance(content, str) or name.endswith(".yaml"):  # text with placeholders
+            content = fill(content if isinstance(content, str) else content.decode(), values).encode()
+        path.write_bytes(content)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+
+    t0 = time.perf_counter()
+    r = run_cli([fill(a, values) for a in case.args])
+    elapsed = time.perf_counter() - t0
+
+    assert r.returncode == case.code, (r.returncode, r.stderr[-3000:])
+    assert "Traceback" not in r.stderr + r.stdout, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1, r.stderr[-3000:]
+    command = case.args[0]
+    assert errors[0].startswith(f"alignkit {command}: error: "), errors[0]
+    assert re.search(case.message, errors[0]), errors[0]
+    assert "saved to" not in r.stdout
+    # nothing that could be mistaken for a result: no output folder, and every input file untouched
+    assert not (tmp_path / "out").exists()
+    after = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before
+    if case.id == "line-50mb":
+        assert elapsed < 60, f"the 50 MB line took {elapsed:.0f} s to refuse"
+
+
+def test_long_prompt_is_cut_and_counted(tiny_model, tmp_path):
+    """Not an error: a prompt over --max-prompt-length keeps its end, and the run says how many were cut."""
+    long = pair(prompt="Review of Alpha: " * 600)  # ~3,000 tokens, over the model's 1,024 positions too
+    data = tmp_path / "d.jsonl"
+    data.write_bytes(lines(long, *GOOD))
+    out = tmp_path / "out"
+    r = run_cli(["dpo", "--model", str(tiny_model), "--data", str(data), "--output-dir", str(out), "--max-steps",
+                 "1", "--no-progress", "--eval-fraction", "0"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 prompts over --max-prompt-length were cut (their end kept)" in r.stdout
+    assert json.loads((out / "run_info.json").read_text())["truncation"] == {"prompt_truncated": 1}
+
+
+def test_readme_documents_every_case():
+    """The README's "## Bad input" table lists every case of the corpus with its exit code."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Bad input", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        m = re.match(r"\|\s*`([\w.-]+)`\s*\|.*\|\s*(\d+)\s*\|\s*$", line)
+        if m:
+            rows[m.group(1)] = int(m.group(2))
+    assert rows == {c.id: c.code for c in CASES}
+    assert readme.index("## Bad input") < readme.index("## Benchmarks")
