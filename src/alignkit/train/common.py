@@ -13,6 +13,26 @@ from alignkit.models.load import apply_lora, load_causal_lm, load_reward_model, 
 from alignkit.train.config import TrainConfig
 
 
+def process_count() -> int:
+    """Processes of this run (torchrun / accelerate launch), 1 when run alone."""
+    from accelerate import PartialState
+
+    return PartialState().num_processes
+
+
+def mean_over_processes(x: float) -> float:
+    """The mean of a number over the processes of a distributed run (the number itself when run alone)."""
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState()
+    if state.num_processes == 1:
+        return x
+    t = torch.tensor([x], dtype=torch.float64, device=state.device)
+    torch.distributed.all_reduce(t)
+    return float(t) / state.num_processes
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 

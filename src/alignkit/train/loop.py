@@ -114,7 +114,13 @@ def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = F
             for k, v in {"loss": loss, **metrics}.items():
                 acc.setdefault(k, []).append((_scalar(v), batch["n"]))
     model.train(was_training)
-    return {k: _mean(v) for k, v in acc.items()}
+    if accelerator.num_processes == 1:
+        return {k: _mean(v) for k, v in acc.items()}
+    keys = sorted(acc)  # every process has the same keys: weighted sums and counts, summed over processes
+    sums = torch.tensor([[sum(v * n for v, n in acc[k]), sum(n for _, n in acc[k])] for k in keys],
+                        dtype=torch.float64, device=accelerator.device)
+    sums = accelerator.reduce(sums, "sum")
+    return {k: float(a / max(b, 1)) for k, (a, b) in zip(keys, sums.tolist(), strict=True)}
 
 
 class MetricsLog:
@@ -174,9 +180,29 @@ def _save_checkpoint(accelerator, task: Task, model, out: Path, state: dict, kee
     accelerator.wait_for_everyone()
 
 
+def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Average the gradients over all processes in one all-reduce (a parameter without a gradient counts 0)."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+        offset += g.numel()
+
+
+def _reduce_metrics(accelerator, metrics: dict, speed: list[float]) -> tuple[dict, list[float]]:
+    keys = sorted(k for k, v in metrics.items() if isinstance(v, int | float))
+    means = accelerator.reduce(torch.tensor([float(metrics[k]) for k in keys], dtype=torch.float64,
+                                            device=accelerator.device), "mean")
+    sums = accelerator.reduce(torch.tensor(speed, dtype=torch.float64, device=accelerator.device), "sum")
+    return {**metrics, **dict(zip(keys, means.tolist(), strict=True))}, sums.tolist()
+
+
 def train(task: Task, cfg: RunConfig) -> TrainResult:
     """Run the optimisation described by `cfg` on `task`; save the final model into `cfg.output_dir`."""
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DistributedType
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -197,14 +223,25 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
     # the fused kernel (CPU and CUDA) updates each tensor in one pass: ~4x faster than the per-tensor loop on CPU
     fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
-    micro_per_epoch = math.ceil(len(task.train_items) / cfg.batch_size)
+    world = accelerator.num_processes  # each process takes --batch-size examples per micro-batch
+    micro_per_epoch = math.ceil(len(task.train_items) / (cfg.batch_size * world))
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     updates = total * task.updates_per_step
     schedule = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.lr_scheduler]
     scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=round(cfg.warmup_ratio * updates),
                               num_training_steps=updates)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    # Several processes with one full copy of the model each (DDP on CPU or GPUs): the model is NOT wrapped;
+    # gradients are averaged over processes after each backward pass (`_average_gradients`), because the
+    # log-prob code runs the backbone and the head itself, which a DDP wrapper's forward hooks would not see.
+    manual_sync = world > 1 and accelerator.distributed_type in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU)
+    if manual_sync:
+        model.to(accelerator.device)
+        optimizer = accelerator.prepare(optimizer)
+        accelerator.register_for_checkpointing(model)
+        accelerator.register_for_checkpointing(scheduler)  # not prepared: stepped once per optimizer step
+    else:
+        model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     state = {"step": 0, "epoch": 0, "micro_in_epoch": 0}
     resume_step = None
@@ -250,11 +287,14 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
                         raise AlignkitError(f"non-finite loss ({float(loss)}) at step {state['step'] + 1}; the last "
                                             "checkpoint is kept. Lower --learning-rate or check the data.")
                     accelerator.backward(loss)
+                    if manual_sync and accelerator.sync_gradients:
+                        _average_gradients(params, world)
                     grad_norm = None
                     if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                         grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
                     optimizer.step()
-                    scheduler.step()
+                    if not manual_sync or accelerator.sync_gradients:
+                        scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                 for k, v in {"loss": loss, **metrics}.items():
                     window.setdefault(k, []).append((_scalar(v), mb["n"]))
@@ -268,10 +308,13 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
             now = time.perf_counter()
             dt = max(busy, 1e-9)
             last_train = {**step_metrics, **{k: _mean(v) for k, v in window.items()}}
+            speed = [tokens / dt, examples / dt]
+            if world > 1:  # metrics: mean over processes; throughput: sum
+                last_train, speed = _reduce_metrics(accelerator, last_train, speed)
             record = {"split": "train", "step": state["step"], "epoch": state["epoch"] + state["micro_in_epoch"] / micro_per_epoch,
                       **last_train, "lr": scheduler.get_last_lr()[0],
                       "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                      "tokens_per_s": tokens / dt, "examples_per_s": examples / dt, "elapsed_s": now - t_start}
+                      "tokens_per_s": speed[0], "examples_per_s": speed[1], "elapsed_s": now - t_start}
             log.write(record)
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in last_train.items() if k in ("loss", "accuracy", "reward", "kl")})

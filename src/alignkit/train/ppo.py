@@ -19,6 +19,7 @@ from alignkit.losses import (
 )
 from alignkit.models.load import apply_lora, load_reward_model, save_model
 from alignkit.models.logprobs import response_logprobs, response_values
+from alignkit.train.common import mean_over_processes, process_count
 from alignkit.train.config import PPOConfig
 from alignkit.train.loop import Task, TrainResult, train
 from alignkit.train.online import collate_prompts, make_eval, setup_online
@@ -70,7 +71,9 @@ def build_ppo(cfg: PPOConfig) -> Task:
                 adv = masked_whiten(adv, mask)
         metrics = {**s.metrics, "beta": state["beta"], "value_mean": float((values * mask).sum() / mask.sum())}
         if cfg.adaptive_kl:
-            state["beta"] = adaptive_kl_beta(state["beta"], s.metrics["kl"], cfg.kl_target, len(s.texts), cfg.kl_horizon)
+            kl = mean_over_processes(s.metrics["kl"])  # every process keeps the same β
+            n = len(s.texts) * process_count()
+            state["beta"] = adaptive_kl_beta(state["beta"], kl, cfg.kl_target, n, cfg.kl_horizon)
         tensors = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "response_mask": ro.response_mask,
                    "old_logp": s.logp, "old_values": values, "advantages": adv, "returns": returns}
         return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, {"prompt_width": ro.prompt_width}, gen), metrics

@@ -112,22 +112,30 @@ def precompute_reference(reference, items: list[dict], collate, batch_size: int,
             for it, c, r in zip(items, saved["chosen"].tolist(), saved["rejected"].tolist(), strict=True):
                 it["ref_chosen"], it["ref_rejected"] = c, r
             return "cache"
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
     was_training = reference.training
     reference.eval()
-    chosen, rejected = [], []
+    state = PartialState()  # several processes: each computes every world-th batch, then all share the results
+    starts = list(range(0, len(items), batch_size))[state.process_index :: state.num_processes]
+    done: list[tuple[int, float, float]] = []
     dev = next(reference.parameters()).device
     with torch.inference_mode(), ctx():
-        for i in tqdm(range(0, len(items), batch_size), desc="reference log-probs", leave=False, disable=not progress):
+        for i in tqdm(starts, desc="reference log-probs", leave=False, disable=not (progress and state.is_main_process)):
             batch = collate(items[i : i + batch_size])
             batch = {k: v.to(dev) for k, v in batch.items()}
             c, r = pair_logprobs(reference, batch)
-            chosen.append(c.float().cpu())
-            rejected.append(r.float().cpu())
+            done += zip(range(i, i + len(c)), c.float().tolist(), r.float().tolist(), strict=True)
     reference.train(was_training)
-    chosen_t, rejected_t = torch.cat(chosen), torch.cat(rejected)
+    if state.num_processes > 1:
+        done = gather_object(done)
+    done.sort()
+    chosen_t = torch.tensor([c for _, c, _ in done], dtype=torch.float32)
+    rejected_t = torch.tensor([r for _, _, r in done], dtype=torch.float32)
     for it, c, r in zip(items, chosen_t.tolist(), rejected_t.tolist(), strict=True):
         it["ref_chosen"], it["ref_rejected"] = c, r
-    if path is not None:
+    if path is not None and state.is_main_process:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save({"chosen": chosen_t, "rejected": rejected_t}, tmp)

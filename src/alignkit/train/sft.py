@@ -10,6 +10,7 @@ from alignkit.train.common import (
     encode_all,
     load_split,
     make_encoder,
+    mean_over_processes,
     policy_and_tokenizer,
     saver,
     use_packing,
@@ -23,10 +24,14 @@ def sft_step(model, batch):
     whose LM head runs only on response positions, in chunks (`models.logprobs`); packed or padded batches."""
     if "segment" in batch:
         _, tok = packed_sequence_logprobs(model, batch, return_tokens=True)
-        return -tok.sum() / max(tok.shape[0], 1), {}
-    _, tok = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                               return_tokens=True)
-    return -tok.sum() / (batch["labels"][:, 1:] != -100).sum().clamp(min=1), {}
+        n = tok.shape[0]
+    else:
+        _, tok = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                   return_tokens=True)
+        n = int((batch["labels"][:, 1:] != -100).sum())
+    # over several processes, divide by the mean token count: the average of the processes' losses (what their
+    # averaged gradients follow) is then the token mean over the whole global batch
+    return -tok.sum() / max(mean_over_processes(n), 1), {}
 
 
 def build_sft(cfg: SFTConfig) -> Task:
