@@ -1,5 +1,6 @@
 """HFBackend rollouts: log-probs against fresh forward passes, per-row EOS stopping, left padding, greedy
-decoding, seeding, and the top-k / top-p filter."""
+decoding, seeding, and the top-k / top-p filter; dropping finished rows, length-bucketed `generate_many`
+and token-budget scoring against their plain counterparts."""
 
 from __future__ import annotations
 
@@ -9,7 +10,15 @@ import pytest
 import torch
 
 from alignkit.models.logprobs import response_logprobs
-from alignkit.rollout.engine import HFBackend, Rollout, SamplingParams, filter_logits
+from alignkit.rollout.engine import (
+    HFBackend,
+    Rollout,
+    SamplingParams,
+    budget_chunks,
+    filter_logits,
+    generate_many,
+    score_in_chunks,
+)
 
 ATOL = 1e-4
 PAD = 0  # <pad> of the tiny tokenizer
@@ -46,8 +55,9 @@ class EosBiased(torch.nn.Module):
         return out
 
 
-def generate(model, prompts, *, eos_id=EOS, **params) -> Rollout:
-    return HFBackend().generate(model, prompts, SamplingParams(**params), pad_id=PAD, eos_id=eos_id)
+def generate(model, prompts, *, eos_id=EOS, backend=None, generator=None, **params) -> Rollout:
+    return (backend or HFBackend()).generate(model, prompts, SamplingParams(**params), pad_id=PAD, eos_id=eos_id,
+                                             generator=generator)
 
 
 @torch.no_grad()
@@ -386,3 +396,253 @@ def test_full_response_mask_hand_built():
     assert ro.full_response_mask().tolist() == [[0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1]]
     assert ro.responses.tolist() == [[9, 2, 0], [9, 9, 9]]
     assert ro.lengths.tolist() == [2, 3]
+
+
+# ------------------------------------------------------------------------------- dropping finished rows
+
+
+class BatchSizes(torch.nn.Module):
+    """Wraps a causal LM and records the batch size of every forward call (to see the live batch shrink)."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+        self.sizes: list[int] = []
+
+    def forward(self, **kwargs):
+        self.sizes.append(kwargs["input_ids"].shape[0])
+        return self.inner(**kwargs)
+
+
+def assert_same_rollout(a: Rollout, b: Rollout, atol: float = 1e-5) -> None:
+    assert a.prompt_width == b.prompt_width
+    assert torch.equal(a.input_ids, b.input_ids)
+    assert torch.equal(a.attention_mask, b.attention_mask)
+    assert torch.equal(a.response_mask, b.response_mask)
+    assert torch.equal(a.finished, b.finished)
+    torch.testing.assert_close(a.logprobs, b.logprobs, atol=atol, rtol=0)
+
+
+MANY = PROMPTS + [p[::-1] for p in PROMPTS] + [[7, 8, 9, 10], [55, 56, 57, 58, 59, 60, 61]]
+
+
+class EosRamp(torch.nn.Module):
+    """Wraps a causal LM and adds `slope * position` to the EOS logit: greedy rows then stop once the ramp
+    overtakes their own best token, at steps that depend on each row's prompt and response (rows stop one
+    after another). Position ids are an input, so the engine's cached steps and a fresh forward agree."""
+
+    def __init__(self, inner, slope: float):
+        super().__init__()
+        self.inner = inner
+        self.slope = slope
+
+    def forward(self, **kwargs):
+        out = self.inner(**kwargs)
+        ramp = torch.zeros_like(out.logits)
+        positions = kwargs["position_ids"][:, -out.logits.shape[1]:]  # the positions that have logits
+        ramp[..., EOS] = self.slope * positions.to(out.logits.dtype)
+        out.logits = out.logits + ramp
+        return out
+
+
+def staggered(causal_lm, prompts, max_new):
+    """The EosRamp model with the smallest slope (searched) whose greedy rows finish at three or more
+    different steps, at least half of them but not all. Returns it and its rollout without dropping."""
+    for slope in torch.arange(0.01, 0.3, 0.01).tolist():
+        model = EosRamp(causal_lm, slope)
+        ro = generate(model, prompts, max_new_tokens=max_new, greedy=True, temperature=0.7,
+                      backend=HFBackend(drop_finished=False))
+        ends = set(ro.lengths[ro.finished].tolist())
+        if len(ends) >= 3 and len(prompts) // 2 <= int(ro.finished.sum()) < len(prompts):
+            return model, ro
+    raise AssertionError("no slope makes the greedy rows stop at different steps")
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25])
+def test_dropping_finished_rows_keeps_greedy_rollout(causal_lm, fraction):
+    """Greedy with finished rows dropped from the live batch (KV cache included) equals greedy without; with
+    a fraction > 0 finished rows wait in the batch until enough of them can go together."""
+    max_new = 16
+    model, plain = staggered(causal_lm, MANY, max_new)
+    kept = BatchSizes(model)
+    again = generate(kept, MANY, max_new_tokens=max_new, greedy=True, temperature=0.7,
+                     backend=HFBackend(drop_finished=False))
+    assert set(kept.sizes) == {len(MANY)}  # without dropping the batch never shrinks
+    assert_same_rollout(again, plain, atol=0)
+    dropped = BatchSizes(model)
+    fast = generate(dropped, MANY, max_new_tokens=max_new, greedy=True, temperature=0.7,
+                    backend=HFBackend(drop_finished=True, drop_fraction=fraction))
+    # the live batch really shrank, in steps no smaller than the fraction asks for
+    steps = [(a, b) for a, b in zip(dropped.sizes, dropped.sizes[1:], strict=False) if a != b]
+    assert steps and all(a > b and a - b >= fraction * a for a, b in steps)
+    check_layout(fast, MANY, EOS, max_new)
+    assert_same_rollout(fast, plain)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.25])
+def test_sampled_logprobs_with_dropping_match_recomputation(causal_lm, fraction):
+    """Sampling (fixed generator) with rows dropped as they finish: the sampler's log-probs are those of the
+    training-side recomputation over the returned rollout, so every row kept its own KV cache rows."""
+    model = BatchSizes(EosBiased(causal_lm, EOS, bias=4.0))
+    prompts = PROMPTS * 2
+    gen = torch.Generator().manual_seed(17)
+    ro = generate(model, prompts, max_new_tokens=16, temperature=0.8, top_p=0.95, generator=gen,
+                  backend=HFBackend(drop_fraction=fraction))
+    check_layout(ro, prompts, EOS, 16)
+    assert len(set(ro.lengths.tolist())) > 1 and bool(ro.finished.any())
+    assert min(model.sizes) < len(prompts)
+    with torch.no_grad():
+        recomputed = response_logprobs(model, ro.input_ids, ro.attention_mask, ro.prompt_width,
+                                       ro.response_mask, temperature=0.8)
+    torch.testing.assert_close(ro.logprobs, recomputed, atol=ATOL, rtol=0)
+    again = generate(model, prompts, max_new_tokens=16, temperature=0.8, top_p=0.95,
+                     generator=torch.Generator().manual_seed(17), backend=HFBackend(drop_fraction=fraction))
+    assert torch.equal(again.input_ids, ro.input_ids)  # reproducible with the same generator
+
+
+def test_dropping_draws_the_same_samples_until_the_first_drop(causal_lm):
+    """With the same generator, sampling with and without dropping takes the same draws (and tokens) up to the
+    step at which the first row finished; only later, on a smaller live batch, do the random streams part."""
+    model = EosBiased(causal_lm, EOS, bias=4.0)
+    runs = [generate(model, PROMPTS, max_new_tokens=12, temperature=0.9, generator=torch.Generator().manual_seed(5),
+                     backend=HFBackend(drop_finished=d, drop_fraction=0.0)) for d in (False, True)]
+    for ro in runs:
+        check_layout(ro, PROMPTS, EOS, 12)
+    first_end = int(runs[0].lengths[runs[0].finished].min())  # no row was dropped before this step
+    assert first_end < int(runs[0].lengths.max())
+    assert torch.equal(runs[0].responses[:, :first_end], runs[1].responses[:, :first_end])
+    torch.testing.assert_close(runs[0].logprobs[:, :first_end], runs[1].logprobs[:, :first_end], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------------------------------- generate_many
+
+
+class RecordingBackend(HFBackend):
+    """An HFBackend that records the prompts and generator of every batch it is asked for."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches: list[list[list[int]]] = []
+        self.generators: list = []
+
+    def generate(self, model, prompts, params, **kw):
+        self.batches.append(prompts)
+        self.generators.append(kw.get("generator"))
+        return super().generate(model, prompts, params, **kw)
+
+
+def left_padding(batches: list[list[list[int]]]) -> int:
+    return sum(max(map(len, b)) * len(b) - sum(map(len, b)) for b in batches)
+
+
+@pytest.mark.parametrize("bucket", [True, False])
+def test_generate_many_keeps_order_and_equals_per_prompt_greedy(causal_lm, bucket):
+    """Bucketed (or not) batches of prompts: row i of the result answers prompts[i], and greedy rows equal
+    each prompt decoded alone."""
+    max_new = 10
+    prompts = PROMPTS + [[7, 8, 9, 10], [55, 56]]
+    free = generate(causal_lm, prompts, eos_id=NEVER, max_new_tokens=max_new, greedy=True)
+    eos = pick_eos(free.responses)
+    backend = RecordingBackend()
+    gens = {b: torch.Generator().manual_seed(b) for b in range(4)}
+    ro = generate_many(backend, causal_lm, prompts, SamplingParams(max_new_tokens=max_new, greedy=True),
+                       pad_id=PAD, eos_id=eos, batch_size=3, bucket=bucket, generator_for=gens.get)
+    check_layout(ro, prompts, eos, max_new)
+    assert [len(b) for b in backend.batches] == [3, 3, 2]
+    assert backend.generators == [gens[0], gens[1], gens[2]]
+    if bucket:  # batches hold prompts of neighbouring lengths: less left padding than in the given order
+        lengths = [sorted(map(len, b)) for b in backend.batches]
+        assert all(a[-1] <= b[0] for a, b in zip(lengths, lengths[1:], strict=False))
+        assert left_padding(backend.batches) < left_padding([prompts[i : i + 3] for i in range(0, len(prompts), 3)])
+    else:
+        assert backend.batches == [prompts[i : i + 3] for i in range(0, len(prompts), 3)]
+    for i, prompt in enumerate(prompts):
+        alone = generate(causal_lm, [prompt], eos_id=eos, max_new_tokens=max_new, greedy=True)
+        n = int(alone.lengths[0])
+        assert int(ro.lengths[i]) == n and bool(ro.finished[i]) == bool(alone.finished[0])
+        assert ro.responses[i, :n].tolist() == alone.responses[0, :n].tolist()
+        torch.testing.assert_close(ro.logprobs[i, :n], alone.logprobs[0, :n], atol=1e-5, rtol=0)
+    # the merged rollout is a valid training batch: its log-probs are those of a recomputation
+    with torch.no_grad():
+        recomputed = response_logprobs(causal_lm, ro.input_ids, ro.attention_mask, ro.prompt_width,
+                                       ro.response_mask)
+    torch.testing.assert_close(ro.logprobs, recomputed, atol=ATOL, rtol=0)
+
+
+# ---------------------------------------------------------------------------------- token-budget scoring
+
+
+def test_budget_chunks_cover_rows_within_budget():
+    prompt = torch.tensor([5, 2, 8, 3, 6, 1, 4])
+    response = torch.tensor([1, 9, 2, 7, 3, 3, 5])
+    for budget in (1, 12, 25, 60, 1000):
+        chunks = budget_chunks(prompt, response, budget)
+        assert sorted(torch.cat(chunks).tolist()) == list(range(7))
+        for c in chunks:
+            assert len(c) == 1 or len(c) * int(prompt[c].max() + response[c].max()) <= budget
+    assert len(budget_chunks(prompt, response, 1000)) == 1
+    assert len(budget_chunks(prompt, response, 1)) == 7
+
+
+@pytest.mark.parametrize("budget", [10, 40, 100_000])
+def test_score_in_chunks_equals_one_forward(causal_lm, budget):
+    """Policy log-probs with entropy (a tuple) and without, chunked by a token budget and cut to each chunk's
+    width, equal one forward pass over the whole rollout."""
+    model = EosBiased(causal_lm, EOS, bias=4.0)
+    prompts = PROMPTS * 2
+    ro = generate(model, prompts, max_new_tokens=12, generator=torch.Generator().manual_seed(3))
+    assert len(set(ro.lengths.tolist())) > 1
+    args = (ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask)
+    with torch.no_grad():
+        logp, ent = response_logprobs(model, *args, temperature=0.9, entropy=True)
+        calls = []
+
+        def fn(*a):
+            calls.append(a[0].shape)
+            return response_logprobs(model, *a, temperature=0.9, entropy=True)
+
+        c_logp, c_ent = score_in_chunks(fn, ro, max_tokens=budget)
+        only = score_in_chunks(lambda *a: response_logprobs(model, *a, temperature=0.9), ro, max_tokens=budget)
+    if budget < 100:
+        assert len(calls) > 1 and max(s[1] for s in calls) <= ro.input_ids.shape[1]
+        assert min(s[1] for s in calls) < ro.input_ids.shape[1]  # some chunk was cut narrower
+    else:
+        assert calls == [ro.input_ids.shape] or len(calls) == 1
+    torch.testing.assert_close(c_logp, logp, atol=1e-5, rtol=0)
+    torch.testing.assert_close(c_ent, ent, atol=1e-5, rtol=0)
+    torch.testing.assert_close(only, logp, atol=1e-5, rtol=0)
+
+
+def test_sampler_scores_in_chunks_like_one_forward(tiny_model, tmp_path):
+    """online.Sampler with a tiny scoring budget (many chunks) gives the policy log-probs, entropies,
+    reference log-probs and metrics of one with a budget that holds the whole batch."""
+    from alignkit import RLOOConfig
+    from alignkit.models.load import load_causal_lm, load_tokenizer
+    from alignkit.train.online import Sampler, make_reference
+
+    (tmp_path / "reward.py").write_text("def score(prompts, responses):\n    return [len(r) / 10 for r in responses]\n")
+    cfg = RLOOConfig(model=tiny_model, prompts=str(tmp_path / "p.jsonl"), output_dir=str(tmp_path / "out"),
+                     reward=f"{tmp_path / 'reward.py'}:score",
+                     max_new_tokens=12, temperature=0.9, missing_eos_penalty=-1.0)
+    tok = load_tokenizer(tiny_model)
+    policy = EosBiased(load_causal_lm(tiny_model), tok.eos_token_id, bias=4.0)  # rows of different lengths
+    torch.manual_seed(0)
+    with torch.no_grad():  # a reference that differs from the policy
+        policy.inner.lm_head.weight.add_(0.05 * torch.randn_like(policy.inner.lm_head.weight))
+    reference = make_reference(cfg, policy)
+    policy.inner.lm_head.weight.data.mul_(1.1)
+    prompts = ["Review of Alpha:", "A long prompt about a film: Review of Bravo and Comet and Delta:", "Echo"] * 3
+    ids = [tok(p)["input_ids"] for p in prompts]
+    runs = []
+    for budget in (10**9, 24):
+        sampler = Sampler(cfg, tok, reference, score_tokens=budget)
+        runs.append(sampler.sample(policy, ids, prompts, torch.Generator().manual_seed(4)))
+    whole, chunked = runs
+    assert len(set(whole.rollout.lengths.tolist())) > 1
+    assert torch.equal(whole.rollout.input_ids, chunked.rollout.input_ids)
+    for name in ("logp", "ref_logp", "entropy"):
+        torch.testing.assert_close(getattr(chunked, name), getattr(whole, name), atol=1e-5, rtol=0)
+    assert (whole.logp - whole.ref_logp).abs().max() > 1e-3  # the reference path is really another model
+    torch.testing.assert_close(chunked.logp, whole.rollout.logprobs, atol=ATOL, rtol=0)
+    for key in ("reward", "kl", "kl_k3", "entropy", "response_length"):
+        assert chunked.metrics[key] == pytest.approx(whole.metrics[key], abs=1e-5)

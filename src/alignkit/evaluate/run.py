@@ -2,9 +2,10 @@
 against the reference by gold score, sampled sequence KL to the reference, response length, the reward
 model's score, and the reward model's accuracy against gold preferences.
 
-Every policy answers the same prompts with the same sampling noise (a generator seeded per batch), so the
-comparison is paired. KL(π‖π_ref) is estimated per sample as Σ_t logπ(y_t) − logπ_ref(y_t) over responses
-sampled from π, both at the sampling temperature; the mean over samples is unbiased.
+Every policy answers the same prompts with the same sampling noise (a generator seeded per batch; prompts are
+grouped into batches by length, the same grouping for every policy), so the comparison is paired.
+KL(π‖π_ref) is estimated per sample as Σ_t logπ(y_t) − logπ_ref(y_t) over responses sampled from π, both at
+the sampling temperature; the mean over samples is unbiased.
 """
 
 from __future__ import annotations
@@ -20,7 +21,13 @@ from alignkit.data.tokenize import Encoder
 from alignkit.evaluate.stats import mean_ci, pairwise_agreement, win_rate
 from alignkit.models.load import load_causal_lm, load_tokenizer
 from alignkit.models.logprobs import response_logprobs
-from alignkit.rollout.engine import HFBackend, SamplingParams, decode_responses
+from alignkit.rollout.engine import (
+    HFBackend,
+    SamplingParams,
+    decode_responses,
+    generate_many,
+    score_in_chunks,
+)
 from alignkit.rollout.rewards import CallableReward, ModelReward
 
 
@@ -62,22 +69,19 @@ def sample_policy(path: str, reference, tok, prompts: list, s: EvalSettings) -> 
     expanded = [(i, p) for i, p in enumerate(prompts) for _ in range(s.samples)]
     out = PolicySamples([p for _, p in expanded], [i for i, _ in expanded])
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
-    backend = HFBackend()
-    for b, start in enumerate(range(0, len(expanded), s.batch_size)):
-        part = expanded[start : start + s.batch_size]
-        gen = torch.Generator().manual_seed(s.seed * 1_000_003 + b)
-        ids = [enc.truncate_prompt(enc.prompt_ids(p)) + (enc.text_ids(suffix) if suffix else []) for _, p in part]
-        ro = backend.generate(policy, ids, params, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, generator=gen)
-        if reference is None:
-            kl = torch.zeros(len(part))
-        else:  # the sampler's own log-probs are the policy's; only the reference needs a forward pass
-            with torch.no_grad():
-                ref = response_logprobs(reference, ro.input_ids, ro.attention_mask, ro.prompt_width,
-                                        ro.response_mask, temperature=s.temperature)
-            kl = ((ro.logprobs - ref) * ro.response_mask).sum(-1)
-        out.responses += decode_responses(tok, ro)
-        out.lengths += ro.lengths.tolist()
-        out.kl += kl.tolist()
+    ids = [enc.truncate_prompt(enc.prompt_ids(p)) + (enc.text_ids(suffix) if suffix else []) for _, p in expanded]
+    ro = generate_many(HFBackend(), policy, ids, params, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
+                       batch_size=s.batch_size,
+                       generator_for=lambda b: torch.Generator().manual_seed(s.seed * 1_000_003 + b))
+    if reference is None:
+        kl = torch.zeros(len(expanded))
+    else:  # the sampler's own log-probs are the policy's; only the reference needs a forward pass
+        with torch.no_grad():
+            ref = score_in_chunks(lambda *a: response_logprobs(reference, *a, temperature=s.temperature), ro)
+        kl = ((ro.logprobs - ref) * ro.response_mask).sum(-1)
+    out.responses = decode_responses(tok, ro)
+    out.lengths = ro.lengths.tolist()
+    out.kl = kl.tolist()
     return out
 
 

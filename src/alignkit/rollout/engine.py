@@ -8,11 +8,18 @@ filtering (filtering only shapes sampling; training recomputes log-probs at the 
 
 `Backend` is the interface a faster engine (e.g. vLLM on a GPU) implements to replace `HFBackend` without
 touching the trainers.
+
+Speed: `HFBackend` drops finished rows from its live batch (KV cache included) so later decode steps only
+compute unfinished rows; `generate_many` samples a long list of prompts in batches of similar prompt length
+(little left padding) and gives the rows back in their original order; `score_in_chunks` runs a scoring
+forward (log-probs, values) over a rollout in row chunks of bounded padded size, each chunk's all-padding
+columns cut off.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -85,9 +92,26 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+DROP_FRACTION = 0.25  # compact the live batch once this share of its rows has finished
+SCORE_TOKEN_BUDGET = 4096  # rows x padded width of one scoring forward in `score_in_chunks` (benchmarks/rollout.py)
+
+
 class HFBackend:
     """Sampling loop over any transformers causal LM, with its KV cache; sequences stop independently and the
-    batch ends when every sequence has produced EOS (or max_new_tokens)."""
+    batch ends when every sequence has produced EOS (or max_new_tokens).
+
+    The prompt pass computes logits for the last prompt position only (`logits_to_keep=1`, which the model's
+    forward must accept, as transformers causal LMs do). With `drop_finished`, once at least `drop_fraction`
+    of the rows in the live batch have finished they are removed from it (their KV-cache rows, mask,
+    positions and logits), so later steps compute only unfinished rows; the returned Rollout is laid out
+    exactly as without it. Greedy decoding gives the same tokens either way. Sampling draws its noise for the
+    rows of the live batch, so once rows were dropped the random stream (not the distribution) differs from a
+    run without dropping. A cache without `batch_select_indices` (not a transformers `Cache`) is never
+    compacted."""
+
+    def __init__(self, drop_finished: bool = True, drop_fraction: float = DROP_FRACTION):
+        self.drop_finished = drop_finished
+        self.drop_fraction = drop_fraction
 
     @torch.no_grad()
     def generate(self, model, prompts: list[list[int]], params: SamplingParams, *, pad_id: int,
@@ -97,16 +121,25 @@ class HFBackend:
         device = next(model.parameters()).device
         batch = pad_rows([(p, [0] * len(p)) for p in prompts], pad_id, side="left")
         prompt_ids = batch["input_ids"].to(device)
-        attention = batch["attention_mask"].to(device)
+        prompt_mask = batch["attention_mask"].to(device)
         n, width = prompt_ids.shape
-        positions = position_ids_from_mask(attention)
-        out = model(input_ids=prompt_ids, attention_mask=attention, position_ids=positions, use_cache=True)
+        positions = position_ids_from_mask(prompt_mask)
+        # prefill: the LM head runs on the last prompt position only (the one that predicts the first token)
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1)
         past, logits = out.past_key_values, out.logits[:, -1]
-        next_pos = positions[:, -1:] + 1
+        can_drop = self.drop_finished and hasattr(past, "batch_select_indices")
+        # the live batch: `rows` maps each of its rows to its row of the output
+        rows = torch.arange(n, device=device)
+        attention, next_pos = prompt_mask, positions[:, -1:] + 1
         done = torch.zeros(n, dtype=torch.bool, device=device)
-        tokens, logps, masks = [], [], []
+        steps = params.max_new_tokens
+        tokens = torch.full((n, steps), pad_id, dtype=torch.long, device=device)
+        logps = torch.zeros((n, steps), dtype=torch.float32, device=device)
+        masks = torch.zeros((n, steps), dtype=torch.bool, device=device)
         temperature = params.temperature if params.temperature > 0 else 1.0
-        for _ in range(params.max_new_tokens):
+        used = 0
+        for t in range(steps):
             scaled = logits.float() / temperature
             logp_all = torch.log_softmax(scaled, dim=-1)
             if params.greedy:
@@ -116,25 +149,117 @@ class HFBackend:
                 tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
             live = ~done
             tok = torch.where(live, tok, torch.full_like(tok, pad_id))
-            tokens.append(tok)
-            logps.append(torch.where(live, logp_all.gather(-1, tok.unsqueeze(-1)).squeeze(-1), 0.0))
-            masks.append(live)
+            tokens[rows, t] = tok
+            logps[rows, t] = torch.where(live, logp_all.gather(-1, tok.unsqueeze(-1)).squeeze(-1), 0.0)
+            masks[rows, t] = live
             done = done | (live & (tok == eos_id))
+            used = t + 1
             if bool(done.all()):
                 break
             attention = torch.cat([attention, live.long().unsqueeze(-1)], dim=1)
+            if can_drop and int(done.sum()) >= max(1.0, self.drop_fraction * len(done)):
+                keep = (~done).nonzero().squeeze(-1)
+                past.batch_select_indices(keep)
+                rows, tok, attention, next_pos = rows[keep], tok[keep], attention[keep], next_pos[keep]
+                done = done[keep]
             out = model(input_ids=tok.unsqueeze(-1), attention_mask=attention, position_ids=next_pos,
                         past_key_values=past, use_cache=True)
             past, logits = out.past_key_values, out.logits[:, -1]
             next_pos = next_pos + 1
-        responses = torch.stack(tokens, dim=1)
-        response_mask = torch.stack(masks, dim=1).long()
+        responses, logps, masks = tokens[:, :used], logps[:, :used], masks[:, :used]
+        response_mask = masks.long()
         return Rollout(
             input_ids=torch.cat([prompt_ids, responses], dim=1),
-            attention_mask=torch.cat([batch["attention_mask"].to(device), response_mask], dim=1),
+            attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
             prompt_width=width,
             response_mask=response_mask,
-            logprobs=torch.stack(logps, dim=1),
-            finished=done,
+            logprobs=logps,
+            finished=(masks & (responses == eos_id)).any(-1),
             seconds=time.perf_counter() - start,
         )
+
+
+def merge_rollouts(parts: list[tuple[list[int], Rollout]], n: int, pad_id: int) -> Rollout:
+    """One Rollout of `n` rows from parts `(rows, rollout)`: row i of a part's rollout becomes row `rows[i]`.
+    Prompts are left-padded and responses right-padded to the widest part; `seconds` is the parts' sum."""
+    width = max(ro.prompt_width for _, ro in parts)
+    steps = max(ro.response_mask.shape[1] for _, ro in parts)
+    like = parts[0][1]
+    input_ids = torch.full((n, width + steps), pad_id, dtype=like.input_ids.dtype, device=like.input_ids.device)
+    attention = torch.zeros_like(input_ids, dtype=like.attention_mask.dtype)
+    response_mask = torch.zeros((n, steps), dtype=like.response_mask.dtype, device=input_ids.device)
+    logprobs = torch.zeros((n, steps), dtype=like.logprobs.dtype, device=input_ids.device)
+    finished = torch.zeros(n, dtype=torch.bool, device=input_ids.device)
+    for rows, ro in parts:
+        idx = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
+        p, t = ro.prompt_width, ro.response_mask.shape[1]
+        cols = torch.arange(width - p, width + t, device=input_ids.device)
+        input_ids[idx[:, None], cols] = ro.input_ids
+        attention[idx[:, None], cols] = ro.attention_mask
+        response_mask[idx, :t] = ro.response_mask
+        logprobs[idx, :t] = ro.logprobs
+        finished[idx] = ro.finished
+    return Rollout(input_ids, attention, width, response_mask, logprobs, finished,
+                   seconds=sum(ro.seconds for _, ro in parts))
+
+
+def generate_many(backend: Backend, model, prompts: list[list[int]], params: SamplingParams, *, pad_id: int,
+                  eos_id: int, batch_size: int, bucket: bool = True,
+                  generator_for: Callable[[int], torch.Generator | None] | None = None) -> Rollout:
+    """Sample every prompt in batches of `batch_size` and return ONE Rollout whose row i answers `prompts[i]`.
+
+    With `bucket`, prompts are sorted by length (stable) before batching, so each batch holds prompts of
+    similar length and little left padding; the rows are put back in the original order. Batch b samples with
+    `generator_for(b)` (None: the global RNG), so a caller that seeds per batch stays reproducible."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i])) if bucket else list(range(len(prompts)))
+    parts = []
+    for b, s in enumerate(range(0, len(order), batch_size)):
+        rows = order[s : s + batch_size]
+        gen = generator_for(b) if generator_for is not None else None
+        parts.append((rows, backend.generate(model, [prompts[i] for i in rows], params, pad_id=pad_id,
+                                             eos_id=eos_id, generator=gen)))
+    return merge_rollouts(parts, len(prompts), pad_id)
+
+
+def budget_chunks(prompt_lengths: torch.Tensor, response_lengths: torch.Tensor, max_tokens: int) -> list[torch.Tensor]:
+    """Row-index groups covering every row once: rows sorted by total length, each group as many rows as keep
+    rows x (longest prompt + longest response of the group) within `max_tokens` (at least one row)."""
+    order = (prompt_lengths + response_lengths).argsort(stable=True).tolist()
+    p, r = prompt_lengths.tolist(), response_lengths.tolist()
+    chunks, cur, cur_p, cur_r = [], [], 0, 0
+    for i in order:
+        if cur and (len(cur) + 1) * (max(cur_p, p[i]) + max(cur_r, r[i])) > max_tokens:
+            chunks.append(cur)
+            cur, cur_p, cur_r = [], 0, 0
+        cur.append(i)
+        cur_p, cur_r = max(cur_p, p[i]), max(cur_r, r[i])
+    if cur:
+        chunks.append(cur)
+    return [torch.tensor(c, dtype=torch.long) for c in chunks]
+
+
+def score_in_chunks(fn, rollout: Rollout, max_tokens: int = SCORE_TOKEN_BUDGET):
+    """`fn(input_ids, attention_mask, prompt_width, response_mask)` -> (rows, T) tensor (or a tuple of them)
+    evaluated over `rollout` in row chunks of at most `max_tokens` padded tokens (`budget_chunks`), each chunk
+    cut to its own widest prompt and response; the results are put back as (B, T) tensors, zero past a
+    chunk's width. For `fn` whose rows do not interact (log-probs, values), this equals one call on the whole
+    rollout on every response token up to float rounding (padding positions may differ: zero here), with a
+    peak memory bounded by the budget instead of the batch, and less padding computed."""
+    width = rollout.prompt_width
+    prompt_lengths = rollout.attention_mask[:, :width].sum(-1).clamp(min=1).cpu()  # keep >= 1 prompt column
+    response_lengths = rollout.response_mask.sum(-1).cpu()
+    outs = None
+    for idx in budget_chunks(prompt_lengths, response_lengths, max_tokens):
+        lo = width - int(prompt_lengths[idx].max())
+        steps = max(int(response_lengths[idx].max()), 1)
+        dev = idx.to(rollout.input_ids.device)
+        res = fn(rollout.input_ids[dev, lo : width + steps], rollout.attention_mask[dev, lo : width + steps],
+                 width - lo, rollout.response_mask[dev, :steps])
+        single = not isinstance(res, tuple)
+        res = (res,) if single else res
+        if outs is None:
+            outs = [torch.zeros((len(rollout.input_ids), rollout.response_mask.shape[1]), dtype=x.dtype,
+                                device=x.device) for x in res]
+        for o, x in zip(outs, res, strict=True):
+            o[dev.to(o.device), :steps] = x
+    return outs[0] if single else tuple(outs)

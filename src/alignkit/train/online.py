@@ -12,7 +12,14 @@ import torch
 
 from alignkit.losses import kl_k1, kl_k3, masked_mean
 from alignkit.models.logprobs import response_logprobs
-from alignkit.rollout.engine import HFBackend, Rollout, SamplingParams, decode_responses
+from alignkit.rollout.engine import (
+    SCORE_TOKEN_BUDGET,
+    HFBackend,
+    Rollout,
+    SamplingParams,
+    decode_responses,
+    score_in_chunks,
+)
 from alignkit.rollout.rewards import reward_source
 from alignkit.train.common import load_split, make_encoder, policy_and_tokenizer, say
 from alignkit.train.config import RLConfig
@@ -40,10 +47,14 @@ class Scored:
 
 
 class Sampler:
-    """Samples responses from the policy, rescores their log-probs, gets reference log-probs and rewards."""
+    """Samples responses from the policy, rescores their log-probs, gets reference log-probs and rewards.
 
-    def __init__(self, cfg: RLConfig, tokenizer, reference):
+    The sampler drops finished rows from its live batch (`HFBackend`); the policy and reference log-probs are
+    computed in row chunks of at most `score_tokens` padded tokens (`score_in_chunks`)."""
+
+    def __init__(self, cfg: RLConfig, tokenizer, reference, score_tokens: int = SCORE_TOKEN_BUDGET):
         self.cfg = cfg
+        self.score_tokens = score_tokens
         self.tok = tokenizer
         self.reference = reference  # None: the policy with its LoRA adapter disabled
         self.backend = HFBackend()
@@ -66,16 +77,20 @@ class Sampler:
         policy.eval()
         ro = self.backend.generate(policy, prompt_ids, self.params, pad_id=self.tok.pad_token_id,
                                    eos_id=self.tok.eos_token_id, generator=generator)
-        args = (ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask)
-        logp, entropy = response_logprobs(policy, *args, temperature=cfg.temperature, entropy=True)
+
+        def score(model, entropy: bool = False):  # row chunks of at most `score_tokens` padded tokens
+            return score_in_chunks(lambda *a: response_logprobs(model, *a, temperature=cfg.temperature,
+                                                                entropy=entropy), ro, self.score_tokens)
+
+        logp, entropy = score(policy, entropy=True)
         if self.reference is None:
             with policy.disable_adapter():
-                ref_logp = response_logprobs(policy, *args, temperature=cfg.temperature)
+                ref_logp = score(policy)
         else:
             ref_device = next(self.reference.parameters()).device
             if ref_device != ro.input_ids.device:
                 self.reference.to(ro.input_ids.device)
-            ref_logp = response_logprobs(self.reference, *args, temperature=cfg.temperature)
+            ref_logp = score(self.reference)
         policy.train(was_training)
         texts = decode_responses(self.tok, ro)
         scores = self.reward(prompts, texts).to(logp.device)
@@ -116,8 +131,9 @@ def collate_prompts(items: list[dict]) -> dict:
 
 
 def make_eval(cfg: RLConfig, sampler: Sampler, items: list[dict]):
-    """Held-out evaluation: mean reward and sequence KL on up to --eval-samples prompts (fixed sample)."""
-    chosen = items[: cfg.eval_samples]
+    """Held-out evaluation: mean reward and sequence KL on up to --eval-samples prompts (fixed sample), sampled
+    in batches of prompts of similar length (sorted by length: less left padding)."""
+    chosen = sorted(items[: cfg.eval_samples], key=lambda it: len(it["prompt_ids"]))
 
     def evaluate(model) -> dict:
         if not chosen:
