@@ -252,3 +252,25 @@ def test_fused_adamw_matches_the_reference_loop(causal_lm):
     apart = max(float((p0 - p1).abs().max()) for p0, p1 in zip(models[0].parameters(), models[1].parameters(), strict=True))
     assert moved > 1e-3  # the steps were taken
     assert apart < 0.02 * moved, (apart, moved)
+
+
+def test_fused_gelu_matches_gpt2_activation(tiny_gpt2):
+    """Loading swaps GPT-2's Python-arithmetic GELU for the one-kernel version: same log-probs and gradients."""
+    from transformers import AutoModelForCausalLM
+
+    from alignkit.models.load import fuse_activations, load_causal_lm
+
+    plain = AutoModelForCausalLM.from_pretrained(tiny_gpt2, dtype=torch.float32)
+    fused = load_causal_lm(tiny_gpt2)
+    assert fuse_activations(AutoModelForCausalLM.from_pretrained(tiny_gpt2)) == 2  # one per layer
+    assert fuse_activations(fused) == 0  # already swapped on load
+    assert "NewGELUActivation" not in str(fused) and "NewGELUActivation" in str(plain)
+    batch = collate_pairs(ITEMS, PAD)
+    grads = []
+    for m in (plain, fused):
+        m.zero_grad()
+        lp = sequence_logprobs(m, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+        lp.sum().backward()
+        grads.append((lp.detach(), torch.cat([p.grad.flatten() for p in m.parameters() if p.grad is not None])))
+    torch.testing.assert_close(grads[1][0], grads[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[1][1], grads[0][1], atol=1e-5, rtol=1e-4)

@@ -150,12 +150,29 @@ def load_tokenizer(name: str):
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def fuse_activations(model) -> int:
+    """Replace the tanh-approximate GELU written as Python arithmetic (`NewGELUActivation`, GPT-2's `gelu_new`: six
+    kernels and their saved inputs) by the same function as one PyTorch kernel (`gelu(approximate="tanh")`),
+    in place. Equal up to float rounding; the saved config is unchanged. Returns the number of modules swapped."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    swapped = 0
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(parent, name, GELUTanh())
+                swapped += 1
+    return swapped
+
+
 def load_causal_lm(name: str, *, dtype: str = "float32"):
-    """A policy or reference: any `AutoModelForCausalLM`, dropout off for stable RL and log-probs."""
+    """A policy or reference: any `AutoModelForCausalLM`, dropout off for stable RL and log-probs, fused
+    activations."""
     from transformers import AutoModelForCausalLM
 
     model = _from_pretrained(AutoModelForCausalLM, name, dtype=_DTYPES[dtype])
     disable_dropout(model)
+    fuse_activations(model)
     return model
 
 
@@ -171,6 +188,7 @@ def load_reward_model(name: str, *, dtype: str = "float32"):
     if tok_pad is None:
         model.config.pad_token_id = model.config.eos_token_id
     disable_dropout(model)
+    fuse_activations(model)
     return model
 
 

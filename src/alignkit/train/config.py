@@ -152,6 +152,8 @@ class RLConfig(RunConfig):
     temperature: float = Field(1.0, gt=0, description="sampling temperature (log-probs are computed at the same temperature)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     top_k: int = Field(0, ge=0, description="sample among the k most likely tokens (0 = off)")
+    score_tokens: int = Field(4096, gt=0, description="token budget (rows x width) of one forward when scoring "
+                              "rollouts with the policy and the reference (larger suits GPUs)")
     beta: float = Field(0.05, ge=0, description="KL penalty coefficient β (initial value when adaptive)")
     adaptive_kl: bool = Field(False, description="adapt β towards --kl-target (Ziegler et al. 2019)")
     kl_target: float = Field(6.0, gt=0, description="target sequence KL (nats) for the adaptive β")

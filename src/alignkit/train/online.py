@@ -157,7 +157,7 @@ def setup_online(cfg: RLConfig, *, value: bool = False):
     train_prompts, eval_prompts, info = load_prompt_split(cfg)
     policy, tok = policy_and_tokenizer(cfg)
     reference = make_reference(cfg, policy)
-    sampler = Sampler(cfg, tok, reference)
+    sampler = Sampler(cfg, tok, reference, score_tokens=cfg.score_tokens)
     train_items = prompt_items(cfg, tok, train_prompts)
     eval_items = prompt_items(cfg, tok, eval_prompts)
     random.Random(cfg.seed).shuffle(eval_items)

@@ -7,7 +7,7 @@ from functools import partial
 
 import torch
 
-from alignkit.data.collate import collate_pairs, collate_rankings, pack_pairs, pack_rankings, pad_rows
+from alignkit.data.collate import collate_pairs, collate_rankings, pack_pairs, pack_rankings
 from alignkit.losses import bradley_terry_loss, ranking_loss
 from alignkit.models.load import unwrap
 from alignkit.models.logprobs import packed_reward_scores, reward_scores
@@ -63,24 +63,22 @@ def _is_rankings(cfg: RewardConfig) -> bool:
     return False
 
 
-def normalizer(items: list[dict], pad_id: int, batch_size: int, limit: int = 512):
-    """Sets the stored offset so that the training responses' rewards have mean 0 (ALGORITHMS.md)."""
+def normalizer(items: list[dict], collate, batch_size: int, limit: int = 512):
+    """Sets the stored offset so that the training responses' rewards have mean 0 (ALGORITHMS.md); batches made
+    by the training collator (packed or padded)."""
 
     def apply(model) -> None:
-        rows = []
-        for it in items[:limit]:
-            for resp in it.get("responses") or (it["chosen"], it["rejected"]):
-                rows.append((it["prompt"] + resp, [0] * len(it["prompt"]) + [1] * len(resp)))
         model.eval()
+        dev = next(model.parameters()).device
         scores = []
-        with torch.no_grad():
-            for i in range(0, len(rows), batch_size):
-                b = pad_rows(rows[i : i + batch_size], pad_id)
-                dev = next(model.parameters()).device
-                scores.append(reward_scores(model, b["input_ids"].to(dev), b["attention_mask"].to(dev)))
+        with torch.inference_mode():
+            for i in range(0, min(len(items), limit), batch_size):
+                b = {k: v.to(dev) for k, v in collate(items[i : min(i + batch_size, limit)]).items()}
+                scores.append(batch_scores(model, b))
         offset = float(torch.cat(scores).mean())
         unwrap(model).config.update({OFFSET_KEY: offset})
-        say(f"reward offset {offset:.4f} stored (mean over {len(rows)} training responses)")
+        n = sum(t.numel() for t in scores)
+        say(f"reward offset {offset:.4f} stored (mean over {n} training responses)")
 
     return apply
 
@@ -110,7 +108,7 @@ def build_reward(cfg: RewardConfig) -> Task:
     info["truncation"] = dict(enc.counts)
     task = Task("rm", model, train_items, eval_items, collate, step, saver(tok), info)
     if cfg.normalize:
-        task.before_save = normalizer(train_items, tok.pad_token_id, cfg.eval_batch_size or cfg.batch_size)
+        task.before_save = normalizer(train_items, collate, cfg.eval_batch_size or cfg.batch_size)
     return task
 
 
