@@ -18,10 +18,11 @@ import json
 import random
 import statistics
 import tempfile
+import time
 from pathlib import Path
 
 from common import main as bench_main
-from common import peak_rss_mb
+from common import make_pairs, peak_rss_mb, tiny_gpt2
 
 GOOD = "great wonderful brilliant superb lovely moving delightful charming excellent beautiful".split()
 BAD = "awful terrible boring dull dreadful poor weak tedious bad disappointing".split()
@@ -45,6 +46,10 @@ SETTINGS = {
                      lr=1e-3),
     "tiny-rloo": dict(method="rloo", model="tiny", batch_size=8, k=4, mini_batch_size=8, max_new_tokens=12, steps=12,
                       lr=1e-3),
+    # the TRL peer setting (benchmarks/trl_peer.py trl-rloo): random-init tiny GPT-2, 8 prompts x k=4 = 32 completions
+    # of up to 32 tokens per step, one update of 32 sequences per step, 16 steps, lr 1e-5, no evaluation
+    "tiny-gpt2-rloo": dict(method="rloo", model="tiny-gpt2", batch_size=8, k=4, mini_batch_size=32, max_new_tokens=32,
+                           steps=16, lr=1e-5, eval_samples=0),
     "smollm2-ppo": dict(method="ppo", model="smollm2-135m-instruct", batch_size=8, mini_batch_size=8,
                         max_new_tokens=32, steps=4, lr=2e-4, lora=True, reference="lora-disabled"),
     "smollm2-rloo": dict(method="rloo", model="smollm2-135m-instruct", batch_size=4, k=4, mini_batch_size=8,
@@ -80,6 +85,10 @@ def run_setting(name: str) -> dict:
     if s["model"] == "tiny":
         model = tiny_policy(work)
         prompts = [{"prompt": f"Review of {rng.choice(FILMS)}:"} for _ in range(400)]
+    elif s["model"] == "tiny-gpt2":
+        pairs = make_pairs(512, 0, 4, 120)
+        model = tiny_gpt2(work / "model", pairs)
+        prompts = [{"prompt": p["prompt"]} for p in pairs]
     else:
         model = s["model"]
         prompts = [{"prompt": [{"role": "user", "content": f"Write a one-sentence review of the film {f}."}]}
@@ -88,12 +97,15 @@ def run_setting(name: str) -> dict:
     common = dict(model=model, prompts=str(work / "prompts.jsonl"), reward=f"{work / 'reward.py'}:score",
                   output_dir=str(work / "out"), max_steps=s["steps"], batch_size=s["batch_size"],
                   mini_batch_size=s["mini_batch_size"], max_new_tokens=s["max_new_tokens"], learning_rate=s["lr"],
-                  beta=0.05, lora=s.get("lora", False), reference=s.get("reference", "copy"), progress=False, eval_samples=32, max_length=256,
+                  beta=0.05, lora=s.get("lora", False), reference=s.get("reference", "copy"), progress=False,
+                  eval_samples=s.get("eval_samples", 32), eval_fraction=0.0 if s.get("eval_samples") == 0 else 0.1, max_length=256,
                   max_prompt_length=96)
+    t0 = time.perf_counter()
     if s["method"] == "ppo":
         res = run_ppo(PPOConfig(**common))
     else:
         res = run_rloo(RLOOConfig(**common, k=s["k"]))
+    wall = time.perf_counter() - t0
     lines = [json.loads(x) for x in (work / "out" / "metrics.jsonl").read_text().splitlines()]
     train = [m for m in lines if m["split"] == "train"]
     import torch
@@ -102,8 +114,11 @@ def run_setting(name: str) -> dict:
         "benchmark": "rl", "setting": name, **s, "threads": torch.get_num_threads(),
         "gen_tokens_per_s": round(statistics.median(m["gen_tokens_per_s"] for m in train), 1),
         "train_tokens_per_s": round(statistics.median(m["tokens_per_s"] for m in train), 1),
-        "eval_reward_before": round(res.first_eval["reward"], 3), "eval_reward_after": round(res.eval["reward"], 3),
-        "eval_kl_after": round(res.eval["kl"], 3),
+        "completions_per_s": round(len(train) * s["batch_size"] * s.get("k", 1) / train[-1]["elapsed_s"], 2),
+        "end_to_end_completions_per_s": round(len(train) * s["batch_size"] * s.get("k", 1) / wall, 2),
+        "wall_s": round(wall, 1),
+        **({"eval_reward_before": round(res.first_eval["reward"], 3), "eval_reward_after": round(res.eval["reward"], 3),
+            "eval_kl_after": round(res.eval["kl"], 3)} if res.eval else {}),
         "curve": [[m["step"], round(m["reward"], 3), round(m["kl"], 3)] for m in train],
         "peak_rss_mb": peak_rss_mb(),
     }
