@@ -31,6 +31,8 @@ class RunConfig(BaseModel):
     warmup_ratio: float = Field(0.1, ge=0, le=1, description="share of steps with linear warm-up")
     lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="schedule after warm-up")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 = off)")
+    skip_nonfinite: bool = Field(False, description="skip a step whose loss or gradient is NaN/inf (counted in "
+                                 "metrics) instead of stopping the run")
     max_length: int = Field(512, gt=1, description="longest prompt+response in tokens; longer responses are cut (counted)")
     max_prompt_length: int = Field(256, gt=0, description="longest prompt in tokens; longer prompts keep their end (counted)")
     chat_template: bool = Field(False, description="wrap plain-string prompts as a user message and apply the chat template")

@@ -180,6 +180,30 @@ def _save_checkpoint(accelerator, task: Task, model, out: Path, state: dict, kee
     accelerator.wait_for_everyone()
 
 
+def _on_any_process(flag: bool, world: int) -> bool:
+    """True on every process when `flag` is true on any (so all processes skip or stop together)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([float(flag)])
+    torch.distributed.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def _non_finite(cfg: RunConfig, out: Path, batch: dict, step: int, what: str, main: bool) -> None:
+    """A non-finite loss or gradient: the micro-batch is saved for inspection; the run stops (the last checkpoint
+    stays as it is) unless --skip-nonfinite, which skips the step."""
+    from alignkit.errors import AlignkitError
+
+    path = out / f"nonfinite-step-{step}.pt"
+    if main:
+        torch.save({k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in batch.items()}, path)
+    if not cfg.skip_nonfinite:
+        raise AlignkitError(f"non-finite {what} at step {step}; the offending batch is saved in {path} (token ids). "
+                            "The last checkpoint is kept. Lower --learning-rate, check the data, or pass "
+                            "--skip-nonfinite to skip such steps.")
+    print(f"skipping step {step}: non-finite {what}; batch saved in {path}", flush=True)
+
+
 def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     """Average the gradients over all processes in one all-reduce (a parameter without a gradient counts 0)."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -267,6 +291,7 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
     window: dict[str, list[tuple[float, int]]] = {}
     tokens = examples = 0
     busy = 0.0  # seconds spent in optimisation (sampling excluded)
+    skipped = 0  # steps skipped for a non-finite loss or gradient (--skip-nonfinite)
     while state["step"] < total:
         loader = accelerator.prepare(_loader(task.train_items, cfg.batch_size, task.collate, seed=cfg.seed + state["epoch"]))
         if state["micro_in_epoch"]:
@@ -281,17 +306,24 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
             for mb in minibatches:
                 with accelerator.accumulate(model):
                     loss, metrics = task.loss(model, mb)
-                    if not torch.isfinite(loss):
-                        from alignkit.errors import AlignkitError
-
-                        raise AlignkitError(f"non-finite loss ({float(loss)}) at step {state['step'] + 1}; the last "
-                                            "checkpoint is kept. Lower --learning-rate or check the data.")
+                    if _on_any_process(not bool(torch.isfinite(loss)), world):
+                        _non_finite(cfg, out, mb, state["step"] + 1, f"loss ({float(loss.detach())})", main)
+                        for p in params:  # skip the whole step: drop what was accumulated
+                            p.grad = None
+                        skipped += 1
+                        continue
                     accelerator.backward(loss)
                     if manual_sync and accelerator.sync_gradients:
                         _average_gradients(params, world)
                     grad_norm = None
-                    if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                    if accelerator.sync_gradients:  # the norm is computed (and checked) even without clipping
+                        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
+                        if not torch.isfinite(grad_norm):
+                            _non_finite(cfg, out, mb, state["step"] + 1, f"gradient norm ({float(grad_norm)})", main)
+                            for p in params:
+                                p.grad = None
+                            skipped += 1
+                            continue
                     optimizer.step()
                     if not manual_sync or accelerator.sync_gradients:
                         scheduler.step()
@@ -311,6 +343,8 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
             speed = [tokens / dt, examples / dt]
             if world > 1:  # metrics: mean over processes; throughput: sum
                 last_train, speed = _reduce_metrics(accelerator, last_train, speed)
+            if skipped:
+                last_train["skipped_steps"] = skipped
             record = {"split": "train", "step": state["step"], "epoch": state["epoch"] + state["micro_in_epoch"] / micro_per_epoch,
                       **last_train, "lr": scheduler.get_last_lr()[0],
                       "grad_norm": float(grad_norm) if grad_norm is not None else None,

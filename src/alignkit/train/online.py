@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from alignkit.errors import AlignkitError
 from alignkit.losses import kl_k1, kl_k3, masked_mean
 from alignkit.models.logprobs import response_logprobs
 from alignkit.rollout.engine import (
@@ -65,9 +66,12 @@ class Sampler:
 
     def generator(self, policy, stream: int) -> torch.Generator:
         """A sampling RNG seeded by (seed, stream): rollout batch n uses stream n, so sampling does not depend on
-        the global RNG and a resumed run samples exactly what an uninterrupted one would."""
+        the global RNG and a resumed run samples exactly what an uninterrupted one would. Each process of a
+        distributed run has its own streams."""
+        from accelerate import PartialState
+
         gen = torch.Generator(device=next(policy.parameters()).device)
-        gen.manual_seed(self.cfg.seed * 1_000_003 + stream)
+        gen.manual_seed(self.cfg.seed * 1_000_003 + stream + PartialState().process_index * 1_000_000_007)
         return gen
 
     @torch.no_grad()
@@ -94,6 +98,12 @@ class Sampler:
         policy.train(was_training)
         texts = decode_responses(self.tok, ro)
         scores = self.reward(prompts, texts).to(logp.device)
+        bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
+        if bad:
+            i = bad[0]
+            raise AlignkitError(f"the reward ({self.cfg.reward_model or self.cfg.reward}) gave {scores[i].item()} for "
+                                f"{len(bad)} of {len(texts)} responses in this batch; the first: prompt {prompts[i]!r}, "
+                                f"response {texts[i]!r}")
         raw_scores = scores.clone()
         if cfg.missing_eos_penalty is not None:
             scores = torch.where(ro.finished, scores, scores + cfg.missing_eos_penalty)
