@@ -57,9 +57,18 @@ def sequence_logprobs(
     return (seq, tok) if return_tokens else seq
 
 
+def sharded(model) -> bool:
+    """True for a model wrapped by FSDP or DeepSpeed: its parameters are gathered only inside its own forward, so
+    log-probs must go through that forward (not through the backbone and the head separately)."""
+    name = type(model).__name__
+    return name in ("FullyShardedDataParallel", "DeepSpeedEngine") or name.startswith("FSDP")
+
+
 def _needs_full_forward(model) -> bool:
     """True when the LM head is not a plain linear map of the last hidden state (soft-capping, scaling), or the
     model has no separable backbone: those go through the model's own forward."""
+    if sharded(model):
+        return True
     base = unwrap(model)
     cfg = getattr(base, "config", None)
     if cfg is None or not hasattr(base, "get_output_embeddings"):  # not a transformers model
