@@ -1,0 +1,257 @@
+"""Peer benchmark: Hugging Face TRL 1.16 on the same tiny settings as dpo.py / rl.py (one JSON object per setting).
+
+    .venv/bin/python benchmarks/trl_peer.py                          # every setting
+    .venv/bin/python benchmarks/trl_peer.py --setting trl-dpo        # one setting
+    .venv/bin/python benchmarks/trl_peer.py --python /path/to/trl/venv/bin/python
+
+TRL is never a dependency of alignkit. It lives in its own virtual environment (default /work/trlvenv):
+    python3 -m venv /work/trlvenv && /work/trlvenv/bin/pip install torch==2.13.0 && \
+        /work/trlvenv/bin/pip install trl==1.16.0
+When that interpreter or its `trl` is missing, each setting prints {"setting": ..., "skipped": reason} and the
+script exits 0.
+
+How it runs: this process (alignkit's venv) builds the data and the model exactly as dpo.py does, once, into a
+temporary folder: make_pairs(512, 0, 4, 120) and the tiny GPT-2 (4 layers, width 256, 2k BPE vocabulary trained
+on those pairs). Each setting then runs in a fresh process of the TRL interpreter (`--run-trl`, a mode that imports
+only the standard library, torch, transformers, datasets, trl and the stdlib-only `common` module), so its peak
+RSS is its own. All settings train in float32 on the CPU (TRL's default bf16 autocast and gradient
+checkpointing are switched off), AdamW, linear schedule with 10% warm-up, seed 42, no evaluation, no saving.
+
+Settings:
+- trl-dpo: DPOTrainer, sigmoid loss (standard DPO on summed completion log-probs), beta 0.1, a live reference
+  model (a second copy, run under no_grad each step), batch 8 pairs, one epoch over the 512 pairs, lr 1e-5,
+  max_length 512. TRL 1.16 has no max_prompt_length; the longest prompt is reported instead.
+- trl-rm: RewardTrainer (AutoModelForSequenceClassification, num_labels=1, Bradley-Terry loss), batch 8 pairs,
+  one epoch over the same pairs, lr 1e-5, max_length 512 (TRL drops longer pairs rather than truncating them).
+- trl-rloo: RLOOTrainer on the tiny GPT-2, the 512 prompts of the pairs as plain-text prompts, reward = the
+  GOOD/BAD word rule of rl.py, k = 4 completions per prompt, 32 new tokens, temperature 1.0, KL beta 0.05,
+  lr 1e-5, 16 optimizer steps. One step: 8 prompts x 4 completions sampled with model.generate, a no-grad
+  forward of the policy (old log-probs) and of the reference, rewards, leave-one-out advantages, one
+  forward/backward over the 32 sequences, one AdamW step; 16 x 32 = 512 completions in all.
+Reported: pairs/s (completions/s for RLOO) = examples / trainer.train() wall time; step_median_* over the
+optimizer steps only (after the batch is collated, so comparable with dpo.py's median per-step figures) and
+steps_total_s, their sum (wall_s minus it = data loading, callbacks and logging between steps);
+tokens/s (all attended tokens, prompts counted in both rows of a pair); TRL's own train_runtime and
+train_samples_per_second; end_to_end_s = model/tokenizer loading + trainer construction (dataset tokenisation)
++ train(); train_cpu_s (CPU seconds of train(): well under threads x wall_s means the cores were shared) and
+the 1-minute load average at the end, to judge noise; peak RSS of the process; the float32 matmul peak measured
+in the same process. On a shared machine torch's 2 OpenMP threads lose much more than their share (a generate
+call measured 13x slower with 2 threads than with 1 under load): compare figures taken at the same load only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_PYTHON = "/work/trlvenv/bin/python"
+COMMON = dict(lr=1e-5, gradient_checkpointing=False, precision="float32", warmup_ratio=0.1, seed=42)
+SETTINGS = {
+    "trl-dpo": dict(trainer="DPOTrainer", pairs=512, batch=8, epochs=1, beta=0.1, loss="sigmoid",
+                    reference="live copy", max_length=512, max_prompt_length=None, **COMMON),
+    "trl-rm": dict(trainer="RewardTrainer", pairs=512, batch=8, epochs=1, max_length=512, **COMMON),
+    "trl-rloo": dict(trainer="RLOOTrainer", prompts=512, prompts_per_step=8, k=4, max_new_tokens=32,
+                     temperature=1.0, beta=0.05, steps=16, **COMMON),
+}
+
+
+# ---- TRL side: runs under the TRL interpreter (stdlib, torch, transformers, datasets, trl, common) ----------
+def _train_args(cls, s: dict, out: str, **kw):
+    return cls(output_dir=out, learning_rate=s["lr"], gradient_checkpointing=False, bf16=False, fp16=False,
+               use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=16,
+               disable_tqdm=True, warmup_steps=s["warmup_ratio"], seed=s["seed"], **kw)
+
+
+def _step_timer(trainer, tokens):
+    """A callback timing each optimizer step (batch already collated) and the tokens it consumed."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times, self.tokens = [], []
+
+        def on_step_begin(self, args, state, control, **kw):
+            self._t, self._n = time.perf_counter(), tokens(trainer)
+
+        def on_step_end(self, args, state, control, **kw):
+            self.times.append(time.perf_counter() - self._t)
+            self.tokens.append(tokens(trainer) - self._n)
+
+    timer = StepTimer()
+    trainer.add_callback(timer)
+    return timer
+
+
+def run_trl(name: str, job: dict) -> dict:
+    import datasets
+    import torch
+    import trl
+    from common import matmul_peak_gflops, peak_rss_mb
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
+
+    datasets.disable_progress_bar()
+    s = SETTINGS[name]
+    model_dir, out = job["model"], job["out"] + "/" + name
+    pairs = [json.loads(x) for x in Path(job["pairs"]).read_text().splitlines()]
+    peak = matmul_peak_gflops()
+    t0 = time.perf_counter()
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    extra: dict = {}
+    if name == "trl-dpo":
+        from trl import DPOConfig, DPOTrainer
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        cfg = _train_args(DPOConfig, s, out, per_device_train_batch_size=s["batch"], num_train_epochs=s["epochs"],
+                          beta=s["beta"], loss_type=[s["loss"]], max_length=s["max_length"],
+                          precompute_ref_log_probs=False)
+        trainer = DPOTrainer(model=model, ref_model=ref, args=cfg, train_dataset=datasets.Dataset.from_list(pairs),
+                             processing_class=tok)
+        ds = trainer.train_dataset
+        lens = [len(p) + max(len(c), len(r)) for p, c, r in zip(ds["prompt_ids"], ds["chosen_ids"], ds["rejected_ids"],
+                                                                   strict=True)]
+        extra = {"longest_prompt_tokens": max(len(p) for p in ds["prompt_ids"]), "longest_sequence_tokens": max(lens),
+                 "truncated_pairs": sum(n > s["max_length"] for n in lens)}
+        n_examples = len(ds) * s["epochs"]
+        timer = _step_timer(trainer, lambda t: t._total_train_tokens)
+    elif name == "trl-rm":
+        from trl import RewardConfig, RewardTrainer
+
+        set_seed(s["seed"])  # the score head is initialised randomly
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = tok.pad_token_id
+        cfg = _train_args(RewardConfig, s, out, per_device_train_batch_size=s["batch"], num_train_epochs=s["epochs"],
+                          max_length=s["max_length"])
+        trainer = RewardTrainer(model=model, args=cfg, train_dataset=datasets.Dataset.from_list(pairs),
+                                processing_class=tok)
+        ds = trainer.train_dataset
+        extra = {"pairs_dropped_over_max_length": len(pairs) - len(ds),
+                 "longest_sequence_tokens": max(max(len(c), len(r)) for c, r in zip(ds["chosen_ids"], ds["rejected_ids"],
+                                                                                      strict=True))}
+        n_examples = len(ds) * s["epochs"]
+        timer = _step_timer(trainer, lambda t: t._total_train_tokens)
+    else:
+        from trl import RLOOConfig, RLOOTrainer
+
+        good, bad = set(job["good"]), set(job["bad"])
+
+        def word_reward(prompts, completions, **kw):
+            out = []
+            for r in completions:
+                words = [w.strip(".,!").lower() for w in r.split()]
+                out.append((sum(w in good for w in words) - sum(w in bad for w in words)) / max(len(words), 1))
+            return out
+
+        class TimedRLOO(RLOOTrainer):  # times TRL's sampling call (model.generate) without changing it
+            gen_s, gen_tokens, completions = 0.0, 0, 0
+
+            def _generate_single_turn(self, *a, **kw):
+                t = time.perf_counter()
+                ids = super()._generate_single_turn(*a, **kw)
+                self.gen_s += time.perf_counter() - t
+                self.gen_tokens += sum(len(c) for c in ids)
+                self.completions += len(ids)
+                return ids
+
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        cfg = _train_args(RLOOConfig, s, out, per_device_train_batch_size=s["prompts_per_step"] * s["k"],
+                          num_generations=s["k"], max_completion_length=s["max_new_tokens"],
+                          temperature=s["temperature"], beta=s["beta"], max_steps=s["steps"])
+        extra = {"generation_batch_size": cfg.generation_batch_size, "steps_per_generation": cfg.steps_per_generation,
+                 "num_iterations": cfg.num_iterations}
+        prompts = datasets.Dataset.from_list([{"prompt": p["prompt"]} for p in pairs])
+        trainer = TimedRLOO(model=model, reward_funcs=word_reward, args=cfg, train_dataset=prompts,
+                            processing_class=tok)
+        timer = _step_timer(trainer, lambda t: t.state.num_input_tokens_seen)
+    t1, cpu1 = time.perf_counter(), time.process_time()
+    result = trainer.train()
+    wall, cpu = time.perf_counter() - t1, time.process_time() - cpu1
+    end_to_end = time.perf_counter() - t0
+    m = result.metrics
+    steps = len(timer.times)
+    total_tokens = sum(timer.tokens)
+    last_log = [h for h in trainer.state.log_history if "loss" in h][-1:]
+    r = {"benchmark": "trl", "setting": name, **s, "trl_version": trl.__version__,
+         "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(), "steps": steps}
+    if name == "trl-rloo":
+        n_examples = trainer.completions
+        r.update({"completions_generated": n_examples, "completions_per_s": round(n_examples / wall, 2),
+                  "gen_tokens": trainer.gen_tokens, "gen_tokens_per_s": round(trainer.gen_tokens / trainer.gen_s, 1),
+                  "gen_share_of_wall": round(trainer.gen_s / wall, 3),
+                  "step_median_completions_per_s": round(statistics.median(
+                      s["prompts_per_step"] * s["k"] / t for t in timer.times), 2)})
+    else:
+        r.update({"pairs_trained": n_examples, "train_pairs_per_s": round(n_examples / wall, 2),
+                  "step_median_pairs_per_s": round(statistics.median(s["batch"] / t for t in timer.times), 2)})
+    r.update({
+        "train_tokens_per_s": round(total_tokens / wall, 1),
+        "step_median_tokens_per_s": round(statistics.median(n / t for n, t in zip(timer.tokens, timer.times,
+                                                                                   strict=True)), 1),
+        "wall_s": round(wall, 1), "steps_total_s": round(sum(timer.times), 1), "end_to_end_s": round(end_to_end, 1),
+        "train_cpu_s": round(cpu, 1), "loadavg_1m": round(os.getloadavg()[0], 2),
+        "trl_train_runtime": m.get("train_runtime"), "trl_train_samples_per_second": m.get("train_samples_per_second"),
+        "train_loss": round(m["train_loss"], 4) if "train_loss" in m else None,
+        "last_log": {k: round(v, 4) for k, v in last_log[0].items() if isinstance(v, float)} if last_log else None,
+        **extra, "peak_rss_mb": peak_rss_mb(), "matmul_peak_gflops": peak,
+    })
+    return r
+
+
+# ---- alignkit side: prepares the data and the model, runs each setting in the TRL interpreter ----------------
+def trl_missing(python: str) -> str | None:
+    if not Path(python).exists():
+        return f"no TRL interpreter at {python}"
+    r = subprocess.run([python, "-c", "import trl; print(trl.__version__)"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"trl is not importable by {python}: " + " ".join(r.stderr.strip().splitlines()[-1:])
+    return None
+
+
+def prepare(work: Path) -> dict:
+    from common import make_pairs, tiny_gpt2
+    from rl import BAD, GOOD
+
+    pairs = make_pairs(512, 0, 4, 120)  # as dpo.py's tiny setting
+    (work / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    return {"pairs": str(work / "pairs.jsonl"), "model": tiny_gpt2(work / "model", pairs), "out": str(work / "out"),
+            "good": GOOD, "bad": BAD}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--setting", choices=list(SETTINGS), help="run one setting")
+    ap.add_argument("--python", default=DEFAULT_PYTHON, help=f"interpreter of the TRL venv (default {DEFAULT_PYTHON})")
+    ap.add_argument("--run-trl", metavar="JOB_JSON", help=argparse.SUPPRESS)  # internal: the TRL-side runner
+    args = ap.parse_args()
+    if args.run_trl:
+        print(json.dumps(run_trl(args.setting, json.loads(Path(args.run_trl).read_text()))), flush=True)
+        return
+    names = [args.setting] if args.setting else list(SETTINGS)
+    reason = trl_missing(args.python)
+    if reason:
+        for name in names:
+            print(json.dumps({"setting": name, "skipped": reason}), flush=True)
+        return
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env.pop("PYTHONPATH", None)
+    with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps(prepare(Path(tmp))))
+        for name in names:
+            r = subprocess.run([args.python, __file__, "--setting", name, "--run-trl", str(job)], capture_output=True,
+                               text=True, env=env)
+            lines = [ln for ln in r.stdout.splitlines() if ln.startswith("{")]
+            print(lines[-1] if lines else json.dumps({"setting": name, "error": r.stderr.strip().splitlines()[-3:]}),
+                  flush=True)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    main()
