@@ -166,6 +166,10 @@ def _check_context(cfg: RunConfig) -> None:
 def _report(result) -> None:
     import json
 
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # several processes: the first one reports
+        return
     print(f"saved to {result.output_dir} after {result.steps} steps")
     try:
         truncation = json.loads((result.output_dir / "run_info.json").read_text()).get("truncation") or {}
