@@ -9,14 +9,16 @@ Settings (names: <model>-<method>[-variant]):
   have 4-120 words (`common.make_pairs`); batch 8 (pairs, or demonstrations = prompt + chosen for SFT); one
   epoch. DPO with the reference log-probs precomputed (default) or run live (`-live`); `-padded` turns
   packing off (each batch padded to its longest sequence), `-separate` packs without the shared prompt.
-- smollm2-*: SmolLM2-135M-Instruct (built in), 32 pairs of up to 128 tokens, batch 8, 4 optimizer steps;
+- smollm2-*: SmolLM2-135M-Instruct (built in), 64 pairs of up to 128 tokens, batch 8, 8 optimizer steps;
   full fine-tuning or LoRA r=16 on all linear layers (`-lora`, reference = the adapter switched off, live).
-Reported: examples/s of the training loop (median over steps), end-to-end examples/s (load, reference pass,
+Reported: examples/s of the training loop (median over steps, the first two left out when there are more than
+four: they allocate gradients and optimizer state), end-to-end examples/s (load, reference pass,
 training, saving), tokens/s (real tokens; a shared prompt counts once), wall seconds, peak RSS, and model-FLOPs
 utilisation (MFU): useful model FLOPs per second against the float32 matmul peak measured at the start of
 the same process. Useful FLOPs per step = 6 x (parameters outside the embeddings and heads) x tokens +
-6 x (hidden x vocabulary) x scored tokens (the LM head of SFT and DPO; a reward model's head is negligible),
-and a third more for a live reference (forward only); attention's own FLOPs are left out.
+6 x (hidden x vocabulary) x scored tokens (the LM head of SFT and DPO; a reward model's head is negligible);
+4 instead of 6 with LoRA (no gradients for the frozen weights); 2 more per token for a live reference (forward
+only); attention's own FLOPs are left out.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from common import main as bench_main
 from common import make_pairs, matmul_peak_gflops, peak_rss_mb, tiny_gpt2
 
 TINY = dict(model="tiny", pairs=512, batch=8, max_steps=None, max_length=512)
-SMOL = dict(model="smollm2-135m-instruct", pairs=32, batch=8, max_steps=4, max_length=128)
+SMOL = dict(model="smollm2-135m-instruct", pairs=64, batch=8, max_steps=8, max_length=128)
 SETTINGS = {
     "tiny-sft": dict(TINY, method="sft"),
     "tiny-sft-padded": dict(TINY, method="sft", packing=False),
@@ -54,7 +56,8 @@ SETTINGS = {
 }
 
 
-def useful_flops_per_step(model_dir: Path, method: str, tokens: float, scored: float, live_reference: bool) -> float:
+def useful_flops_per_step(model_dir: Path, method: str, tokens: float, scored: float, live_reference: bool,
+                          lora: bool) -> float:
     """Model FLOPs of one optimizer step (see the module docstring)."""
     import torch
     from transformers import AutoConfig
@@ -70,8 +73,9 @@ def useful_flops_per_step(model_dir: Path, method: str, tokens: float, scored: f
         emb |= {id(p) for p in pos.wpe.parameters()}
     body = sum(p.numel() for p in model.parameters() if id(p) not in emb)
     head = cfg.hidden_size * cfg.vocab_size if method != "rm" else 0
-    train = 6 * body * tokens + 6 * head * scored
-    return train * (4 / 3 if live_reference else 1)
+    per_weight = 4 if lora else 6  # LoRA: no weight gradients for the frozen matrices (forward 2 + input grads 2)
+    flops = per_weight * (body * tokens + head * scored)
+    return flops + (2 * (body * tokens + head * scored) if live_reference else 0)
 
 
 def run_setting(name: str) -> dict:
@@ -108,6 +112,7 @@ def run_setting(name: str) -> dict:
     steps = [json.loads(x) for x in (work / "out" / "metrics.jsonl").read_text().splitlines()]
     steps = [m for m in steps if m["split"] == "train"]
     trained = len(steps) * s["batch"] if s["max_steps"] else s["pairs"]
+    steps = steps[2:] if len(steps) > 4 else steps  # the first steps allocate gradients and optimizer state
     # scored tokens per token of the data, from the tokenised data (the same for every layout)
     from transformers import AutoTokenizer
 
@@ -121,7 +126,8 @@ def run_setting(name: str) -> dict:
     step_s = statistics.median(m["examples_per_s"] for m in steps)
     tokens_per_s = statistics.median(m["tokens_per_s"] for m in steps)
     live = s.get("reference") in ("copy", "lora-disabled")
-    flops_per_s = useful_flops_per_step(work / "out", s["method"], tokens_per_s, tokens_per_s * scored_share, live)
+    flops_per_s = useful_flops_per_step(work / "out", s["method"], tokens_per_s, tokens_per_s * scored_share, live,
+                                        s.get("lora", False))
     unit = "pairs" if s["method"] != "sft" else "examples"
     return {
         "benchmark": "train", "setting": name, **s, "threads": torch.get_num_threads(), "steps": len(steps),
