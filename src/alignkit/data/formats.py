@@ -429,9 +429,7 @@ def _load(
         except DataError as e:
             if not skip_invalid:
                 raise
-            report.skipped += 1
-            if len(report.errors) < MAX_ERRORS:
-                report.errors.append(str(e))
+            report.skip(e, MAX_ERRORS)
             continue
         for key, n in notes.items():
             report.count(key, n)

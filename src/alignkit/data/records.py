@@ -80,6 +80,12 @@ class LoadReport:
     def count(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
 
+    def skip(self, error: Exception, keep: int = 20) -> None:
+        """Count an invalid record that is skipped, keeping the first `keep` messages."""
+        self.skipped += 1
+        if len(self.errors) < keep:
+            self.errors.append(str(error))
+
     def summary(self) -> str:
         parts = [f"{self.source}: {self.loaded} loaded of {self.read} read"]
         if self.skipped:

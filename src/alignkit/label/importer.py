@@ -89,9 +89,7 @@ def _unlabelled_pairs(path: str, skip_invalid: bool) -> tuple[list[NewItem], Loa
         except DataError as e:
             if not skip_invalid:
                 raise
-            report.skipped += 1
-            if len(report.errors) < MAX_ERRORS:
-                report.errors.append(str(e))
+            report.skip(e, MAX_ERRORS)
     report.loaded = len(out)
     if not out:
         raise DataError(name, None, None, f"no valid records: all {report.read} records are invalid; "

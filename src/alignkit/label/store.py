@@ -236,17 +236,11 @@ def submit_vote(engine: Engine, annotator_id: int, nonce: str, answer: str, *, c
     expired = False
     try:
         with engine.begin() as conn:
-            a = conn.execute(select(assignments, items.c.kind, items.c.replicas)
-                             .join(items, items.c.id == assignments.c.item_id)
-                             .where(assignments.c.nonce == nonce)).first()
+            a = _own_task(conn, select(assignments, items.c.kind, items.c.replicas)
+                          .join(items, items.c.id == assignments.c.item_id).where(assignments.c.nonce == nonce),
+                          annotator_id, "done")
             if a is None:
-                raise Refused(404, "no such task")
-            if a.annotator_id != annotator_id:
-                raise Refused(403, "this task was given to another annotator")
-            if a.status == "done":
                 return "duplicate"
-            if a.status != "open":
-                raise Refused(409, f"this task is {a.status}")
             choice = _canonical(a.kind, json.loads(a.shown_order), answer)
             cutoff = now() - timedelta(seconds=timeout_s)
             if _utc(a.created_at) < cutoff:
@@ -269,19 +263,28 @@ def submit_vote(engine: Engine, annotator_id: int, nonce: str, answer: str, *, c
     return "stored"
 
 
+def _own_task(conn, query, annotator_id: int, repeat_status: str):
+    """The open task `query` finds, when it belongs to `annotator_id`; None when it is already in
+    `repeat_status` (the same request sent again); Refused otherwise."""
+    a = conn.execute(query).first()
+    if a is None:
+        raise Refused(404, "no such task")
+    if a.annotator_id != annotator_id:
+        raise Refused(403, "this task was given to another annotator")
+    if a.status == repeat_status:
+        return None
+    if a.status != "open":
+        raise Refused(409, f"this task is {a.status}")
+    return a
+
+
 def skip_task(engine: Engine, annotator_id: int, nonce: str) -> str:
     """Mark the task skipped ("skipped", or "duplicate" when it was already); the item goes to someone else."""
     _check_nonce(nonce)
     with engine.begin() as conn:
-        a = conn.execute(select(assignments).where(assignments.c.nonce == nonce)).first()
+        a = _own_task(conn, select(assignments).where(assignments.c.nonce == nonce), annotator_id, "skipped")
         if a is None:
-            raise Refused(404, "no such task")
-        if a.annotator_id != annotator_id:
-            raise Refused(403, "this task was given to another annotator")
-        if a.status == "skipped":
             return "duplicate"
-        if a.status != "open":
-            raise Refused(409, f"this task is {a.status}")
         conn.execute(update(assignments).where(assignments.c.id == a.id).values(status="skipped"))
     return "skipped"
 
