@@ -53,10 +53,19 @@ def matmul_peak_gflops(n: int = 1024, seconds: float = 2.0) -> float:
     return round(best, 1)
 
 
-def model_flops_per_token(n_params: int, *, train: bool = True, live_reference: bool = False) -> int:
-    """Model FLOPs per token (Kaplan et al. 2020 approximation, attention ignored): 6N to train (forward 2N,
-    backward 4N), plus 2N for a reference model run live."""
-    return (6 if train else 2) * n_params + (2 * n_params if live_reference else 0)
+def body_and_head_params(model_dir) -> tuple[int, int]:
+    """(parameters outside the embeddings and the LM head, hidden x vocabulary) of a causal LM folder."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.from_pretrained(model_dir)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(cfg)
+    emb = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) for p in m.parameters()}
+    pos = getattr(model, "transformer", None)  # GPT-2's learned positions are a lookup too
+    if pos is not None and hasattr(pos, "wpe"):
+        emb |= {id(p) for p in pos.wpe.parameters()}
+    return sum(p.numel() for p in model.parameters() if id(p) not in emb), cfg.hidden_size * cfg.vocab_size
 
 
 def peak_rss_mb() -> float:

@@ -32,8 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import body_and_head_params, make_pairs, matmul_peak_gflops, peak_rss_mb, tiny_gpt2
 from common import main as bench_main
-from common import make_pairs, matmul_peak_gflops, peak_rss_mb, tiny_gpt2
 
 TINY = dict(model="tiny", pairs=512, batch=8, max_steps=None, max_length=512)
 SMOL = dict(model="smollm2-135m-instruct", pairs=64, batch=8, max_steps=8, max_length=128)
@@ -59,20 +59,8 @@ SETTINGS = {
 def useful_flops_per_step(model_dir: Path, method: str, tokens: float, scored: float, live_reference: bool,
                           lora: bool) -> float:
     """Model FLOPs of one optimizer step (see the module docstring)."""
-    import torch
-    from transformers import AutoConfig
-
-    cfg = AutoConfig.from_pretrained(model_dir)
-    with torch.device("meta"):
-        from transformers import AutoModelForCausalLM
-
-        model = AutoModelForCausalLM.from_config(cfg)
-    emb = {id(p) for m in (model.get_input_embeddings(), model.get_output_embeddings()) for p in m.parameters()}
-    pos = getattr(model, "transformer", None)  # GPT-2's learned positions are a lookup too
-    if pos is not None and hasattr(pos, "wpe"):
-        emb |= {id(p) for p in pos.wpe.parameters()}
-    body = sum(p.numel() for p in model.parameters() if id(p) not in emb)
-    head = cfg.hidden_size * cfg.vocab_size if method != "rm" else 0
+    body, head = body_and_head_params(model_dir)
+    head = head if method != "rm" else 0
     per_weight = 4 if lora else 6  # LoRA: no weight gradients for the frozen matrices (forward 2 + input grads 2)
     flops = per_weight * (body * tokens + head * scored)
     return flops + (2 * (body * tokens + head * scored) if live_reference else 0)
