@@ -167,7 +167,7 @@ def build_dpo(cfg: DPOConfig) -> Task:
     if cfg.reference == "precomputed":
         # before the first step the policy IS the reference (with LoRA: its base, adapter off)
         source = reference if reference is not None else model
-        bs = cfg.eval_batch_size or cfg.batch_size
+        bs = cfg.eval_batch_size or 4 * cfg.batch_size
         how = precompute_reference(source, train_items + eval_items, collate, bs, progress=cfg.progress,
                                    adapter_off=reference is None and cfg.lora)
         say(f"reference log-probs: {how} for {len(train_items) + len(eval_items)} pairs")

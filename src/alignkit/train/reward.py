@@ -108,7 +108,7 @@ def build_reward(cfg: RewardConfig) -> Task:
     info["truncation"] = dict(enc.counts)
     task = Task("rm", model, train_items, eval_items, collate, step, saver(tok), info)
     if cfg.normalize:
-        task.before_save = normalizer(train_items, collate, cfg.eval_batch_size or cfg.batch_size)
+        task.before_save = normalizer(train_items, collate, cfg.eval_batch_size or 4 * cfg.batch_size)
     return task
 
 
