@@ -24,7 +24,8 @@ class RunConfig(BaseModel):
     max_steps: int | None = Field(None, gt=0, description="optimizer steps to run (overrides --epochs)")
     epochs: float = Field(1.0, gt=0, description="passes over the training data")
     batch_size: int = Field(8, gt=0, description="examples (pairs for preference methods) per micro-batch")
-    eval_batch_size: int | None = Field(None, gt=0, description="micro-batch for evaluation (default: --batch-size)")
+    eval_batch_size: int | None = Field(None, gt=0, description="micro-batch for evaluation (default: --batch-size) and for the "
+                                      "no-gradient reference and reward-offset passes (default: 4 x --batch-size)")
     gradient_accumulation_steps: int = Field(1, gt=0, description="micro-batches per optimizer step")
     learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
