@@ -180,11 +180,11 @@ def _save_checkpoint(accelerator, task: Task, model, out: Path, state: dict, kee
     accelerator.wait_for_everyone()
 
 
-def _on_any_process(flag: bool, world: int) -> bool:
+def _on_any_process(flag: bool, world: int, device) -> bool:
     """True on every process when `flag` is true on any (so all processes skip or stop together)."""
     if world == 1:
         return flag
-    t = torch.tensor([float(flag)])
+    t = torch.tensor([float(flag)], device=device)
     torch.distributed.all_reduce(t)
     return bool(t.item() > 0)
 
@@ -306,7 +306,7 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
             for mb in minibatches:
                 with accelerator.accumulate(model):
                     loss, metrics = task.loss(model, mb)
-                    if _on_any_process(not bool(torch.isfinite(loss)), world):
+                    if _on_any_process(not bool(torch.isfinite(loss)), world, accelerator.device):
                         _non_finite(cfg, out, mb, state["step"] + 1, f"loss ({float(loss.detach())})", main)
                         for p in params:  # skip the whole step: drop what was accumulated
                             p.grad = None
