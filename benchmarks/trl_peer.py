@@ -1,4 +1,4 @@
-"""Peer benchmark: Hugging Face TRL 1.16 on the same tiny settings as dpo.py / rl.py (one JSON object per setting).
+"""Peer benchmark: Hugging Face TRL 1.16 on the same tiny settings as train.py / rl.py (one JSON object per setting).
 
     .venv/bin/python benchmarks/trl_peer.py                          # every setting
     .venv/bin/python benchmarks/trl_peer.py --setting trl-dpo        # one setting
@@ -10,7 +10,7 @@ TRL is never a dependency of alignkit. It lives in its own virtual environment (
 When that interpreter or its `trl` is missing, each setting prints {"setting": ..., "skipped": reason} and the
 script exits 0.
 
-How it runs: this process (alignkit's venv) builds the data and the model exactly as dpo.py does, once, into a
+How it runs: this process (alignkit's venv) builds the data and the model exactly as train.py does, once, into a
 temporary folder: make_pairs(512, 0, 4, 120) and the tiny GPT-2 (4 layers, width 256, 2k BPE vocabulary trained
 on those pairs). Each setting then runs in a fresh process of the TRL interpreter (`--run-trl`, a mode that imports
 only the standard library, torch, transformers, datasets, trl and the stdlib-only `common` module), so its peak
@@ -29,7 +29,7 @@ Settings:
   forward of the policy (old log-probs) and of the reference, rewards, leave-one-out advantages, one
   forward/backward over the 32 sequences, one AdamW step; 16 x 32 = 512 completions in all.
 Reported: pairs/s (completions/s for RLOO) = examples / trainer.train() wall time; step_median_* over the
-optimizer steps only (after the batch is collated, so comparable with dpo.py's median per-step figures) and
+optimizer steps only (after the batch is collated, so comparable with train.py's median per-step figures) and
 steps_total_s, their sum (wall_s minus it = data loading, callbacks and logging between steps);
 tokens/s (all attended tokens, prompts counted in both rows of a pair); TRL's own train_runtime and
 train_samples_per_second; end_to_end_s = model/tokenizer loading + trainer construction (dataset tokenisation)
@@ -218,7 +218,7 @@ def prepare(work: Path) -> dict:
     from common import make_pairs, tiny_gpt2
     from rl import BAD, GOOD
 
-    pairs = make_pairs(512, 0, 4, 120)  # as dpo.py's tiny setting
+    pairs = make_pairs(512, 0, 4, 120)  # as train.py's tiny settings
     (work / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     return {"pairs": str(work / "pairs.jsonl"), "model": tiny_gpt2(work / "model", pairs), "out": str(work / "out"),
             "good": GOOD, "bad": BAD}
