@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up (scripts/setup.sh), then run the sentiment alignment demo. Arguments go to `alignkit demo`; with none,
-# the default demo on SmolLM2-135M-Instruct runs into runs/demo (about 16 minutes on 2 CPU cores).
+# the default demo on SmolLM2-135M-Instruct runs into runs/demo (about 13 minutes on 2 CPU cores).
 # The quick variant (tiny model, under a minute): bash scripts/demo.sh --quick --output-dir runs/demo-quick
 set -euo pipefail
 cd "$(dirname "$0")/.."
