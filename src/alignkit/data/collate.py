@@ -150,6 +150,14 @@ def pack_sft(items: list[dict], pad_id: int, *, pack_tokens: int) -> dict[str, t
                       pack_tokens=pack_tokens)
 
 
+def _prompt_units(prompt: list[int], responses: list[tuple[list[int], int]], shared: bool) -> list[list[Segment]]:
+    """Units for one prompt and its (response ids, sequence number) list: the prompt laid out once with every
+    response attending to it (`shared`, non-empty prompt), or one prompt + response sequence per response."""
+    if shared and prompt:
+        return [[(prompt, [0] * len(prompt), None, None)] + [(r, [1] * len(r), 0, seq) for r, seq in responses]]
+    return [[(prompt + r, [0] * len(prompt) + [1] * len(r), None, seq)] for r, seq in responses]
+
+
 def pack_rankings(items: list[dict], pad_id: int, *, pack_tokens: int, shared_prompt: bool = True) -> dict[str, torch.Tensor]:
     """Rankings packed padding-free, with the same `rank_index` grid as `collate_rankings`; with `shared_prompt`
     the prompt is laid out once for all of an item's responses."""
@@ -157,12 +165,9 @@ def pack_rankings(items: list[dict], pad_id: int, *, pack_tokens: int, shared_pr
     index, seq = [], 0
     kmax = max(len(it["responses"]) for it in items)
     for it in items:
-        p, rs = it["prompt"], it["responses"]
+        rs = it["responses"]
         index.append(list(range(seq, seq + len(rs))) + [-1] * (kmax - len(rs)))
-        if shared_prompt and p:
-            units.append([(p, [0] * len(p), None, None)] + [(r, [1] * len(r), 0, seq + j) for j, r in enumerate(rs)])
-        else:
-            units += [[(p + r, [0] * len(p) + [1] * len(r), None, seq + j)] for j, r in enumerate(rs)]
+        units += _prompt_units(it["prompt"], [(r, seq + j) for j, r in enumerate(rs)], shared_prompt)
         seq += len(rs)
     batch = pack_units(units, pad_id, pack_tokens=pack_tokens)
     batch["rank_index"] = torch.tensor(index, dtype=torch.long)
@@ -176,13 +181,7 @@ def pack_pairs(items: list[dict], pad_id: int, *, pack_tokens: int, shared_promp
     b = len(items)
     units: list[list[Segment]] = []
     for i, it in enumerate(items):
-        p = it["prompt"]
-        if shared_prompt and p:
-            units.append([(p, [0] * len(p), None, None), (it["chosen"], [1] * len(it["chosen"]), 0, i),
-                          (it["rejected"], [1] * len(it["rejected"]), 0, b + i)])
-        else:
-            units.append([(p + it["chosen"], [0] * len(p) + [1] * len(it["chosen"]), None, i)])
-            units.append([(p + it["rejected"], [0] * len(p) + [1] * len(it["rejected"]), None, b + i)])
+        units += _prompt_units(it["prompt"], [(it["chosen"], i), (it["rejected"], b + i)], shared_prompt)
     batch = pack_units(units, pad_id, pack_tokens=pack_tokens)
     batch.update(_pair_fields(items))
     return batch

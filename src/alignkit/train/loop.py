@@ -245,7 +245,7 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     # the fused kernel (CPU and CUDA) updates each tensor in one pass: ~4x faster than the per-tensor loop on CPU
-    fused = all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point for p in params)
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, fused=fused)
     world = accelerator.num_processes  # each process takes --batch-size examples per micro-batch
     micro_per_epoch = math.ceil(len(task.train_items) / (cfg.batch_size * world))
