@@ -635,7 +635,7 @@ def test_sampler_scores_in_chunks_like_one_forward(tiny_model, tmp_path):
     ids = [tok(p)["input_ids"] for p in prompts]
     runs = []
     for budget in (10**9, 24):
-        sampler = Sampler(cfg, tok, reference, score_tokens=budget)
+        sampler = Sampler(cfg.model_copy(update={"score_tokens": budget}), tok, reference)
         runs.append(sampler.sample(policy, ids, prompts, torch.Generator().manual_seed(4)))
     whole, chunked = runs
     assert len(set(whole.rollout.lengths.tolist())) > 1

@@ -14,7 +14,6 @@ from alignkit.errors import AlignkitError
 from alignkit.losses import kl_k1, kl_k3, masked_mean
 from alignkit.models.logprobs import response_logprobs
 from alignkit.rollout.engine import (
-    SCORE_TOKEN_BUDGET,
     HFBackend,
     Rollout,
     SamplingParams,
@@ -51,11 +50,10 @@ class Sampler:
     """Samples responses from the policy, rescores their log-probs, gets reference log-probs and rewards.
 
     The sampler drops finished rows from its live batch (`HFBackend`); the policy and reference log-probs are
-    computed in row chunks of at most `score_tokens` padded tokens (`score_in_chunks`)."""
+    computed in row chunks of at most `cfg.score_tokens` padded tokens (`score_in_chunks`)."""
 
-    def __init__(self, cfg: RLConfig, tokenizer, reference, score_tokens: int = SCORE_TOKEN_BUDGET):
+    def __init__(self, cfg: RLConfig, tokenizer, reference):
         self.cfg = cfg
-        self.score_tokens = score_tokens
         self.tok = tokenizer
         self.reference = reference  # None: the policy with its LoRA adapter disabled
         self.backend = HFBackend()
@@ -84,7 +82,7 @@ class Sampler:
 
         def score(model, entropy: bool = False):  # row chunks of at most `score_tokens` padded tokens
             return score_in_chunks(lambda *a: response_logprobs(model, *a, temperature=cfg.temperature,
-                                                                entropy=entropy), ro, self.score_tokens)
+                                                                entropy=entropy), ro, cfg.score_tokens)
 
         logp, entropy = score(policy, entropy=True)
         if self.reference is None:
@@ -167,7 +165,7 @@ def setup_online(cfg: RLConfig, *, value: bool = False):
     train_prompts, eval_prompts, info = load_prompt_split(cfg)
     policy, tok = policy_and_tokenizer(cfg)
     reference = make_reference(cfg, policy)
-    sampler = Sampler(cfg, tok, reference, score_tokens=cfg.score_tokens)
+    sampler = Sampler(cfg, tok, reference)
     train_items = prompt_items(cfg, tok, train_prompts)
     eval_items = prompt_items(cfg, tok, eval_prompts)
     random.Random(cfg.seed).shuffle(eval_items)
