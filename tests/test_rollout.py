@@ -12,11 +12,13 @@ import torch
 from alignkit.models.logprobs import response_logprobs
 from alignkit.rollout.engine import (
     HFBackend,
+    ReservedLayer,
     Rollout,
     SamplingParams,
     budget_chunks,
     filter_logits,
     generate_many,
+    reserved_cache,
     score_in_chunks,
 )
 
@@ -44,6 +46,7 @@ class EosBiased(torch.nn.Module):
     def __init__(self, inner, token: int, bias: float):
         super().__init__()
         self.inner = inner
+        self.config = inner.config  # so the engine can reserve the inner model's KV cache
         self.token = token
         self.bias = bias
 
@@ -407,6 +410,7 @@ class BatchSizes(torch.nn.Module):
     def __init__(self, inner):
         super().__init__()
         self.inner = inner
+        self.config = getattr(inner, "config", None)
         self.sizes: list[int] = []
 
     def forward(self, **kwargs):
@@ -512,6 +516,67 @@ def test_dropping_draws_the_same_samples_until_the_first_drop(causal_lm):
     assert first_end < int(runs[0].lengths.max())
     assert torch.equal(runs[0].responses[:, :first_end], runs[1].responses[:, :first_end])
     torch.testing.assert_close(runs[0].logprobs[:, :first_end], runs[1].logprobs[:, :first_end], atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------ reserved KV cache
+
+
+def test_reserved_layer_equals_concatenation_and_grows():
+    """Appending to a ReservedLayer (past its reservation too) gives the keys/values torch.cat would; selecting
+    rows keeps exactly those rows."""
+    torch.manual_seed(0)
+    layer = ReservedLayer(capacity=5)
+    chunks = [(torch.randn(3, 2, n, 4), torch.randn(3, 2, n, 4)) for n in (3, 1, 1, 4, 1)]  # 10 > 5 positions
+    for i, (k, v) in enumerate(chunks, start=1):
+        keys, values = layer.update(k, v)
+        assert torch.equal(keys, torch.cat([c[0] for c in chunks[:i]], dim=-2))
+        assert torch.equal(values, torch.cat([c[1] for c in chunks[:i]], dim=-2))
+    assert layer.get_seq_length() == 10 and layer._k.shape[-2] >= 10
+    layer.batch_select_indices(torch.tensor([2, 0]))
+    assert torch.equal(layer.keys, torch.cat([c[0] for c in chunks], dim=-2)[[2, 0]])
+    keys, _ = layer.update(torch.ones(2, 2, 1, 4), torch.ones(2, 2, 1, 4))
+    assert keys.shape == (2, 2, 11, 4) and torch.equal(keys[:, :, -1], torch.ones(2, 2, 4))
+
+
+def test_reserved_cache_replaces_full_attention_layers(causal_lm):
+    cache = reserved_cache(causal_lm, 40)
+    assert cache is not None and len(cache.layers) == causal_lm.config.num_hidden_layers
+    assert all(isinstance(layer, ReservedLayer) and layer.capacity == 40 for layer in cache.layers)
+    assert reserved_cache(torch.nn.Linear(2, 2), 40) is None  # no config: the model makes its own cache
+
+
+@pytest.mark.parametrize("drop", [False, True])
+def test_reserved_cache_rollout_equals_dynamic_cache(causal_lm, drop):
+    """Sampling with the reserved KV cache and with transformers' own DynamicCache (same generator) draws the
+    same tokens with the same log-probs, with and without dropping finished rows; the engine really used a
+    ReservedLayer cache."""
+    seen = []
+
+    class Spy(EosBiased):
+        def forward(self, **kwargs):
+            seen.append(type(kwargs.get("past_key_values")).__name__ if "past_key_values" in kwargs else None)
+            seen.append(type(getattr(kwargs.get("past_key_values"), "layers", [None])[0]).__name__)
+            return super().forward(**kwargs)
+
+    model = Spy(causal_lm, EOS, bias=4.0)
+    runs = [generate(model, PROMPTS * 2, max_new_tokens=14, temperature=0.9, generator=torch.Generator().manual_seed(3),
+                     backend=HFBackend(drop_finished=drop, drop_fraction=0.0, reserve_cache=r)) for r in (True, False)]
+    assert "ReservedLayer" in seen[:2]  # the prompt pass of the first run got the reserved cache
+    assert len(set(runs[0].lengths.tolist())) > 1 and bool(runs[0].finished.any())
+    assert_same_rollout(runs[0], runs[1], atol=1e-6)
+
+
+def test_rollout_entropy_matches_fresh_forward_pass(causal_lm):
+    """The per-token entropy the sampler records is that of softmax(logits / T) from a full forward pass over
+    the rollout (what the trainer logged before), 0 past each row's end."""
+    model = EosBiased(causal_lm, EOS, bias=4.5)
+    ro = generate(model, PROMPTS, max_new_tokens=12, temperature=0.7, generator=torch.Generator().manual_seed(2))
+    assert ro.entropy is not None and bool(ro.finished.any())
+    with torch.no_grad():
+        _, expected = response_logprobs(model, ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask,
+                                        temperature=0.7, entropy=True)
+    torch.testing.assert_close(ro.entropy, expected, atol=ATOL, rtol=0)
+    assert float(ro.entropy[ro.response_mask.bool()].min()) > 0.1  # a real entropy, not zeros
 
 
 # ---------------------------------------------------------------------------------------- generate_many
@@ -636,7 +701,10 @@ def test_sampler_scores_in_chunks_like_one_forward(tiny_model, tmp_path):
     runs = []
     for budget in (10**9, 24):
         sampler = Sampler(cfg.model_copy(update={"score_tokens": budget}), tok, reference)
+        sampler.backend = HFBackend()
+        sampler.backend.generate = without_entropy(sampler.backend.generate)  # so the policy is rescored too
         runs.append(sampler.sample(policy, ids, prompts, torch.Generator().manual_seed(4)))
+    own = Sampler(cfg, tok, reference).sample(policy, ids, prompts, torch.Generator().manual_seed(4))
     whole, chunked = runs
     assert len(set(whole.rollout.lengths.tolist())) > 1
     assert torch.equal(whole.rollout.input_ids, chunked.rollout.input_ids)
@@ -646,3 +714,19 @@ def test_sampler_scores_in_chunks_like_one_forward(tiny_model, tmp_path):
     torch.testing.assert_close(chunked.logp, whole.rollout.logprobs, atol=ATOL, rtol=0)
     for key in ("reward", "kl", "kl_k3", "entropy", "response_length"):
         assert chunked.metrics[key] == pytest.approx(whole.metrics[key], abs=1e-5)
+    # the default sampler takes the policy's log-probs and entropies from the rollout: the same numbers
+    assert torch.equal(own.rollout.input_ids, whole.rollout.input_ids)
+    assert own.logp is own.rollout.logprobs and own.entropy is own.rollout.entropy
+    for name in ("logp", "ref_logp", "entropy"):
+        torch.testing.assert_close(getattr(own, name), getattr(whole, name), atol=ATOL, rtol=0)
+    for key in ("reward", "kl", "kl_k3", "entropy", "response_length"):
+        assert own.metrics[key] == pytest.approx(whole.metrics[key], abs=1e-4)
+
+
+def without_entropy(generate):
+    """A backend's generate whose rollouts carry no entropy (like a backend that cannot give one)."""
+    def wrapped(*args, **kwargs):
+        ro = generate(*args, **kwargs)
+        ro.entropy = None
+        return ro
+    return wrapped

@@ -9,8 +9,9 @@ filtering (filtering only shapes sampling; training recomputes log-probs at the 
 `Backend` is the interface a faster engine (e.g. vLLM on a GPU) implements to replace `HFBackend` without
 touching the trainers.
 
-Speed: `HFBackend` drops finished rows from its live batch (KV cache included) so later decode steps only
-compute unfinished rows; `generate_many` samples a long list of prompts in batches of similar prompt length
+Speed: `HFBackend` keeps its KV cache in buffers reserved for the whole rollout (`reserved_cache`: appending a
+token writes in place instead of copying the cache) and drops finished rows from its live batch (KV cache
+included) so later decode steps only compute unfinished rows; `generate_many` samples a long list of prompts in batches of similar prompt length
 (little left padding) and gives the rows back in their original order; `score_in_chunks` runs a scoring
 forward (log-probs, values) over a rollout in row chunks of bounded padded size, each chunk's all-padding
 columns cut off.
@@ -24,8 +25,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from alignkit.data.collate import pad_rows
+from alignkit.losses import token_entropy
 from alignkit.models.logprobs import position_ids_from_mask
 
 
@@ -47,6 +50,7 @@ class Rollout:
     logprobs: torch.Tensor  # (B, T), 0 where response_mask is 0
     finished: torch.Tensor  # (B,) bool: the response reached EOS
     seconds: float = 0.0
+    entropy: torch.Tensor | None = None  # (B, T) entropy of the sampling distribution (before filtering), 0 off-mask
 
     @property
     def responses(self) -> torch.Tensor:
@@ -92,6 +96,61 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+class ReservedLayer(DynamicLayer):
+    """A full-attention KV-cache layer whose keys and values live in buffers with room for `capacity` positions:
+    appending writes in place, where `DynamicLayer` copies the whole cache (`torch.cat`) at every token. It
+    grows (doubling) if a sequence outlives the reservation; `keys` / `values` are views of the filled part."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.dtype, self.device = key_states.dtype, key_states.device
+            room = max(self.capacity, key_states.shape[-2])
+            self._k = key_states.new_empty(*key_states.shape[:2], room, key_states.shape[-1])
+            self._v = value_states.new_empty(*value_states.shape[:2], room, value_states.shape[-1])
+            self.is_initialized, self.length = True, 0
+        end = self.length + key_states.shape[-2]
+        if end > self._k.shape[-2]:
+            self._k, self._v = (torch.cat([b, b.new_empty(*b.shape[:2], max(end, 2 * b.shape[-2]) - b.shape[-2],
+                                                           b.shape[-1])], dim=-2) for b in (self._k, self._v))
+        self._k[:, :, self.length : end] = key_states
+        self._v[:, :, self.length : end] = value_states
+        self.length = end
+        self.keys, self.values = self._k[:, :, :end], self._v[:, :, :end]
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            self._k, self._v = self._k[indices], self._v[indices]
+            self.keys, self.values = self._k[:, :, : self.length], self._v[:, :, : self.length]
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise NotImplementedError("a ReservedLayer is only used by HFBackend, which never crops")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("a ReservedLayer is only used by HFBackend, which never repeats rows")
+
+
+def reserved_cache(model, capacity: int) -> DynamicCache | None:
+    """A `DynamicCache` for `model` whose full-attention layers are `ReservedLayer`s of `capacity` positions (other
+    layer kinds, e.g. sliding windows, stay as transformers makes them); None when the model's config cannot
+    describe its cache (the model then makes its own)."""
+    config = getattr(model, "config", None)
+    if config is None:
+        return None
+    try:
+        cache = DynamicCache(config=config)
+    except Exception:  # noqa: BLE001 - any config transformers cannot map: fall back to the model's own cache
+        return None
+    if not cache.layers:
+        return None
+    cache.layers = [ReservedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
 DROP_FRACTION = 0.25  # compact the live batch once this share of its rows has finished
 SCORE_TOKEN_BUDGET = 4096  # rows x padded width of one scoring forward in `score_in_chunks` (benchmarks/rollout.py)
 
@@ -107,11 +166,12 @@ class HFBackend:
     exactly as without it. Greedy decoding gives the same tokens either way. Sampling draws its noise for the
     rows of the live batch, so once rows were dropped the random stream (not the distribution) differs from a
     run without dropping. A cache without `batch_select_indices` (not a transformers `Cache`) is never
-    compacted."""
+    compacted. With `reserve_cache` the KV cache is a `reserved_cache` sized for prompt + max_new_tokens."""
 
-    def __init__(self, drop_finished: bool = True, drop_fraction: float = DROP_FRACTION):
+    def __init__(self, drop_finished: bool = True, drop_fraction: float = DROP_FRACTION, reserve_cache: bool = True):
         self.drop_finished = drop_finished
         self.drop_fraction = drop_fraction
+        self.reserve_cache = reserve_cache
 
     @torch.no_grad()
     def generate(self, model, prompts: list[list[int]], params: SamplingParams, *, pad_id: int,
@@ -125,18 +185,20 @@ class HFBackend:
         n, width = prompt_ids.shape
         positions = position_ids_from_mask(prompt_mask)
         # prefill: the LM head runs on the last prompt position only (the one that predicts the first token)
+        steps = params.max_new_tokens
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1)
+                    logits_to_keep=1,
+                    past_key_values=reserved_cache(model, width + steps) if self.reserve_cache else None)
         past, logits = out.past_key_values, out.logits[:, -1]
         can_drop = self.drop_finished and hasattr(past, "batch_select_indices")
         # the live batch: `rows` maps each of its rows to its row of the output
         rows = torch.arange(n, device=device)
         attention, next_pos = prompt_mask, positions[:, -1:] + 1
         done = torch.zeros(n, dtype=torch.bool, device=device)
-        steps = params.max_new_tokens
         tokens = torch.full((n, steps), pad_id, dtype=torch.long, device=device)
         logps = torch.zeros((n, steps), dtype=torch.float32, device=device)
         masks = torch.zeros((n, steps), dtype=torch.bool, device=device)
+        ents = torch.zeros((n, steps), dtype=torch.float32, device=device)
         temperature = params.temperature if params.temperature > 0 else 1.0
         used = 0
         for t in range(steps):
@@ -152,6 +214,7 @@ class HFBackend:
             tokens[rows, t] = tok
             logps[rows, t] = torch.where(live, logp_all.gather(-1, tok.unsqueeze(-1)).squeeze(-1), 0.0)
             masks[rows, t] = live
+            ents[rows, t] = torch.where(live, token_entropy(scaled), 0.0)
             done = done | (live & (tok == eos_id))
             used = t + 1
             if bool(done.all()):
@@ -166,7 +229,7 @@ class HFBackend:
                         past_key_values=past, use_cache=True)
             past, logits = out.past_key_values, out.logits[:, -1]
             next_pos = next_pos + 1
-        responses, logps, masks = tokens[:, :used], logps[:, :used], masks[:, :used]
+        responses, logps, masks, ents = tokens[:, :used], logps[:, :used], masks[:, :used], ents[:, :used]
         response_mask = masks.long()
         return Rollout(
             input_ids=torch.cat([prompt_ids, responses], dim=1),
@@ -176,6 +239,7 @@ class HFBackend:
             logprobs=logps,
             finished=(masks & (responses == eos_id)).any(-1),
             seconds=time.perf_counter() - start,
+            entropy=ents,
         )
 
 
@@ -190,6 +254,7 @@ def merge_rollouts(parts: list[tuple[list[int], Rollout]], n: int, pad_id: int) 
     response_mask = torch.zeros((n, steps), dtype=like.response_mask.dtype, device=input_ids.device)
     logprobs = torch.zeros((n, steps), dtype=like.logprobs.dtype, device=input_ids.device)
     finished = torch.zeros(n, dtype=torch.bool, device=input_ids.device)
+    entropy = torch.zeros_like(logprobs) if all(ro.entropy is not None for _, ro in parts) else None
     for rows, ro in parts:
         idx = torch.tensor(rows, dtype=torch.long, device=input_ids.device)
         p, t = ro.prompt_width, ro.response_mask.shape[1]
@@ -199,8 +264,10 @@ def merge_rollouts(parts: list[tuple[list[int], Rollout]], n: int, pad_id: int) 
         response_mask[idx, :t] = ro.response_mask
         logprobs[idx, :t] = ro.logprobs
         finished[idx] = ro.finished
+        if entropy is not None:
+            entropy[idx, :t] = ro.entropy
     return Rollout(input_ids, attention, width, response_mask, logprobs, finished,
-                   seconds=sum(ro.seconds for _, ro in parts))
+                   seconds=sum(ro.seconds for _, ro in parts), entropy=entropy)
 
 
 def generate_many(backend: Backend, model, prompts: list[list[int]], params: SamplingParams, *, pad_id: int,

@@ -40,17 +40,17 @@ class Scored:
     prompts: list
     texts: list[str]
     scores: torch.Tensor  # (B,) reward source score (+ missing-EOS penalty)
-    logp: torch.Tensor  # (B, T) policy log-probs at sampling temperature (recomputed)
+    logp: torch.Tensor  # (B, T) policy log-probs at sampling temperature (the sampler's)
     ref_logp: torch.Tensor  # (B, T)
     entropy: torch.Tensor  # (B, T)
     metrics: dict
 
 
 class Sampler:
-    """Samples responses from the policy, rescores their log-probs, gets reference log-probs and rewards.
+    """Samples responses from the policy (with their log-probs and entropies), gets reference log-probs and rewards.
 
-    The sampler drops finished rows from its live batch (`HFBackend`); the policy and reference log-probs are
-    computed in row chunks of at most `cfg.score_tokens` padded tokens (`score_in_chunks`)."""
+    The sampler drops finished rows from its live batch (`HFBackend`); the reference log-probs are computed in
+    row chunks of at most `cfg.score_tokens` padded tokens (`score_in_chunks`)."""
 
     def __init__(self, cfg: RLConfig, tokenizer, reference):
         self.cfg = cfg
@@ -84,7 +84,9 @@ class Sampler:
             return score_in_chunks(lambda *a: response_logprobs(model, *a, temperature=cfg.temperature,
                                                                 entropy=entropy), ro, cfg.score_tokens)
 
-        logp, entropy = score(policy, entropy=True)
+        # the sampler's own log-probs and entropies: a forward over the rollout gives the same up to float
+        # rounding (tests/test_rollout.py), so the policy is rescored only for a backend that gives no entropy
+        logp, entropy = (ro.logprobs, ro.entropy) if ro.entropy is not None else score(policy, entropy=True)
         if self.reference is None:
             with policy.disable_adapter():
                 ref_logp = score(policy)
