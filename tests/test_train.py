@@ -91,12 +91,15 @@ def test_reward_model_accuracy_and_hf_reload(tiny_model, pair_files, tmp_path):
     # independent check through the plain transformers API, one unpadded sequence at a time
     tok = AutoTokenizer.from_pretrained(out)
     model = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1).eval()
-    # the stored offset is the mean raw reward over the training responses (so offset-corrected rewards have
-    # mean 0 there): recompute it independently from the reloaded model
+    # the stored offset is the mean raw reward over the responses of `offset_pairs` (default 128) training pairs
+    # evenly spaced through the 256 (so offset-corrected rewards have mean 0 there): recompute it independently
+    # from the reloaded model
     from alignkit.models.logprobs import reward_scores
 
     enc = Encoder(tok, max_length=512, max_prompt_length=256)
-    rows = [enc.encode(p["prompt"], p[k]) for p in held_out_pairs(train_file) for k in ("chosen", "rejected")]
+    train_pairs = held_out_pairs(train_file)
+    assert len(train_pairs) == 256 and RewardConfig.model_fields["offset_pairs"].default == 128
+    rows = [enc.encode(p["prompt"], p[k]) for p in train_pairs[::2] for k in ("chosen", "rejected")]
     b = pad_rows(rows, tok.pad_token_id)
     with torch.no_grad():
         raw = reward_scores(model, b["input_ids"], b["attention_mask"])

@@ -97,6 +97,8 @@ class RewardConfig(TrainConfig):
 
     learning_rate: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
     normalize: bool = Field(True, description="after training, store an offset so training responses score mean 0")
+    offset_pairs: int = Field(128, ge=1, description="training pairs (or rankings), evenly spaced through the data, "
+                                                     "whose responses set the offset")
 
 
 PreferenceLoss = Literal["dpo", "cdpo", "ipo", "hinge", "gdpo", "gipo"]
