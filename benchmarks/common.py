@@ -35,14 +35,14 @@ def tiny_gpt2(path: Path, pairs: list[dict]) -> str:
     return make_tiny_model(path, texts, arch="gpt2", vocab_size=2048, hidden_size=256, num_layers=4)
 
 
-def matmul_peak_gflops(n: int = 1024, seconds: float = 2.0) -> float:
-    """This machine's measured float32 matmul throughput (GFLOP/s, best of repeated n x n products with the
+def matmul_peak_gflops(n: int = 1024, seconds: float = 2.0, dtype: str = "float32") -> float:
+    """This machine's measured matmul throughput in `dtype` (GFLOP/s, best of repeated n x n products with the
     current torch threads): the denominator of model-FLOPs utilisation, measured in the same run."""
     import time
 
     import torch
 
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, dtype=getattr(torch, dtype)), torch.randn(n, n, dtype=getattr(torch, dtype))
     for _ in range(3):
         a @ b  # warm-up
     best, start = 0.0, time.perf_counter()

@@ -14,8 +14,8 @@ Settings (names: <model>-<method>[-variant]):
 Reported: examples/s of the training loop (median over steps, the first two left out when there are more than
 four: they allocate gradients and optimizer state), end-to-end examples/s (load, reference pass,
 training, saving), tokens/s (real tokens; a shared prompt counts once), wall seconds, peak RSS, and model-FLOPs
-utilisation (MFU): useful model FLOPs per second against the float32 matmul peak measured at the start of
-the same process. Useful FLOPs per step = 6 x (parameters outside the embeddings and heads) x tokens +
+utilisation (MFU): useful model FLOPs per second against the matmul peak measured at the start of the same
+process (float32, or bf16 for the `-bf16` settings, which train under bf16 autocast). Useful FLOPs per step = 6 x (parameters outside the embeddings and heads) x tokens +
 6 x (hidden x vocabulary) x scored tokens (the LM head of SFT and DPO; a reward model's head is negligible);
 4 instead of 6 with LoRA (no gradients for the frozen weights); 2 more per token for a live reference (forward
 only); attention's own FLOPs are left out.
@@ -48,11 +48,16 @@ SETTINGS = {
     "tiny-dpo-live": dict(TINY, method="dpo", reference="copy"),
     "tiny-dpo-live-separate": dict(TINY, method="dpo", reference="copy", shared_prompt=False),
     "tiny-dpo-live-padded": dict(TINY, method="dpo", reference="copy", packing=False),
+    # bf16 autocast (`--mixed-precision bf16`; on CPUs with AMX/AVX512-BF16 its matmuls run several times faster);
+    # MFU against the bf16 matmul peak; compare with trl_peer.py's -bf16 settings, not with the float32 ones
+    "tiny-dpo-live-bf16": dict(TINY, method="dpo", reference="copy", precision="bf16"),
+    "tiny-rm-bf16": dict(TINY, method="rm", precision="bf16"),
     "smollm2-sft": dict(SMOL, method="sft"),
     "smollm2-rm": dict(SMOL, method="rm"),
     "smollm2-dpo": dict(SMOL, method="dpo", reference="precomputed"),
     "smollm2-dpo-padded": dict(SMOL, method="dpo", reference="precomputed", packing=False),
     "smollm2-dpo-lora": dict(SMOL, method="dpo", reference="lora-disabled", lora=True),
+    "smollm2-dpo-bf16": dict(SMOL, method="dpo", reference="precomputed", precision="bf16"),
 }
 
 
@@ -88,12 +93,12 @@ def run_setting(name: str) -> dict:
     common = dict(model=model, data=str(data), output_dir=str(work / "out"), batch_size=s["batch"],
                   max_steps=s["max_steps"], lora=s.get("lora", False), max_length=s["max_length"], max_prompt_length=64,
                   eval_fraction=0.0, progress=False, learning_rate=1e-5, packing=s.get("packing", True),
-                  shared_prompt=s.get("shared_prompt", True))
+                  shared_prompt=s.get("shared_prompt", True), mixed_precision=s.get("precision", "no"))
     if s["method"] == "dpo":
         common["reference"] = s["reference"]
     run, cls = {"sft": (run_sft, SFTConfig), "rm": (run_reward, RewardConfig), "dpo": (run_dpo, DPOConfig)}[s["method"]]
     cfg = cls(**common)
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(dtype="bfloat16" if s.get("precision") == "bf16" else "float32")
     t0 = time.perf_counter()
     run(cfg)
     wall = time.perf_counter() - t0

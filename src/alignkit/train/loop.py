@@ -99,7 +99,8 @@ def _scalar(v) -> float:
 def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = False) -> dict[str, float]:
     """Weighted means of the loss and metrics over the held-out items (no gradient, eval mode)."""
     if task.eval_fn is not None:
-        return task.eval_fn(accelerator.unwrap_model(model))
+        with accelerator.autocast():
+            return task.eval_fn(accelerator.unwrap_model(model))
     if not task.eval_items:
         return {}
     from tqdm.auto import tqdm
@@ -110,7 +111,8 @@ def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = F
     loader = accelerator.prepare(_loader(task.eval_items, batch_size, task.collate, seed=None))
     with torch.no_grad():
         for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
-            loss, metrics = task.loss(model, batch)
+            with accelerator.autocast():
+                loss, metrics = task.loss(model, batch)
             for k, v in {"loss": loss, **metrics}.items():
                 acc.setdefault(k, []).append((_scalar(v), batch["n"]))
     model.train(was_training)
@@ -224,6 +226,17 @@ def _reduce_metrics(accelerator, metrics: dict, speed: list[float]) -> tuple[dic
     return {**metrics, **dict(zip(keys, means.tolist(), strict=True))}, sums.tolist()
 
 
+def _forget_other_precision(mixed_precision: str) -> None:
+    """accelerate keeps one process-wide state and refuses an Accelerator with another mixed precision; a run in
+    the same Python process as an earlier one with another precision (one process, nothing distributed) drops
+    that state first instead of failing."""
+    from accelerate.state import AcceleratorState, DistributedType
+
+    st = AcceleratorState._shared_state
+    if st and st.get("_mixed_precision") != mixed_precision and st.get("distributed_type") == DistributedType.NO:
+        AcceleratorState._reset_state()
+
+
 def train(task: Task, cfg: RunConfig) -> TrainResult:
     """Run the optimisation described by `cfg` on `task`; save the final model into `cfg.output_dir`."""
     from accelerate import Accelerator, DistributedType
@@ -232,6 +245,7 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
     from transformers import get_scheduler
 
     out = Path(cfg.output_dir)
+    _forget_other_precision(cfg.mixed_precision)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
@@ -301,11 +315,15 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
             step_metrics: dict = {}
             minibatches = [batch]
             if task.experience is not None:
-                minibatches, step_metrics = task.experience(accelerator.unwrap_model(model), batch)
+                with accelerator.autocast():
+                    minibatches, step_metrics = task.experience(accelerator.unwrap_model(model), batch)
             t_busy = time.perf_counter()
             for mb in minibatches:
                 with accelerator.accumulate(model):
-                    loss, metrics = task.loss(model, mb)
+                    # explicit autocast (--mixed-precision): the log-prob code runs the backbone and head itself,
+                    # so the autocast accelerate puts around the prepared model's forward would never apply
+                    with accelerator.autocast():
+                        loss, metrics = task.loss(model, mb)
                     if _on_any_process(not bool(torch.isfinite(loss)), world, accelerator.device):
                         _non_finite(cfg, out, mb, state["step"] + 1, f"loss ({float(loss.detach())})", main)
                         for p in params:  # skip the whole step: drop what was accumulated
