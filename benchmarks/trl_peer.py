@@ -15,7 +15,7 @@ temporary folder: make_pairs(512, 0, 4, 120) and the tiny GPT-2 (4 layers, width
 on those pairs). Each setting then runs in a fresh process of the TRL interpreter (`--run-trl`, a mode that imports
 only the standard library, torch, transformers, datasets, trl and the stdlib-only `common` module), so its peak
 RSS is its own. All settings train in float32 on the CPU (TRL's default bf16 autocast and gradient
-checkpointing are switched off), AdamW, linear schedule with 10% warm-up, seed 42, no evaluation, no saving.
+checkpointing are switched off; the -bf16 settings keep bf16 autocast on), AdamW, linear schedule with 10% warm-up, seed 42, no evaluation, no saving.
 
 Settings:
 - trl-dpo: DPOTrainer, sigmoid loss (standard DPO on summed completion log-probs), beta 0.1, a live reference
@@ -60,11 +60,14 @@ SETTINGS = {
     "trl-rloo": dict(trainer="RLOOTrainer", prompts=512, prompts_per_step=8, k=4, max_new_tokens=32,
                      temperature=1.0, beta=0.05, steps=16, **COMMON),
 }
+# TRL's own default: bf16 autocast (the peers of train.py's -bf16 settings)
+SETTINGS["trl-dpo-bf16"] = dict(SETTINGS["trl-dpo"], precision="bf16")
+SETTINGS["trl-rm-bf16"] = dict(SETTINGS["trl-rm"], precision="bf16")
 
 
 # ---- TRL side: runs under the TRL interpreter (stdlib, torch, transformers, datasets, trl, common) ----------
 def _train_args(cls, s: dict, out: str, **kw):
-    return cls(output_dir=out, learning_rate=s["lr"], gradient_checkpointing=False, bf16=False, fp16=False,
+    return cls(output_dir=out, learning_rate=s["lr"], gradient_checkpointing=False, bf16=s["precision"] == "bf16", fp16=False,
                use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=16,
                disable_tqdm=True, warmup_steps=s["warmup_ratio"], seed=s["seed"], **kw)
 
@@ -100,11 +103,11 @@ def run_trl(name: str, job: dict) -> dict:
     s = SETTINGS[name]
     model_dir, out = job["model"], job["out"] + "/" + name
     pairs = [json.loads(x) for x in Path(job["pairs"]).read_text().splitlines()]
-    peak = matmul_peak_gflops()
+    peak = matmul_peak_gflops(dtype="bfloat16" if s["precision"] == "bf16" else "float32")
     t0 = time.perf_counter()
     tok = AutoTokenizer.from_pretrained(model_dir)
     extra: dict = {}
-    if name == "trl-dpo":
+    if s["trainer"] == "DPOTrainer":
         from trl import DPOConfig, DPOTrainer
 
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -121,7 +124,7 @@ def run_trl(name: str, job: dict) -> dict:
                  "truncated_pairs": sum(n > s["max_length"] for n in lens)}
         n_examples = len(ds) * s["epochs"]
         timer = _step_timer(trainer, lambda t: t._total_train_tokens)
-    elif name == "trl-rm":
+    elif s["trainer"] == "RewardTrainer":
         from trl import RewardConfig, RewardTrainer
 
         set_seed(s["seed"])  # the score head is initialised randomly
@@ -180,7 +183,7 @@ def run_trl(name: str, job: dict) -> dict:
     last_log = [h for h in trainer.state.log_history if "loss" in h][-1:]
     r = {"benchmark": "trl", "setting": name, **s, "trl_version": trl.__version__,
          "torch_version": torch.__version__, "torch_threads": torch.get_num_threads(), "steps": steps}
-    if name == "trl-rloo":
+    if s["trainer"] == "RLOOTrainer":
         n_examples = trainer.completions
         r.update({"completions_generated": n_examples, "completions_per_s": round(n_examples / wall, 2),
                   "gen_tokens": trainer.gen_tokens, "gen_tokens_per_s": round(trainer.gen_tokens / trainer.gen_s, 1),
