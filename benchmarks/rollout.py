@@ -11,7 +11,10 @@ of the repeats), so the ratios compare runs under the same machine load:
 - prefill: the same with the prompt pass computing the last position's logits only (`logits_to_keep=1`);
 - drop: prefill + finished rows leave the live batch (compaction at `DROP_FRACTION`);
 - bucket: prefill + prompts sorted by length into batches (`generate_many(bucket=True)`), no dropping;
-- all: prefill, dropping and bucketing (the engine now).
+- all-dynamic: prefill, dropping and bucketing with transformers' DynamicCache (which copies the whole cache at
+  every token);
+- all: the same with the KV cache in buffers reserved for the whole rollout (the engine now).
+Every variant but all-dynamic uses the reserved cache.
 `*-fractions` settings compare compaction thresholds: drop0 compacts as soon as any row finished, drop1/8,
 drop (= DROP_FRACTION, 1/4) and drop1/2 wait until that share of the live batch has finished.
 Each variant samples the same 2 x batch prompts (temperature 1, a generator seeded per batch and repeat) with
@@ -48,10 +51,11 @@ from common import make_pairs, peak_rss_mb, tiny_gpt2
 from alignkit.rollout.engine import DROP_FRACTION
 
 WORK = Path(tempfile.gettempdir()) / "alignkit-bench-rollout"
-# variant: (LM head on the last prompt position only, drop_fraction or None for no dropping, bucketing)
+# variant: (LM head on the last prompt position only, drop_fraction or None for no dropping, bucketing); every
+# variant but all-dynamic keeps its KV cache in buffers reserved for the rollout (`reserved_cache`)
 VARIANTS = {"before": (False, None, False), "prefill": (True, None, False), "drop": (True, DROP_FRACTION, False),
-            "bucket": (True, None, True), "all": (True, DROP_FRACTION, True), "drop0": (True, 0.0, False),
-            "drop1/8": (True, 0.125, False), "drop1/2": (True, 0.5, False)}
+            "bucket": (True, None, True), "all-dynamic": (True, DROP_FRACTION, True), "all": (True, DROP_FRACTION, True),
+            "drop0": (True, 0.0, False), "drop1/8": (True, 0.125, False), "drop1/2": (True, 0.5, False)}
 FRACTIONS = ["prefill", "drop0", "drop1/8", "drop", "drop1/2"]
 
 
@@ -143,11 +147,12 @@ def sample_setting(s: dict) -> dict:
     enc = Encoder(tok, max_length=512, max_prompt_length=256, chat_template=chat)
     prompts = bench_prompts(enc, 2 * s["batch"], chat)
     params = SamplingParams(max_new_tokens=s["new_tokens"], temperature=1.0)
-    names = s.get("compare", ["before", "prefill", "drop", "bucket", "all"])
+    names = s.get("compare", ["before", "prefill", "drop", "bucket", "all-dynamic", "all"])
 
     def run(name: str, repeat: int) -> tuple[float, int, float, int]:
         last_only, fraction, bucket = VARIANTS[name]
-        backend = HFBackend(drop_finished=fraction is not None, drop_fraction=fraction or 0.0)
+        backend = HFBackend(drop_finished=fraction is not None, drop_fraction=fraction or 0.0,
+                            reserve_cache=name != "all-dynamic")
         ro = generate_many(backend, model if last_only else FullPrefill(model), prompts, params,
                            pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, batch_size=s["batch"], bucket=bucket,
                            generator_for=lambda b: torch.Generator().manual_seed(1000 * repeat + b))
@@ -171,6 +176,8 @@ def sample_setting(s: dict) -> dict:
         if ref in result:
             ratios.update({f"{n}/{ref}": round(result[n]["gen_tokens_per_s"] / result[ref]["gen_tokens_per_s"], 2)
                            for n in names[names.index(ref) + 1:]})
+    if "all-dynamic" in result:
+        ratios["all/all-dynamic"] = round(result["all"]["gen_tokens_per_s"] / result["all-dynamic"]["gen_tokens_per_s"], 2)
     lengths = sorted(map(len, prompts))
     return {"prompts": len(prompts), "prompt_len_min_med_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
             "variants": result, "tokens_per_s_ratio": ratios}
