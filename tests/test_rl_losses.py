@@ -9,6 +9,7 @@ import torch
 
 from alignkit.losses import (
     adaptive_kl_beta,
+    entropy_from_logprobs,
     gae,
     kl_k1,
     kl_k3,
@@ -346,6 +347,18 @@ def test_token_entropy_matches_softmax_formula():
     total = sum(math.exp(z) for z in row)
     hand = -sum(math.exp(z) / total * math.log(math.exp(z) / total) for z in row)
     assert abs(out[1, 2].item() - hand) < 1e-5
+
+
+def test_entropy_from_logprobs_by_hand():
+    """−Σ p log p from log-probs: a two-point distribution by hand, a banned (−inf) token adding nothing, and
+    the same numbers as the softmax formula on random logits."""
+    p = torch.tensor([0.25, 0.75, 0.0])
+    hand = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    close(entropy_from_logprobs(p.log()), hand, tol=1e-6)
+    logits = torch.randn(4, 9, generator=torch.Generator().manual_seed(3)) * 3
+    sm = torch.softmax(logits, dim=-1)
+    torch.testing.assert_close(entropy_from_logprobs(torch.log_softmax(logits, dim=-1)),
+                               -(sm * sm.log()).sum(-1), atol=1e-5, rtol=0)
 
 
 def test_token_entropy_uniform_and_banned_tokens():

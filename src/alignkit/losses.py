@@ -595,19 +595,20 @@ def adaptive_kl_beta(
 
 
 def token_entropy(logits: Tensor) -> Tensor:
-    """Entropy of ``softmax(z)`` at each position, float32, shape ``logits.shape[:-1]``:
-
-        H = logsumexp(z) − Σ_v softmax(z)_v z_v      (= −Σ_v p_v log p_v)
-
-    Logits of −inf (banned tokens) contribute 0.
+    """Entropy of ``softmax(z)`` at each position, float32, shape ``logits.shape[:-1]`` (`entropy_from_logprobs`
+    of ``log_softmax(z)``). Logits of −inf (banned tokens) contribute 0.
 
     Source: the Shannon entropy of the policy's next-token distribution, logged as an entropy statistic
     in PPO (Schulman et al. 2017).
     """
-    z = logits.float()
-    p = torch.softmax(z, dim=-1)
-    z_finite = torch.where(p > 0, z, torch.zeros((), dtype=torch.float32, device=z.device))
-    return torch.logsumexp(z, dim=-1) - (p * z_finite).sum(dim=-1)
+    return entropy_from_logprobs(torch.log_softmax(logits.float(), dim=-1))
+
+
+def entropy_from_logprobs(logp: Tensor) -> Tensor:
+    """Entropy ``H = −Σ_v p_v log p_v`` of distributions given by their log-probabilities (last axis), in
+    ``logp``'s dtype: one exp and one dot product per position, for callers that already hold the log-softmax
+    (the sampler). Log-probs of −inf (p = 0) contribute 0."""
+    return -torch.linalg.vecdot(logp.exp(), logp.clamp_min(torch.finfo(logp.dtype).min))
 
 
 __all__ = [
@@ -639,4 +640,5 @@ __all__ = [
     "rloo_advantages",
     "rloo_loss",
     "token_entropy",
+    "entropy_from_logprobs",
 ]

@@ -28,7 +28,7 @@ import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from alignkit.data.collate import pad_rows
-from alignkit.losses import token_entropy
+from alignkit.losses import entropy_from_logprobs
 from alignkit.models.logprobs import position_ids_from_mask
 
 
@@ -214,7 +214,7 @@ class HFBackend:
             tokens[rows, t] = tok
             logps[rows, t] = torch.where(live, logp_all.gather(-1, tok.unsqueeze(-1)).squeeze(-1), 0.0)
             masks[rows, t] = live
-            ents[rows, t] = torch.where(live, token_entropy(scaled), 0.0)
+            ents[rows, t] = torch.where(live, entropy_from_logprobs(logp_all), 0.0)
             done = done | (live & (tok == eos_id))
             used = t + 1
             if bool(done.all()):
