@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _, help_text) in TRAINERS.items():
         p = sub.add_parser(name, help=help_text, description=f"{help_text}. {cls.__doc__.strip()}")
         add_config_flags(p, cls)
+    from alignkit.cli.sample import add_sampling_flags
     from alignkit.lab.demo import DemoConfig
 
     demo = sub.add_parser("demo", help="the sentiment alignment demo: every method vs a gold reward, cached stages",
@@ -97,13 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--reward-model", help="also score with this reward model and report its accuracy against gold")
     ev.add_argument("--output-dir", required=True, help="folder for results.json")
     ev.add_argument("--samples", type=int, default=1, help="responses per prompt and policy (default: 1)")
-    ev.add_argument("--max-new-tokens", type=int, default=48, help="longest response (default: 48)")
-    ev.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
-    ev.add_argument("--batch-size", type=int, default=16, help="sequences sampled at once (default: 16)")
-    ev.add_argument("--max-prompts", type=int, help="use only the first N prompts")
-    ev.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=False,
-                    help="wrap plain-string prompts as a user message and apply the chat template (default: off)")
-    ev.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    add_sampling_flags(ev, max_new_tokens=48)
     ch = sub.add_parser("chat", help="talk to a trained policy (optionally side by side with a second model)",
                         description="Chat with a model through its chat template; with --compare a second model "
                                     "answers the same messages beside it. Reads messages from standard input.")

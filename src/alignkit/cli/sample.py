@@ -4,6 +4,7 @@ engine's, through `alignkit.evaluate.run.sample_policy` (batched, seeded per bat
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -21,14 +22,20 @@ def add_sample_parser(sub) -> None:
     p.add_argument("--prompts", required=True, help="prompt file (records with `prompt`, a string or messages)")
     p.add_argument("-k", "--k", type=int, default=2, help="responses per prompt (default: 2)")
     p.add_argument("--output", required=True, help="JSON-lines file to write")
-    p.add_argument("--max-new-tokens", type=int, default=64, help="longest response in tokens (default: 64)")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
+    add_sampling_flags(p, max_new_tokens=64)
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: 1.0, off)")
+    p.add_argument("--skip-invalid", action="store_true", help="skip invalid prompt records (counted) instead of stopping")
+
+
+def add_sampling_flags(p, *, max_new_tokens: int) -> None:
+    """The sampling flags `alignkit sample` and `alignkit evaluate` share."""
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+                   help=f"longest response in tokens (default: {max_new_tokens})")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
     p.add_argument("--batch-size", type=int, default=16, help="sequences sampled at once (default: 16)")
     p.add_argument("--max-prompts", type=int, help="use only the first N prompts")
-    p.add_argument("--chat-template", action="store_true",
-                   help="wrap plain-string prompts as a user message and apply the chat template")
-    p.add_argument("--skip-invalid", action="store_true", help="skip invalid prompt records (counted) instead of stopping")
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=False,
+                   help="wrap plain-string prompts as a user message and apply the chat template (default: off)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
 
 
