@@ -109,10 +109,9 @@ def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = F
     model.eval()
     acc: dict[str, list[tuple[float, int]]] = {}
     loader = accelerator.prepare(_loader(task.eval_items, batch_size, task.collate, seed=None))
-    with torch.no_grad():
+    with torch.no_grad(), accelerator.autocast():
         for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
-            with accelerator.autocast():
-                loss, metrics = task.loss(model, batch)
+            loss, metrics = task.loss(model, batch)
             for k, v in {"loss": loss, **metrics}.items():
                 acc.setdefault(k, []).append((_scalar(v), batch["n"]))
     model.train(was_training)
