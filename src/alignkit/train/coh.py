@@ -78,11 +78,9 @@ def make_collate(pad_id: int, pack_tokens: int | None = None):
 
 def _packed_step(cfg: CoHConfig, model, batch):
     """The CoH loss (and SFT term) of a packed batch: `coh_loss` and `sft_loss` from per-token log-probs."""
-    _, tok = packed_sequence_logprobs(model, batch, return_tokens=True)
-    seq, n = batch["score_seq"], int(batch["n_coh"])
-    n_seqs = batch["last_index"].shape[0]
-    sums = torch.zeros(n_seqs, dtype=tok.dtype, device=tok.device).index_add(0, seq, tok)
-    counts = torch.bincount(seq, minlength=n_seqs)
+    sums = packed_sequence_logprobs(model, batch)
+    n, n_seqs = int(batch["n_coh"]), sums.shape[0]
+    counts = torch.bincount(batch["score_seq"], minlength=n_seqs)
     has = counts[:n] > 0
     loss = -(sums[:n][has] / counts[:n][has]).sum() / has.sum().clamp(min=1)
     metrics = {"coh_loss": loss.detach()}
