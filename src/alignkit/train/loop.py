@@ -190,9 +190,10 @@ def _on_any_process(flag: bool, world: int, device) -> bool:
     return bool(t.item() > 0)
 
 
-def _non_finite(cfg: RunConfig, out: Path, batch: dict, step: int, what: str, main: bool) -> None:
+def _non_finite(cfg: RunConfig, out: Path, batch: dict, step: int, what: str, main: bool,
+                params: list[torch.nn.Parameter]) -> None:
     """A non-finite loss or gradient: the micro-batch is saved for inspection; the run stops (the last checkpoint
-    stays as it is) unless --skip-nonfinite, which skips the step."""
+    stays as it is) unless --skip-nonfinite, which skips the step: what was accumulated is dropped."""
     from alignkit.errors import AlignkitError
 
     path = out / f"nonfinite-step-{step}.pt"
@@ -203,6 +204,8 @@ def _non_finite(cfg: RunConfig, out: Path, batch: dict, step: int, what: str, ma
                             "The last checkpoint is kept. Lower --learning-rate, check the data, or pass "
                             "--skip-nonfinite to skip such steps.")
     print(f"skipping step {step}: non-finite {what}; batch saved in {path}", flush=True)
+    for p in params:
+        p.grad = None
 
 
 def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
@@ -324,9 +327,7 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
                     with accelerator.autocast():
                         loss, metrics = task.loss(model, mb)
                     if _on_any_process(not bool(torch.isfinite(loss)), world, accelerator.device):
-                        _non_finite(cfg, out, mb, state["step"] + 1, f"loss ({float(loss.detach())})", main)
-                        for p in params:  # skip the whole step: drop what was accumulated
-                            p.grad = None
+                        _non_finite(cfg, out, mb, state["step"] + 1, f"loss ({float(loss.detach())})", main, params)
                         skipped += 1
                         continue
                     accelerator.backward(loss)
@@ -336,9 +337,8 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
                     if accelerator.sync_gradients:  # the norm is computed (and checked) even without clipping
                         grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
                         if not torch.isfinite(grad_norm):
-                            _non_finite(cfg, out, mb, state["step"] + 1, f"gradient norm ({float(grad_norm)})", main)
-                            for p in params:
-                                p.grad = None
+                            _non_finite(cfg, out, mb, state["step"] + 1, f"gradient norm ({float(grad_norm)})", main,
+                                        params)
                             skipped += 1
                             continue
                     optimizer.step()
