@@ -216,7 +216,7 @@ def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     flat /= world
     offset = 0
     for p, g in zip(params, grads, strict=True):
-        p.grad = flat[offset : offset + g.numel()].view_as(p).clone()
+        p.grad = g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
 
 
