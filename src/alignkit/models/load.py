@@ -215,6 +215,13 @@ def apply_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, tar
     return get_peft_model(model, config)
 
 
+def sharded(model) -> bool:
+    """True for a model wrapped by FSDP or DeepSpeed: its parameters are gathered only inside its own forward, so
+    log-probs must go through that forward (not through the backbone and the head separately)."""
+    name = type(model).__name__
+    return name in ("FullyShardedDataParallel", "DeepSpeedEngine") or name.startswith("FSDP")
+
+
 def unwrap(model):
     """The underlying transformers model of a peft-wrapped one (adapters stay injected)."""
     return model.get_base_model() if hasattr(model, "get_base_model") else model

@@ -8,6 +8,8 @@ Memory and compute: the language-model head runs only on the positions that are 
 in chunks of `HEAD_CHUNK` positions under activation checkpointing, so no (batch, length, vocabulary) logits
 tensor exists in the forward or the backward pass (the backward recomputes one chunk's logits at a time).
 Models whose head does more than a linear map (logit soft-capping or scaling) take the plain path.
+Reward scores read the backbone at each sequence's last token only: its last layer runs in full only where
+needed (`readout.hidden_at`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from alignkit.losses import token_entropy, token_logprobs
-from alignkit.models.load import unwrap
+from alignkit.models.load import sharded, unwrap
+from alignkit.models.readout import hidden_at
 
 HEAD_CHUNK = 512  # scored positions per chunk of the LM head: 512 x 49k float32 logits = 100 MB for SmolLM2
 
@@ -55,13 +58,6 @@ def sequence_logprobs(
         tok = head_logprobs(hidden[:, :-1], head, labels, temperature=temperature)
     seq = tok.sum(-1)
     return (seq, tok) if return_tokens else seq
-
-
-def sharded(model) -> bool:
-    """True for a model wrapped by FSDP or DeepSpeed: its parameters are gathered only inside its own forward, so
-    log-probs must go through that forward (not through the backbone and the head separately)."""
-    name = type(model).__name__
-    return name in ("FullyShardedDataParallel", "DeepSpeedEngine") or name.startswith("FSDP")
 
 
 def _needs_full_forward(model) -> bool:
@@ -140,11 +136,12 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     """Scalar reward per row read at the last real token (not at the first pad: pad may equal EOS).
 
     `model` is an `AutoModelForSequenceClassification` with num_labels=1 (possibly peft-wrapped): the
-    backbone's last hidden state goes through its `score` head."""
-    hidden, head = _hidden_and_head(model, input_ids, attention_mask)
-    idx = last_token_index(attention_mask)
-    last = hidden[torch.arange(hidden.shape[0], device=hidden.device), idx]
-    return head(last).squeeze(-1).float()
+    backbone's last hidden state goes through its `score` head. The backbone's last layer runs in full only
+    where needed (`readout.hidden_at`)."""
+    rows, length = input_ids.shape
+    index = last_token_index(attention_mask) + torch.arange(rows, device=input_ids.device) * length
+    last = hidden_at(model, input_ids, attention_mask, position_ids_from_mask(attention_mask), index)
+    return unwrap(model).score(last).squeeze(-1).float()
 
 
 def packing_supported(model) -> str | None:
@@ -175,23 +172,28 @@ def packed_attention_mask(segment: torch.Tensor, parent: torch.Tensor, eager: bo
     return torch.zeros(allowed.shape, dtype=dtype, device=segment.device).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
 
-def _packed_forward(model, batch: dict, *, lm: bool):
-    """Last hidden states (flattened to (R*L, H)) of a packed batch and the head to apply, or with a model that
-    needs its own forward, its flattened logits and None."""
-    base = unwrap(model)
-    eager = (getattr(base.config, "_attn_implementation", None) or "eager") == "eager"
+def _packed_inputs(model, batch: dict) -> dict:
+    """input_ids, 4D attention mask and position_ids of a packed batch, as the model takes them."""
+    eager = (getattr(unwrap(model).config, "_attn_implementation", None) or "eager") == "eager"
     mask = packed_attention_mask(batch["segment"], batch["parent"], eager, next(model.parameters()).dtype)
-    args = dict(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"], use_cache=False)
-    if lm and _needs_full_forward(model):
+    return dict(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"])
+
+
+def _packed_forward(model, batch: dict):
+    """Last hidden states (flattened to (R*L, H)) of a packed batch and the LM head to apply, or with a model that
+    needs its own forward, its flattened logits and None."""
+    args = dict(_packed_inputs(model, batch), use_cache=False)
+    if _needs_full_forward(model):
         return model(**args).logits.flatten(0, 1), None
+    base = unwrap(model)
     hidden = getattr(base, base.base_model_prefix)(**args).last_hidden_state
-    return hidden.flatten(0, 1), base.get_output_embeddings() if lm else base.score
+    return hidden.flatten(0, 1), base.get_output_embeddings()
 
 
 def packed_sequence_logprobs(model, batch: dict, *, return_tokens: bool = False):
     """`sequence_logprobs` of a packed batch: summed response log-probs per sequence (S,), and with
     `return_tokens=True` also the scored tokens' log-probs (N,) in `score_index` order."""
-    out, head = _packed_forward(model, batch, lm=True)
+    out, head = _packed_forward(model, batch)
     where, labels = batch["score_index"], batch["score_label"]
     if head is None:
         tok = token_logprobs(out[where][None], labels[None])[0]
@@ -204,8 +206,8 @@ def packed_sequence_logprobs(model, batch: dict, *, return_tokens: bool = False)
 
 def packed_reward_scores(model, batch: dict) -> torch.Tensor:
     """`reward_scores` of a packed batch: the scalar head read at each sequence's last token, (S,)."""
-    hidden, head = _packed_forward(model, batch, lm=False)
-    return head(hidden[batch["last_index"]]).squeeze(-1).float()
+    last = hidden_at(model, **_packed_inputs(model, batch), index=batch["last_index"])
+    return unwrap(model).score(last).squeeze(-1).float()
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
