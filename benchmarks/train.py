@@ -8,7 +8,8 @@ Settings (names: <model>-<method>[-variant]):
 - tiny-*: GPT-2 with 4 layers, width 256, a 2k BPE vocabulary trained on the data; 512 pairs whose responses
   have 4-120 words (`common.make_pairs`); batch 8 (pairs, or demonstrations = prompt + chosen for SFT); one
   epoch. DPO with the reference log-probs precomputed (default) or run live (`-live`); `-padded` turns
-  packing off (each batch padded to its longest sequence), `-separate` packs without the shared prompt.
+  packing off (each batch padded to its longest sequence), `-separate` packs without the shared prompt,
+  `-masked` computes the packed rows with their block-diagonal mask instead of flat (`--no-varlen`).
 - smollm2-*: SmolLM2-135M-Instruct (built in), 64 pairs of up to 128 tokens, batch 8, 8 optimizer steps;
   full fine-tuning or LoRA r=16 on all linear layers (`-lora`, reference = the adapter switched off, live).
 Reported: examples/s of the training loop (median over steps, the first two left out when there are more than
@@ -48,6 +49,10 @@ SETTINGS = {
     "tiny-dpo-live": dict(TINY, method="dpo", reference="copy"),
     "tiny-dpo-live-separate": dict(TINY, method="dpo", reference="copy", shared_prompt=False),
     "tiny-dpo-live-padded": dict(TINY, method="dpo", reference="copy", packing=False),
+    # packed rows with a block-diagonal mask instead of one flat row with attention per sequence (--no-varlen)
+    "tiny-dpo-live-masked": dict(TINY, method="dpo", reference="copy", varlen=False),
+    "tiny-rm-masked": dict(TINY, method="rm", varlen=False),
+    "tiny-sft-masked": dict(TINY, method="sft", varlen=False),
     # bf16 autocast (`--mixed-precision bf16`; on CPUs with AMX/AVX512-BF16 its matmuls run several times faster);
     # MFU against the bf16 matmul peak; compare with trl_peer.py's -bf16 settings, not with the float32 ones
     "tiny-dpo-live-bf16": dict(TINY, method="dpo", reference="copy", precision="bf16"),
@@ -93,7 +98,8 @@ def run_setting(name: str) -> dict:
     common = dict(model=model, data=str(data), output_dir=str(work / "out"), batch_size=s["batch"],
                   max_steps=s["max_steps"], lora=s.get("lora", False), max_length=s["max_length"], max_prompt_length=64,
                   eval_fraction=0.0, progress=False, learning_rate=1e-5, packing=s.get("packing", True),
-                  shared_prompt=s.get("shared_prompt", True), mixed_precision=s.get("precision", "no"))
+                  shared_prompt=s.get("shared_prompt", True), varlen=s.get("varlen", True),
+                  mixed_precision=s.get("precision", "no"))
     if s["method"] == "dpo":
         common["reference"] = s["reference"]
     run, cls = {"sft": (run_sft, SFTConfig), "rm": (run_reward, RewardConfig), "dpo": (run_dpo, DPOConfig)}[s["method"]]

@@ -211,8 +211,8 @@ def _curve(out) -> list[float]:
 
 @pytest.mark.parametrize("method", ["sft", "rm", "dpo", "coh"])
 def test_training_curve_same_with_and_without_packing(method, tiny_model, pair_files, sft_files, tmp_path):
-    """Four optimizer steps on a fixed seed: packed (shared prompt or not) and padded runs give the same loss
-    curve, and the packed batches are really packed."""
+    """Four optimizer steps on a fixed seed: packed (shared prompt or not; flat with attention per sequence, or
+    in rows with the block mask) and padded runs give the same loss curve."""
     from alignkit import CoHConfig, DPOConfig, RewardConfig, SFTConfig, run_coh, run_dpo, run_reward, run_sft
 
     run, cls = {"sft": (run_sft, SFTConfig), "rm": (run_reward, RewardConfig), "dpo": (run_dpo, DPOConfig),
@@ -220,7 +220,8 @@ def test_training_curve_same_with_and_without_packing(method, tiny_model, pair_f
     data = sft_files[0] if method == "sft" else pair_files[0]
     curves = {}
     for name, kw in {"padded": dict(packing=False), "packed": dict(packing=True, pack_tokens=256),
-                     "separate": dict(packing=True, shared_prompt=False)}.items():
+                     "separate": dict(packing=True, shared_prompt=False),
+                     "masked": dict(packing=True, pack_tokens=256, varlen=False)}.items():
         if method in ("sft", "coh") and name == "separate":
             continue
         out = tmp_path / name

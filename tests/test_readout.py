@@ -13,6 +13,7 @@ import torch
 from alignkit.data.collate import collate_pairs, pack_pairs, pad_rows
 from alignkit.models import readout
 from alignkit.models.load import apply_lora, unwrap
+from alignkit.models.varlen import varlen_supported
 from alignkit.train.reward import batch_scores, pair_step
 
 PAD = 0
@@ -42,6 +43,9 @@ LAYOUTS = {
     "packed-shared": lambda: pack_pairs(ITEMS, PAD, pack_tokens=1000, shared_prompt=True),
     "packed-separate": lambda: pack_pairs(ITEMS, PAD, pack_tokens=0, shared_prompt=False),
     "packed-rows": lambda: pack_pairs(ITEMS, PAD, pack_tokens=24, shared_prompt=True),  # several rows, reads per row
+    # the same packed batches computed in their rows with the block mask instead of flat (models.varlen)
+    "packed-shared-masked": lambda: pack_pairs(ITEMS, PAD, pack_tokens=1000, shared_prompt=True, varlen=False),
+    "packed-rows-masked": lambda: pack_pairs(ITEMS, PAD, pack_tokens=24, shared_prompt=True, varlen=False),
 }
 
 
@@ -119,6 +123,12 @@ def n_sequences(batch) -> int:
     return batch["last_index"].shape[0] if "segment" in batch else batch["input_ids"].shape[0]
 
 
+def n_computed(model, batch) -> int:
+    """Positions a full forward computes: the real tokens of a packed batch run flat, else the whole batch."""
+    flat = "segment" in batch and batch["varlen"] and varlen_supported(model)
+    return int(batch["attention_mask"].sum()) if flat else batch["input_ids"].numel()
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
 @pytest.mark.parametrize("arch", ["gpt2", "llama", "llama-bias", "mistral", "qwen2"])
@@ -129,7 +139,7 @@ def test_scores_match_the_full_backbone(arch, impl, layout):
     with torch.no_grad():
         fast, full, (fast_rows, full_rows) = both_paths(model, lambda: batch_scores(model, batch))
     assert fast_rows == [n_sequences(batch)]  # the fast path was taken: the last MLP saw only the positions read
-    assert full_rows == [batch["input_ids"].numel()]
+    assert full_rows == [n_computed(model, batch)]
     torch.testing.assert_close(fast, full, atol=1e-5, rtol=1e-5)
 
 

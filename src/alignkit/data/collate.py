@@ -79,10 +79,11 @@ def collate_rankings(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
 Segment = tuple[list[int], list[int], int | None, int | None]  # ids, scored mask, parent (index in unit), sequence
 
 
-def pack_units(units: list[list[Segment]], pad_id: int, *, pack_tokens: int) -> dict[str, torch.Tensor]:
+def pack_units(units: list[list[Segment]], pad_id: int, *, pack_tokens: int, varlen: bool = True) -> dict[str, torch.Tensor]:
     """Pack units (lists of segments that stay together in one row) into rows of at most `pack_tokens` tokens
     (or the longest unit, if longer; so 0 means rows as long as the longest unit), first-fit by decreasing
-    length."""
+    length. `varlen` (kept in the batch) lets a model that can compute the real tokens in one flat row with
+    attention per sequence do so (`models.varlen`); otherwise the rows and their block mask are computed."""
     sizes = [sum(len(s[0]) for s in u) for u in units]
     cap = max([pack_tokens, *sizes])
     rows: list[list[int]] = []  # unit indices per row
@@ -141,13 +142,14 @@ def pack_units(units: list[list[Segment]], pad_id: int, *, pack_tokens: int) -> 
         "score_seq": torch.tensor(score_seq, dtype=torch.long),
         "last_index": torch.tensor([last[s] for s in sorted(last)], dtype=torch.long),
         "response_tokens": torch.tensor([resp[s] for s in sorted(resp)], dtype=torch.long),
+        "varlen": varlen,
     }
 
 
-def pack_sft(items: list[dict], pad_id: int, *, pack_tokens: int) -> dict[str, torch.Tensor]:
+def pack_sft(items: list[dict], pad_id: int, *, pack_tokens: int, varlen: bool = True) -> dict[str, torch.Tensor]:
     """SFT items packed padding-free (see `pack_units`); one sequence per item."""
     return pack_units([[(it["input_ids"], it["response_mask"], None, i)] for i, it in enumerate(items)], pad_id,
-                      pack_tokens=pack_tokens)
+                      pack_tokens=pack_tokens, varlen=varlen)
 
 
 def _prompt_units(prompt: list[int], responses: list[tuple[list[int], int]], shared: bool) -> list[list[Segment]]:
@@ -158,7 +160,8 @@ def _prompt_units(prompt: list[int], responses: list[tuple[list[int], int]], sha
     return [[(prompt + r, [0] * len(prompt) + [1] * len(r), None, seq)] for r, seq in responses]
 
 
-def pack_rankings(items: list[dict], pad_id: int, *, pack_tokens: int, shared_prompt: bool = True) -> dict[str, torch.Tensor]:
+def pack_rankings(items: list[dict], pad_id: int, *, pack_tokens: int, shared_prompt: bool = True,
+                  varlen: bool = True) -> dict[str, torch.Tensor]:
     """Rankings packed padding-free, with the same `rank_index` grid as `collate_rankings`; with `shared_prompt`
     the prompt is laid out once for all of an item's responses."""
     units: list[list[Segment]] = []
@@ -169,12 +172,13 @@ def pack_rankings(items: list[dict], pad_id: int, *, pack_tokens: int, shared_pr
         index.append(list(range(seq, seq + len(rs))) + [-1] * (kmax - len(rs)))
         units += _prompt_units(it["prompt"], [(r, seq + j) for j, r in enumerate(rs)], shared_prompt)
         seq += len(rs)
-    batch = pack_units(units, pad_id, pack_tokens=pack_tokens)
+    batch = pack_units(units, pad_id, pack_tokens=pack_tokens, varlen=varlen)
     batch["rank_index"] = torch.tensor(index, dtype=torch.long)
     return batch
 
 
-def pack_pairs(items: list[dict], pad_id: int, *, pack_tokens: int, shared_prompt: bool = True) -> dict[str, torch.Tensor]:
+def pack_pairs(items: list[dict], pad_id: int, *, pack_tokens: int, shared_prompt: bool = True,
+               varlen: bool = True) -> dict[str, torch.Tensor]:
     """Pairs packed padding-free: sequence i is item i's chosen response, sequence B + i its rejected one. With
     `shared_prompt` the prompt is laid out once and both responses see it; otherwise each response is a full
     prompt + response sequence of its own. Carries the same per-pair fields as `collate_pairs`."""
@@ -182,6 +186,6 @@ def pack_pairs(items: list[dict], pad_id: int, *, pack_tokens: int, shared_promp
     units: list[list[Segment]] = []
     for i, it in enumerate(items):
         units += _prompt_units(it["prompt"], [(it["chosen"], i), (it["rejected"], b + i)], shared_prompt)
-    batch = pack_units(units, pad_id, pack_tokens=pack_tokens)
+    batch = pack_units(units, pad_id, pack_tokens=pack_tokens, varlen=varlen)
     batch.update(_pair_fields(items))
     return batch

@@ -20,6 +20,7 @@ from torch.utils.checkpoint import checkpoint
 from alignkit.losses import token_entropy, token_logprobs
 from alignkit.models.load import sharded, unwrap
 from alignkit.models.readout import hidden_at
+from alignkit.models.varlen import flat_inputs, varlen_hidden, varlen_supported
 
 HEAD_CHUNK = 512  # scored positions per chunk of the LM head: 512 x 49k float32 logits = 100 MB for SmolLM2
 
@@ -179,14 +180,20 @@ def _packed_inputs(model, batch: dict) -> dict:
     return dict(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"])
 
 
+def _use_varlen(model, batch: dict) -> bool:
+    """Whether a packed batch runs flat with attention per sequence (`models.varlen`) rather than in its rows."""
+    return bool(batch.get("varlen")) and varlen_supported(model)
+
+
 def _packed_forward(model, batch: dict):
     """Last hidden states (flattened to (R*L, H)) of a packed batch and the LM head to apply, or with a model that
     needs its own forward, its flattened logits and None."""
-    args = dict(_packed_inputs(model, batch), use_cache=False)
     if _needs_full_forward(model):
-        return model(**args).logits.flatten(0, 1), None
+        return model(**_packed_inputs(model, batch), use_cache=False).logits.flatten(0, 1), None
     base = unwrap(model)
-    hidden = getattr(base, base.base_model_prefix)(**args).last_hidden_state
+    if _use_varlen(model, batch):
+        return varlen_hidden(model, batch), base.get_output_embeddings()
+    hidden = getattr(base, base.base_model_prefix)(**_packed_inputs(model, batch), use_cache=False).last_hidden_state
     return hidden.flatten(0, 1), base.get_output_embeddings()
 
 
@@ -206,7 +213,13 @@ def packed_sequence_logprobs(model, batch: dict, *, return_tokens: bool = False)
 
 def packed_reward_scores(model, batch: dict) -> torch.Tensor:
     """`reward_scores` of a packed batch: the scalar head read at each sequence's last token, (S,)."""
-    last = hidden_at(model, **_packed_inputs(model, batch), index=batch["last_index"])
+    if _use_varlen(model, batch):
+        with flat_inputs(model, batch) as (args, keep):
+            real = torch.full((batch["input_ids"].numel(),), -1, dtype=torch.long, device=keep.device)
+            real[keep] = torch.arange(keep.shape[0], device=keep.device)
+            last = hidden_at(model, **args, index=real[batch["last_index"]])
+    else:
+        last = hidden_at(model, **_packed_inputs(model, batch), index=batch["last_index"])
     return unwrap(model).score(last).squeeze(-1).float()
 
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.models.load import sharded, unwrap
+from alignkit.models.varlen import VARLEN, view_keys
 
 ENABLED = True  # False: every read runs the full backbone (see `full_backbone`)
 
@@ -39,13 +40,15 @@ def full_backbone():
         ENABLED = old
 
 
-def hidden_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-              index: torch.Tensor) -> torch.Tensor:
+def hidden_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, position_ids: torch.Tensor,
+              index: torch.Tensor, **kwargs) -> torch.Tensor:
     """Final (normed) hidden states (N, H) of the backbone of `model` (peft-wrapped or not) at the flat positions
-    `index` (N,) into (B * L). `attention_mask` is what the backbone takes: a 2D padding mask or a 4D mask."""
+    `index` (N,) into (B * L). `attention_mask` is what the backbone takes: a 2D padding mask or a 4D mask; or
+    None with the views of a flat packed row in `alignkit_views` (`models.varlen.flat_inputs`)."""
     base = unwrap(model)
     backbone = getattr(base, base.base_model_prefix)
-    args = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    args = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+                **kwargs)
     if not ENABLED or index.numel() == 0 or unsupported(model) is not None:
         return backbone(**args).last_hidden_state.flatten(0, 1)[index]
     layer = _layers(backbone)[-1]
@@ -66,7 +69,7 @@ def unsupported(model) -> str | None:
     if family is None:
         return f"{type(backbone).__name__}: no hand-written last layer"
     impl = getattr(cfg, "_attn_implementation", None) or "eager"
-    if impl not in ("sdpa", "eager"):
+    if impl not in ("sdpa", "eager", VARLEN):
         return f"attention implementation {impl!r}"
     layer = _layers(backbone)[-1]
     attn = layer.attn if family == "gpt2" else layer.self_attn
@@ -188,24 +191,36 @@ def _last_layer_at(backbone, layer, inputs: dict, index: torch.Tensor) -> torch.
             k, v = (t.repeat_interleave(attn.num_key_value_groups, dim=1) for t in (k, v))
         out_proj, scaling = attn.o_proj, attn.scaling
 
+    views = inputs.get("kwargs", {}).get("alignkit_views")
+    if views is not None:  # a flat packed row (b == 1): each read attends to its own view up to itself
+        keys, seen = view_keys(views, col)
+        kg, vg = (t[0][:, keys].transpose(0, 1) for t in (k, v))  # (N, heads, L, d)
+        o = F.scaled_dot_product_attention(q[:, :, None], kg, vg, attn_mask=seen[:, None, None], scale=scaling)
+        o = o.reshape(index.shape[0], -1)
+    else:
+        o = _row_attention(q, k, v, mask, row, col, b, n, scaling)
+    y = x[row, col] + out_proj(o)
+    y = y + layer.mlp(norm2(y))
+    return final_norm(y)
+
+
+def _row_attention(q, k, v, mask, row, col, b: int, n: int, scaling: float) -> torch.Tensor:
+    """Attention (N, heads * d) of the reads at (row, col) over their rows' keys and values (B, heads, L, d)."""
     # the reads of each row are its queries (padded to the row with the most reads; padding attends everywhere)
     slot, width = _slots(row, b)
-    heads = q.shape[1]
+    heads, d = q.shape[1], q.shape[-1]
     qp = q.new_zeros(b, width, heads, d).index_put((row, slot), q).transpose(1, 2)  # (B, heads, Q, d)
     if mask is None:  # sdpa with a plain causal mask
-        rows_mask = (torch.arange(n, device=x.device) <= col[:, None])[:, None]  # (N, 1, L)
+        rows_mask = (torch.arange(n, device=q.device) <= col[:, None])[:, None]  # (N, 1, L)
     else:
         rows_mask = mask.expand(b, -1, -1, -1)[row, :, col]  # (N, mask heads, L)
     if rows_mask.dtype != torch.bool:
         rows_mask = rows_mask.to(qp.dtype)  # additive (eager attention)
     fill = torch.ones if rows_mask.dtype == torch.bool else torch.zeros
-    mp = fill(b, width, *rows_mask.shape[1:], dtype=rows_mask.dtype, device=x.device)
+    mp = fill(b, width, *rows_mask.shape[1:], dtype=rows_mask.dtype, device=q.device)
     mp = mp.index_put((row, slot), rows_mask).transpose(1, 2)  # (B, mask heads, Q, L)
     o = F.scaled_dot_product_attention(qp, k, v, attn_mask=mp, scale=scaling)
-    o = o.transpose(1, 2)[row, slot].reshape(index.shape[0], heads * d)
-    y = x[row, col] + out_proj(o)
-    y = y + layer.mlp(norm2(y))
-    return final_norm(y)
+    return o.transpose(1, 2)[row, slot].reshape(row.shape[0], heads * d)
 
 
 def _conv1d():

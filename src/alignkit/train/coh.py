@@ -57,7 +57,7 @@ def encode_coh(enc: Encoder, pair, cfg: CoHConfig) -> dict:
     return {"rows": rows, "sft": sft}
 
 
-def make_collate(pad_id: int, pack_tokens: int | None = None):
+def make_collate(pad_id: int, pack_tokens: int | None = None, varlen: bool = True):
     """Batches of the CoH rows of every item, then their SFT rows; padded, or packed when `pack_tokens` is
     given (`data.collate.pack_units`)."""
     def collate(items):
@@ -66,7 +66,7 @@ def make_collate(pad_id: int, pack_tokens: int | None = None):
         rows += [it["sft"] for it in items if it["sft"] is not None]
         if pack_tokens is not None:
             batch = pack_units([[(ids, mask, None, i)] for i, (ids, mask) in enumerate(rows)], pad_id,
-                               pack_tokens=pack_tokens)
+                               pack_tokens=pack_tokens, varlen=varlen)
         else:
             batch = pad_rows(rows, pad_id)
             batch["labels"] = batch["input_ids"].masked_fill(batch["response_mask"] == 0, -100)
@@ -133,7 +133,7 @@ def build_coh(cfg: CoHConfig) -> Task:
             say("packing off: --attention-drop needs padded batches")
     elif use_packing(cfg, model):
         pack = cfg.pack_tokens
-    return Task("coh", model, train_items, eval_items, make_collate(tok.pad_token_id, pack), make_coh_step(cfg), save,
+    return Task("coh", model, train_items, eval_items, make_collate(tok.pad_token_id, pack, cfg.varlen), make_coh_step(cfg), save,
                 info)
 
 

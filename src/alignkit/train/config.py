@@ -86,6 +86,9 @@ class TrainConfig(RunConfig):
                              "least attention work on CPU; larger rows suit GPUs)")
     shared_prompt: bool = Field(True, description="with packing, lay a pair's (or ranking's) prompt out once for all "
                                 "its responses")
+    varlen: bool = Field(True, description="with packing, compute the real tokens in one flat row with attention per "
+                         "sequence (GPT-2 and Llama-family models: no padding, no masked-out attention); off: packed "
+                         "rows with a block-diagonal mask")
 
 
 class SFTConfig(TrainConfig):

@@ -16,6 +16,7 @@ from contextlib import nullcontext
 from functools import partial
 
 import torch
+from accelerate.utils import send_to_device
 
 from alignkit.data.collate import collate_pairs, pack_pairs
 from alignkit.losses import implicit_rewards, preference_loss
@@ -124,7 +125,7 @@ def precompute_reference(reference, items: list[dict], collate, batch_size: int,
     with torch.inference_mode(), ctx():
         for i in tqdm(starts, desc="reference log-probs", leave=False, disable=not (progress and state.is_main_process)):
             batch = collate(items[i : i + batch_size])
-            batch = {k: v.to(dev) for k, v in batch.items()}
+            batch = send_to_device(batch, dev)
             c, r = pair_logprobs(reference, batch)
             done += zip(range(i, i + len(c)), c.float().tolist(), r.float().tolist(), strict=True)
     reference.train(was_training)
@@ -161,7 +162,8 @@ def build_dpo(cfg: DPOConfig) -> Task:
         reference.requires_grad_(False)
         reference.eval()
     if use_packing(cfg, model, *([reference] if reference is not None else [])):
-        collate = partial(pack_pairs, pad_id=tok.pad_token_id, pack_tokens=cfg.pack_tokens, shared_prompt=cfg.shared_prompt)
+        collate = partial(pack_pairs, pad_id=tok.pad_token_id, pack_tokens=cfg.pack_tokens, shared_prompt=cfg.shared_prompt,
+                          varlen=cfg.varlen)
     else:
         collate = partial(collate_pairs, pad_id=tok.pad_token_id)
     if cfg.reference == "precomputed":

@@ -6,6 +6,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from accelerate.utils import send_to_device
 
 from alignkit.data.collate import collate_pairs, collate_rankings, pack_pairs, pack_rankings
 from alignkit.losses import bradley_terry_loss, ranking_loss
@@ -77,7 +78,7 @@ def normalizer(items: list[dict], collate, batch_size: int, limit: int):
         scores = []
         with torch.inference_mode():
             for i in range(0, len(chosen), batch_size):
-                b = {k: v.to(dev) for k, v in collate(chosen[i : i + batch_size]).items()}
+                b = send_to_device(collate(chosen[i : i + batch_size]), dev)
                 scores.append(batch_scores(model, b))
         offset = float(torch.cat(scores).mean())
         unwrap(model).config.update({OFFSET_KEY: offset})
@@ -98,7 +99,7 @@ def build_reward(cfg: RewardConfig) -> Task:
     model, tok = policy_and_tokenizer(cfg, reward=True)
     unwrap(model).config.pad_token_id = tok.pad_token_id
     enc = make_encoder(cfg, tok)
-    pack = dict(pack_tokens=cfg.pack_tokens, shared_prompt=cfg.shared_prompt) if use_packing(cfg, model) else None
+    pack = dict(pack_tokens=cfg.pack_tokens, shared_prompt=cfg.shared_prompt, varlen=cfg.varlen) if use_packing(cfg, model) else None
     if rankings:
         def item(r):
             return enc.encode_responses(r.prompt, r.responses)

@@ -49,7 +49,7 @@ def build_sft(cfg: SFTConfig) -> Task:
     eval_items = encode_all(eval_recs, item, "eval", cfg.progress)
     info["truncation"] = dict(enc.counts)
     if use_packing(cfg, model):
-        collate = partial(pack_sft, pad_id=tok.pad_token_id, pack_tokens=cfg.pack_tokens)
+        collate = partial(pack_sft, pad_id=tok.pad_token_id, pack_tokens=cfg.pack_tokens, varlen=cfg.varlen)
     else:
         collate = partial(collate_sft, pad_id=tok.pad_token_id)
     return Task("sft", model, train_items, eval_items, collate, sft_step, saver(tok), info)
