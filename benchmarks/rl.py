@@ -52,6 +52,9 @@ SETTINGS = {
     # of up to 32 tokens per step, one update of 32 sequences per step, 16 steps, lr 1e-5, no evaluation
     "tiny-gpt2-rloo": dict(method="rloo", model="tiny-gpt2", batch_size=8, k=4, mini_batch_size=32, max_new_tokens=32,
                            steps=16, lr=1e-5, eval_samples=0),
+    # the same with padded scoring and training (--no-packing)
+    "tiny-gpt2-rloo-padded": dict(method="rloo", model="tiny-gpt2", batch_size=8, k=4, mini_batch_size=32,
+                                  max_new_tokens=32, steps=16, lr=1e-5, eval_samples=0, packing=False),
     "smollm2-ppo": dict(method="ppo", model="smollm2-135m-instruct", batch_size=8, mini_batch_size=8,
                         max_new_tokens=32, steps=4, lr=2e-4, lora=True, reference="lora-disabled"),
     "smollm2-rloo": dict(method="rloo", model="smollm2-135m-instruct", batch_size=4, k=4, mini_batch_size=8,
@@ -101,7 +104,7 @@ def run_setting(name: str) -> dict:
                   mini_batch_size=s["mini_batch_size"], max_new_tokens=s["max_new_tokens"], learning_rate=s["lr"],
                   beta=0.05, lora=s.get("lora", False), reference=s.get("reference", "copy"), progress=False,
                   eval_samples=s.get("eval_samples", 32), eval_fraction=0.0 if s.get("eval_samples") == 0 else 0.1, max_length=256,
-                  max_prompt_length=96)
+                  max_prompt_length=96, packing=s.get("packing", True))
     peak = matmul_peak_gflops()
     t0 = time.perf_counter()
     if s["method"] == "ppo":

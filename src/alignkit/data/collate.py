@@ -189,3 +189,17 @@ def pack_pairs(items: list[dict], pad_id: int, *, pack_tokens: int, shared_promp
     batch = pack_units(units, pad_id, pack_tokens=pack_tokens, varlen=varlen)
     batch.update(_pair_fields(items))
     return batch
+
+
+def pack_responses(prompts: list[list[int]], responses: list[list[int]], pad_id: int, *,
+                   varlen: bool = True) -> dict[str, torch.Tensor]:
+    """Sampled responses packed padding-free: sequence i is `prompts[i] + responses[i]` with the response scored;
+    rows with the same prompt (the k samples of a prompt in RLOO) share one copy of it. Prompts must be non-empty
+    (a response's first token is predicted from its prompt's last)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(tuple(p), []).append(i)
+    units: list[list[Segment]] = []
+    for p, rows in groups.items():
+        units += _prompt_units(list(p), [(responses[i], i) for i in rows], True)
+    return pack_units(units, pad_id, pack_tokens=0, varlen=varlen)

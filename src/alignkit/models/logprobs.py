@@ -197,15 +197,16 @@ def _packed_forward(model, batch: dict):
     return hidden.flatten(0, 1), base.get_output_embeddings()
 
 
-def packed_sequence_logprobs(model, batch: dict, *, return_tokens: bool = False):
+def packed_sequence_logprobs(model, batch: dict, *, return_tokens: bool = False, temperature: float = 1.0):
     """`sequence_logprobs` of a packed batch: summed response log-probs per sequence (S,), and with
     `return_tokens=True` also the scored tokens' log-probs (N,) in `score_index` order."""
     out, head = _packed_forward(model, batch)
     where, labels = batch["score_index"], batch["score_label"]
     if head is None:
-        tok = token_logprobs(out[where][None], labels[None])[0]
+        logits = out[where][None]
+        tok = token_logprobs(logits / temperature if temperature != 1.0 else logits, labels[None])[0]
     else:
-        tok = head_logprobs(out[where][None], head, labels[None])[0]
+        tok = head_logprobs(out[where][None], head, labels[None], temperature=temperature)[0]
     n_seqs = batch["last_index"].shape[0]
     seq = torch.zeros(n_seqs, dtype=tok.dtype, device=tok.device).index_add(0, batch["score_seq"], tok)
     return (seq, tok) if return_tokens else seq

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 import torch
 
+from alignkit.data.collate import pack_responses
 from alignkit.errors import AlignkitError
 from alignkit.losses import kl_k1, kl_k3, masked_mean
-from alignkit.models.logprobs import response_logprobs
+from alignkit.models.logprobs import packed_sequence_logprobs, response_logprobs
+from alignkit.models.varlen import varlen_supported
 from alignkit.rollout.engine import (
     HFBackend,
     Rollout,
@@ -23,6 +25,30 @@ from alignkit.rollout.engine import (
 from alignkit.rollout.rewards import reward_source
 from alignkit.train.common import load_split, make_encoder, policy_and_tokenizer, say
 from alignkit.train.config import RLConfig
+
+
+def pack_rollout(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
+                 response_mask: torch.Tensor, pad_id: int) -> dict | None:
+    """Rollout rows (left-padded prompts, right-padded responses) packed padding-free with each distinct prompt laid
+    out once (`data.collate.pack_responses`), on the rollout's device; None when a row has an empty prompt or
+    response (left to the padded path)."""
+    lengths = response_mask.sum(-1).tolist()
+    prompt_mask = attention_mask[:, :prompt_width].bool()
+    prompts = [ids[m].tolist() for ids, m in zip(input_ids[:, :prompt_width].cpu(), prompt_mask.cpu(), strict=True)]
+    if not all(prompts) or not all(lengths):
+        return None
+    responses = [row[:n] for row, n in zip(input_ids[:, prompt_width:].tolist(), lengths, strict=True)]
+    batch = pack_responses(prompts, responses, pad_id)
+    return {k: v.to(input_ids.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def packed_token_logprobs(model, batch: dict, response_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-token response log-probs (rows, T) of a `pack_rollout` batch, zero past each response."""
+    _, tok = packed_sequence_logprobs(model, batch, return_tokens=True, temperature=temperature)
+    out = torch.zeros(response_mask.shape, dtype=tok.dtype, device=tok.device)
+    # a sequence's scored tokens come in order: sorted by sequence they fill the rows' response masks row by row
+    out[response_mask.bool()] = tok[torch.argsort(batch["score_seq"], stable=True)]
+    return out
 
 
 def load_prompt_split(cfg: RLConfig) -> tuple[list, list, dict]:
@@ -81,6 +107,10 @@ class Sampler:
                                    eos_id=self.tok.eos_token_id, generator=generator)
 
         def score(model, entropy: bool = False):  # row chunks of at most `score_tokens` padded tokens
+            if not entropy and cfg.packing and varlen_supported(model):
+                packed = self.packed_score(model, ro)
+                if packed is not None:
+                    return packed
             return score_in_chunks(lambda *a: response_logprobs(model, *a, temperature=cfg.temperature,
                                                                 entropy=entropy), ro, cfg.score_tokens)
 
@@ -120,6 +150,31 @@ class Sampler:
             "gen_tokens_per_s": n_tokens / max(ro.seconds, 1e-9),
         }
         return Scored(ro, prompts, texts, scores, logp, ref_logp, entropy, metrics)
+
+
+    def packed_score(self, model, ro: Rollout) -> torch.Tensor | None:
+        """Per-token log-probs (B, T) of the rollout's responses under `model`, packed (`pack_rollout`) in chunks
+        of whole prompt groups of at most `score_tokens` real tokens; None when the rollout cannot be packed."""
+        rows = ro.input_ids.shape[0]
+        total = ro.attention_mask.sum(-1).tolist()
+        chunks, cur, size, prev = [], [], 0, None
+        for i in range(rows):  # rows of one prompt are kept together (they share its copy)
+            same = prev is not None and torch.equal(ro.input_ids[i, : ro.prompt_width], ro.input_ids[prev, : ro.prompt_width])
+            if cur and not same and size + total[i] > self.cfg.score_tokens:
+                chunks.append(cur)
+                cur, size = [], 0
+            cur.append(i)
+            size, prev = size + total[i], i
+        chunks.append(cur)
+        out = torch.zeros(ro.response_mask.shape, dtype=torch.float32, device=ro.input_ids.device)
+        for idx in chunks:
+            idx = torch.tensor(idx, device=ro.input_ids.device)
+            batch = pack_rollout(ro.input_ids[idx], ro.attention_mask[idx], ro.prompt_width, ro.response_mask[idx],
+                                 self.tok.pad_token_id)
+            if batch is None:
+                return None
+            out[idx] = packed_token_logprobs(model, batch, ro.response_mask[idx], self.cfg.temperature)
+        return out
 
 
 def make_reference(cfg: RLConfig, policy):

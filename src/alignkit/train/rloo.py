@@ -5,11 +5,12 @@ A_i = R_i − mean_{j≠i} R_j, loss −A_i·logπ(y_i), clipped when a batch is
 from __future__ import annotations
 
 from alignkit.losses import rloo_advantages, rloo_loss
-from alignkit.models.logprobs import response_logprobs
+from alignkit.models.logprobs import packed_sequence_logprobs, response_logprobs
+from alignkit.models.varlen import varlen_supported
 from alignkit.train.common import saver
 from alignkit.train.config import RLOOConfig
 from alignkit.train.loop import Task, TrainResult, train
-from alignkit.train.online import collate_prompts, make_eval, setup_online
+from alignkit.train.online import collate_prompts, make_eval, pack_rollout, setup_online
 from alignkit.train.ppo import minibatches
 
 
@@ -34,10 +35,17 @@ def build_rloo(cfg: RLOOConfig) -> Task:
         metrics = {**s.metrics, "beta": cfg.beta, "rloo_reward": float(rewards.mean())}
         return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, {"prompt_width": ro.prompt_width}, gen), metrics
 
+    pack = cfg.packing and varlen_supported(policy)
+
     def loss(model, mb):
-        logp = response_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["prompt_width"],
-                                 mb["response_mask"], temperature=cfg.temperature)
-        seq = (logp * mb["response_mask"]).sum(-1)
+        packed = pack_rollout(mb["input_ids"], mb["attention_mask"], mb["prompt_width"], mb["response_mask"],
+                              tok.pad_token_id) if pack else None
+        if packed is not None:  # the minibatch's samples of one prompt share its copy
+            seq = packed_sequence_logprobs(model, packed, temperature=cfg.temperature)
+        else:
+            logp = response_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["prompt_width"],
+                                     mb["response_mask"], temperature=cfg.temperature)
+            seq = (logp * mb["response_mask"]).sum(-1)
         # clipped ratio: after the first update of a batch the samples are slightly off-policy; at ratio 1
         # the gradient is exactly REINFORCE with the leave-one-out baseline
         value, stats = rloo_loss(seq, mb["old_seq_logp"], mb["advantages"], cfg.cliprange)
