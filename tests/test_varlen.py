@@ -11,16 +11,7 @@ from alignkit.data.collate import pack_pairs, pack_units
 from alignkit.losses import preference_loss
 from alignkit.models.logprobs import packed_attention_mask, packed_sequence_logprobs
 from alignkit.models.varlen import VARLEN, packed_views, varlen_hidden, varlen_supported
-
-PAD = 0
-ITEMS = [  # as in test_packing: prompts and responses of different lengths, the last prompt empty
-    {"prompt": [5, 17, 30, 44, 51], "chosen": [60, 71, 82], "rejected": [61, 62], "label": 1.0},
-    {"prompt": [9, 13], "chosen": [100, 101, 102, 103, 104, 105, 106], "rejected": [7, 8, 9, 10], "label": 0.8},
-    {"prompt": [21, 22, 23, 24, 25, 26, 27, 28], "chosen": [40], "rejected": [41, 42, 43, 44, 45, 46], "label": 0.6},
-    {"prompt": [], "chosen": [70, 71, 72], "rejected": [73, 74], "label": 1.0},
-]
-LAYOUTS = [dict(pack_tokens=0, shared_prompt=True), dict(pack_tokens=0, shared_prompt=False),
-           dict(pack_tokens=24, shared_prompt=True), dict(pack_tokens=1000, shared_prompt=False)]
+from test_packing import ITEMS, LAYOUTS, PAD  # prompts and responses of different lengths, one prompt empty
 
 
 def test_packed_views_by_hand():
