@@ -66,7 +66,8 @@ def varlen_supported(model) -> bool:
         checkpointed = getattr(base, "is_gradient_checkpointing", False)
     if getattr(cfg, "sliding_window", None) or checkpointed:
         return False
-    return hasattr(base, base.base_model_prefix)
+    prefix = getattr(base, "base_model_prefix", None)  # a wrapper that only looks like a transformers model: no
+    return bool(prefix) and hasattr(base, prefix)
 
 
 def packed_views(segment: torch.Tensor, parent: torch.Tensor):
