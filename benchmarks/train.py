@@ -9,7 +9,8 @@ Settings (names: <model>-<method>[-variant]):
   have 4-120 words (`common.make_pairs`); batch 8 (pairs, or demonstrations = prompt + chosen for SFT); one
   epoch. DPO with the reference log-probs precomputed (default) or run live (`-live`); `-padded` turns
   packing off (each batch padded to its longest sequence), `-separate` packs without the shared prompt,
-  `-masked` computes the packed rows with their block-diagonal mask instead of flat (`--no-varlen`).
+  `-masked` computes the packed rows with their block-diagonal mask instead of flat (`--no-varlen`),
+  `tiny-rm-no-offset` skips the pass that stores the reward model's mean-zero offset (TRL has none).
 - smollm2-*: SmolLM2-135M-Instruct (built in), 64 pairs of up to 128 tokens, batch 8, 8 optimizer steps;
   full fine-tuning or LoRA r=16 on all linear layers (`-lora`, reference = the adapter switched off, live).
 Reported: examples/s of the training loop (median over steps, the first two left out when there are more than
@@ -52,6 +53,8 @@ SETTINGS = {
     # packed rows with a block-diagonal mask instead of one flat row with attention per sequence (--no-varlen)
     "tiny-dpo-live-masked": dict(TINY, method="dpo", reference="copy", varlen=False),
     "tiny-rm-masked": dict(TINY, method="rm", varlen=False),
+    # the work TRL's RewardTrainer does: no pass storing the mean-zero reward offset afterwards (--no-normalize)
+    "tiny-rm-no-offset": dict(TINY, method="rm", normalize=False),
     "tiny-sft-masked": dict(TINY, method="sft", varlen=False),
     # bf16 autocast (`--mixed-precision bf16`; on CPUs with AMX/AVX512-BF16 its matmuls run several times faster);
     # MFU against the bf16 matmul peak; compare with trl_peer.py's -bf16 settings, not with the float32 ones
@@ -102,6 +105,8 @@ def run_setting(name: str) -> dict:
                   mixed_precision=s.get("precision", "no"))
     if s["method"] == "dpo":
         common["reference"] = s["reference"]
+    if s["method"] == "rm":
+        common["normalize"] = s.get("normalize", True)
     run, cls = {"sft": (run_sft, SFTConfig), "rm": (run_reward, RewardConfig), "dpo": (run_dpo, DPOConfig)}[s["method"]]
     cfg = cls(**common)
     peak = matmul_peak_gflops(dtype="bfloat16" if s.get("precision") == "bf16" else "float32")
