@@ -64,6 +64,7 @@ SETTINGS = {
     "smollm2-rm": dict(SMOL, method="rm"),
     "smollm2-dpo": dict(SMOL, method="dpo", reference="precomputed"),
     "smollm2-dpo-padded": dict(SMOL, method="dpo", reference="precomputed", packing=False),
+    "smollm2-dpo-masked": dict(SMOL, method="dpo", reference="precomputed", varlen=False),
     "smollm2-dpo-lora": dict(SMOL, method="dpo", reference="lora-disabled", lora=True),
     "smollm2-dpo-bf16": dict(SMOL, method="dpo", reference="precomputed", precision="bf16"),
 }
