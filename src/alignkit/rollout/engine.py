@@ -96,6 +96,19 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
     return logits
 
 
+def sample_categorical(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One index per row of `probs` (B, V), drawn with probability probs / row sum, by inverse CDF: one uniform
+    number per row against the running sum. `torch.multinomial` draws an exponential number per vocabulary entry
+    instead: 1.2 ms for 32 x 2k and 28 ms for 32 x 49k (SmolLM2) on these cores, against 0.04 and 0.6 ms here.
+    Entries of probability 0 are never drawn."""
+    cdf = probs.float().cumsum(-1)
+    total = cdf[:, -1:]
+    # below the total even when rounding would lift u * total onto it, so the draw lands on a non-zero entry
+    u = torch.minimum(torch.rand(probs.shape[0], 1, generator=generator, device=probs.device) * total,
+                      torch.nextafter(total, torch.zeros_like(total)))
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1)
+
+
 class ReservedLayer(DynamicLayer):
     """A full-attention KV-cache layer whose keys and values live in buffers with room for `capacity` positions:
     appending writes in place, where `DynamicLayer` copies the whole cache (`torch.cat`) at every token. It
@@ -208,7 +221,7 @@ class HFBackend:
                 tok = scaled.argmax(-1)
             else:
                 probs = torch.softmax(filter_logits(scaled, params.top_k, params.top_p), dim=-1)
-                tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+                tok = sample_categorical(probs, generator)
             live = ~done
             tok = torch.where(live, tok, torch.full_like(tok, pad_id))
             tokens[rows, t] = tok
