@@ -10,8 +10,9 @@ shared prompt from the view of its first response), so every token is computed o
 mask lets it see. The attention runs through transformers' attention interface: the model's config names
 `VARLEN` for the duration of the forward pass, and the views travel as a keyword argument to every layer.
 
-Supported: GPT-2 and Llama-family models with sdpa or eager attention, not under gradient checkpointing (its
-recomputation in the backward pass would run after the attention was switched back)."""
+Supported: GPT-2, Llama, Mistral and Qwen2 models (`MODEL_TYPES`) with sdpa or eager attention and no sliding
+window, not under gradient checkpointing (its recomputation in the backward pass would run after the attention
+was switched back); others take the block mask (`models.logprobs`)."""
 
 from __future__ import annotations
 

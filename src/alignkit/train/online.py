@@ -75,8 +75,10 @@ class Scored:
 class Sampler:
     """Samples responses from the policy (with their log-probs and entropies), gets reference log-probs and rewards.
 
-    The sampler drops finished rows from its live batch (`HFBackend`); the reference log-probs are computed in
-    row chunks of at most `cfg.score_tokens` padded tokens (`score_in_chunks`)."""
+    The sampler drops finished rows from its live batch (`HFBackend`); the reference log-probs are computed packed
+    (`packed_score`: each prompt once for all its samples, chunks of at most `cfg.score_tokens` real tokens) or,
+    with `--no-packing` or a model `models.varlen` does not cover, in row chunks of at most `cfg.score_tokens`
+    padded tokens (`score_in_chunks`)."""
 
     def __init__(self, cfg: RLConfig, tokenizer, reference):
         self.cfg = cfg
@@ -106,7 +108,7 @@ class Sampler:
         ro = self.backend.generate(policy, prompt_ids, self.params, pad_id=self.tok.pad_token_id,
                                    eos_id=self.tok.eos_token_id, generator=generator)
 
-        def score(model, entropy: bool = False):  # row chunks of at most `score_tokens` padded tokens
+        def score(model, entropy: bool = False):  # packed, or row chunks of at most `score_tokens` padded tokens
             if not entropy and cfg.packing and varlen_supported(model):
                 packed = self.packed_score(model, ro)
                 if packed is not None:
@@ -150,7 +152,6 @@ class Sampler:
             "gen_tokens_per_s": n_tokens / max(ro.seconds, 1e-9),
         }
         return Scored(ro, prompts, texts, scores, logp, ref_logp, entropy, metrics)
-
 
     def packed_score(self, model, ro: Rollout) -> torch.Tensor | None:
         """Per-token log-probs (B, T) of the rollout's responses under `model`, packed (`pack_rollout`) in chunks
