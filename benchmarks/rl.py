@@ -46,6 +46,8 @@ def score(prompts, responses):
 SETTINGS = {
     "tiny-ppo": dict(method="ppo", model="tiny", batch_size=16, mini_batch_size=8, max_new_tokens=12, steps=12,
                      lr=1e-3),
+    "tiny-ppo-padded": dict(method="ppo", model="tiny", batch_size=16, mini_batch_size=8, max_new_tokens=12, steps=12,
+                            lr=1e-3, packing=False),
     "tiny-rloo": dict(method="rloo", model="tiny", batch_size=8, k=4, mini_batch_size=8, max_new_tokens=12, steps=12,
                       lr=1e-3),
     # the TRL peer setting (benchmarks/trl_peer.py trl-rloo): random-init tiny GPT-2, 8 prompts x k=4 = 32 completions

@@ -1,5 +1,6 @@
 """Packed rollouts (`train.online.pack_rollout`): each prompt laid out once for all its samples, no padding. Per-token
-log-probs equal the padded scoring's (float32, 1e-5), and RLOO trains the same loss curve packed or padded."""
+log-probs and value estimates equal the padded ones (float32, 1e-5), and RLOO and PPO train the same curves packed
+or padded."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from alignkit import RLOOConfig, run_rloo
-from alignkit.models.logprobs import response_logprobs
+from alignkit import PPOConfig, RLOOConfig, run_ppo, run_rloo
+from alignkit.models.logprobs import packed_values, response_logprobs, response_values
 from alignkit.rollout.engine import Rollout
-from alignkit.train.online import pack_rollout, packed_token_logprobs
+from alignkit.train.online import pack_rollout, packed_token_logprobs, rollout_tokens
 from conftest import synthetic_pairs, write_jsonl
 from test_rl import REWARD_PY
 
@@ -73,11 +74,23 @@ def test_packed_rollout_logprobs_match_padded(lm, tiny_model, temperature):
     assert want[ro.response_mask.bool()].abs().min() > 0  # every response token scored
 
 
-def test_rloo_same_curve_packed_and_padded(tiny_model, tmp_path, monkeypatch):
-    """Four RLOO steps on a fixed seed: the same samples, rewards, KL and loss with packed and padded scoring and
-    training (the reference and the policy both take the packed path)."""
-    from alignkit.train import online, rloo
+def test_packed_values_match_padded(lm, tiny_model):
+    """PPO's value estimates V_t (read where response token t is chosen) packed equal the padded ones."""
+    from transformers import AutoModelForSequenceClassification
 
+    ro, tok = _rollout(lm, tiny_model)
+    torch.manual_seed(0)  # the score head is newly initialised
+    value = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1, dtype=torch.float32).eval()
+    batch = pack_rollout(ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask, tok.pad_token_id)
+    with torch.no_grad():
+        want = response_values(value, ro.input_ids, ro.attention_mask, ro.prompt_width) * ro.response_mask
+        got = rollout_tokens(packed_values(value, batch), batch, ro.response_mask)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert want[ro.response_mask.bool()].abs().min() > 0
+
+
+def _count_packed(monkeypatch, *modules):
+    """Counts the batches `pack_rollout` packed (True) or left padded (False), wherever it is called from."""
     packed = []
 
     def counting(*args):
@@ -85,8 +98,17 @@ def test_rloo_same_curve_packed_and_padded(tiny_model, tmp_path, monkeypatch):
         packed.append(batch is not None)
         return batch
 
-    monkeypatch.setattr(online, "pack_rollout", counting)
-    monkeypatch.setattr(rloo, "pack_rollout", counting)
+    for module in modules:
+        monkeypatch.setattr(module, "pack_rollout", counting)
+    return packed
+
+
+def test_rloo_same_curve_packed_and_padded(tiny_model, tmp_path, monkeypatch):
+    """Four RLOO steps on a fixed seed: the same samples, rewards, KL and loss with packed and padded scoring and
+    training (the reference and the policy both take the packed path)."""
+    from alignkit.train import online, rloo
+
+    packed = _count_packed(monkeypatch, online, rloo)
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p["prompt"]} for p in synthetic_pairs(40, 3)])
     (tmp_path / "reward.py").write_text(REWARD_PY)
     curves = {}
@@ -105,6 +127,33 @@ def test_rloo_same_curve_packed_and_padded(tiny_model, tmp_path, monkeypatch):
     # the KL figures are means of sequence sums of ~30 log-probs of about -6 each: float32 rounding of such
     # sums is ~1e-5, so they get 1e-4; the loss and the rewards 1e-5
     for key, tol in (("loss", 1e-5), ("reward", 1e-5), ("rloo_reward", 1e-5), ("kl", 1e-4), ("approx_kl", 1e-4)):
+        got, want = [m[key] for m in curves[True]], [m[key] for m in curves[False]]
+        assert got == pytest.approx(want, abs=tol, rel=0), key
+    assert curves[False][0]["loss"] != curves[False][-1]["loss"]
+
+
+def test_ppo_same_curve_packed_and_padded(tiny_model, tmp_path, monkeypatch):
+    """Four PPO steps on a fixed seed: the same losses (policy and value), rewards and KL with packed and padded
+    reference scoring, value estimates and training."""
+    from alignkit.train import online, ppo
+
+    packed = _count_packed(monkeypatch, online, ppo)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p["prompt"]} for p in synthetic_pairs(40, 3)])
+    (tmp_path / "reward.py").write_text(REWARD_PY)
+    curves = {}
+    for packing in (True, False):
+        out = tmp_path / f"packing-{packing}"
+        run_ppo(PPOConfig(model=tiny_model, prompts=prompts, reward=f"{tmp_path / 'reward.py'}:score",
+                          output_dir=str(out), max_steps=4, batch_size=6, mini_batch_size=3, ppo_epochs=2,
+                          max_new_tokens=10, learning_rate=3e-3, eval_samples=0, eval_fraction=0.0,
+                          progress=False, packing=packing))
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        curves[packing] = [m for m in lines if m["split"] == "train"]
+        # packed: per step 1 reference scoring + 1 value pass + 2 minibatches x 2 epochs; padded: none
+        assert packed.count(True) == (24 if packing else 0) and packed.count(False) == 0
+        packed.clear()
+    assert len(curves[True]) == 4
+    for key, tol in (("loss", 1e-5), ("value_loss", 1e-5), ("reward", 1e-5), ("kl", 1e-4), ("value_mean", 1e-5)):
         got, want = [m[key] for m in curves[True]], [m[key] for m in curves[False]]
         assert got == pytest.approx(want, abs=tol, rel=0), key
     assert curves[False][0]["loss"] != curves[False][-1]["loss"]

@@ -224,6 +224,18 @@ def packed_reward_scores(model, batch: dict) -> torch.Tensor:
     return unwrap(model).score(last).squeeze(-1).float()
 
 
+def packed_values(model, batch: dict) -> torch.Tensor:
+    """Value estimates (N,) of a scalar-head model at the positions of a packed batch that predict its scored
+    tokens (`score_index` order): V_t is read where response token t is chosen, as in `response_values`."""
+    base = unwrap(model)
+    if _use_varlen(model, batch):
+        hidden = varlen_hidden(model, batch)
+    else:
+        hidden = getattr(base, base.base_model_prefix)(**_packed_inputs(model, batch),
+                                                       use_cache=False).last_hidden_state.flatten(0, 1)
+    return base.score(hidden[batch["score_index"]]).squeeze(-1).float()
+
+
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
                       response_mask: torch.Tensor, *, temperature: float = 1.0, entropy: bool = False):
     """Per-token log-probs (B, T) of the response columns `input_ids[:, prompt_width:]` at `temperature`,

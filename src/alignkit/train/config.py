@@ -162,9 +162,9 @@ class RLConfig(RunConfig):
     top_k: int = Field(0, ge=0, description="sample among the k most likely tokens (0 = off)")
     score_tokens: int = Field(4096, gt=0, description="token budget (rows x width) of one forward when scoring "
                               "rollouts with the policy and the reference (larger suits GPUs)")
-    packing: bool = Field(True, description="score rollouts with the reference (and, in RLOO, train on them) packed "
-                          "without padding, a prompt laid out once for all its samples (GPT-2 and Llama-family "
-                          "models); off: padded rows")
+    packing: bool = Field(True, description="score rollouts with the reference, and train on them (the policy; PPO's "
+                          "value model too), packed without padding, a prompt laid out once for all its samples "
+                          "(GPT-2 and Llama-family models); off: padded rows")
     beta: float = Field(0.05, ge=0, description="KL penalty coefficient β (initial value when adaptive)")
     adaptive_kl: bool = Field(False, description="adapt β towards --kl-target (Ziegler et al. 2019)")
     kl_target: float = Field(6.0, gt=0, description="target sequence KL (nats) for the adaptive β")

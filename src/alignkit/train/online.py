@@ -42,13 +42,19 @@ def pack_rollout(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_w
     return {k: v.to(input_ids.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
+def rollout_tokens(values: torch.Tensor, batch: dict, response_mask: torch.Tensor) -> torch.Tensor:
+    """Per-token values (N,) of a `pack_rollout` batch in `score_index` order laid out as the rollout's (rows, T)
+    response columns, zero past each response."""
+    out = torch.zeros(response_mask.shape, dtype=values.dtype, device=values.device)
+    # a sequence's scored tokens come in order: sorted by sequence they fill the rows' response masks row by row
+    out[response_mask.bool()] = values[torch.argsort(batch["score_seq"], stable=True)]
+    return out
+
+
 def packed_token_logprobs(model, batch: dict, response_mask: torch.Tensor, temperature: float) -> torch.Tensor:
     """Per-token response log-probs (rows, T) of a `pack_rollout` batch, zero past each response."""
     _, tok = packed_sequence_logprobs(model, batch, return_tokens=True, temperature=temperature)
-    out = torch.zeros(response_mask.shape, dtype=tok.dtype, device=tok.device)
-    # a sequence's scored tokens come in order: sorted by sequence they fill the rows' response masks row by row
-    out[response_mask.bool()] = tok[torch.argsort(batch["score_seq"], stable=True)]
-    return out
+    return rollout_tokens(tok, batch, response_mask)
 
 
 def load_prompt_split(cfg: RLConfig) -> tuple[list, list, dict]:

@@ -18,11 +18,19 @@ from alignkit.losses import (
     ppo_value_loss,
 )
 from alignkit.models.load import apply_lora, load_reward_model, save_model
-from alignkit.models.logprobs import response_logprobs, response_values
+from alignkit.models.logprobs import packed_values, response_logprobs, response_values
+from alignkit.models.varlen import varlen_supported
 from alignkit.train.common import mean_over_processes, process_count
 from alignkit.train.config import PPOConfig
 from alignkit.train.loop import Task, TrainResult, train
-from alignkit.train.online import collate_prompts, make_eval, setup_online
+from alignkit.train.online import (
+    collate_prompts,
+    make_eval,
+    pack_rollout,
+    packed_token_logprobs,
+    rollout_tokens,
+    setup_online,
+)
 
 
 class PolicyAndValue(torch.nn.Module):
@@ -58,13 +66,25 @@ def build_ppo(cfg: PPOConfig) -> Task:
     model = PolicyAndValue(policy, value)
     state = {"beta": cfg.beta, "rollouts": 0}
 
+    pack = cfg.packing and varlen_supported(policy) and varlen_supported(value)
+
+    def packed(input_ids, attention_mask, prompt_width, response_mask):
+        return pack_rollout(input_ids, attention_mask, prompt_width, response_mask, tok.pad_token_id) if pack else None
+
+    def token_values(value_model, input_ids, attention_mask, prompt_width, response_mask):
+        """V_t per response token (rows, T), zero past each response: packed when it can be."""
+        batch = packed(input_ids, attention_mask, prompt_width, response_mask)
+        if batch is not None:
+            return rollout_tokens(packed_values(value_model, batch), batch, response_mask)
+        return response_values(value_model, input_ids, attention_mask, prompt_width) * response_mask
+
     def experience(model, batch):
         gen = sampler.generator(model.policy, state["rollouts"])
         state["rollouts"] += 1
         s = sampler.sample(model.policy, batch["prompt_ids"], batch["prompts"], gen)
         ro, mask = s.rollout, s.rollout.response_mask.float()
         with torch.no_grad():
-            values = response_values(model.value, ro.input_ids, ro.attention_mask, ro.prompt_width) * mask
+            values = token_values(model.value, ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask)
             rewards = per_token_rewards(s.scores, s.logp, s.ref_logp, mask, state["beta"])
             adv, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
@@ -80,11 +100,16 @@ def build_ppo(cfg: PPOConfig) -> Task:
 
     def loss(model, mb):
         inner = getattr(model, "module", model)
-        args = (mb["input_ids"], mb["attention_mask"], mb["prompt_width"])
+        args = (mb["input_ids"], mb["attention_mask"], mb["prompt_width"], mb["response_mask"])
         mask = mb["response_mask"].float()
-        logp = response_logprobs(inner.policy, *args, mb["response_mask"], temperature=cfg.temperature)
+        batch = packed(*args)
+        if batch is not None:  # one packed batch serves the policy and the value model
+            logp = packed_token_logprobs(inner.policy, batch, mb["response_mask"], cfg.temperature)
+            values = rollout_tokens(packed_values(inner.value, batch), batch, mb["response_mask"])
+        else:
+            logp = response_logprobs(inner.policy, *args, temperature=cfg.temperature)
+            values = response_values(inner.value, *args[:3])
         pg, pstats = ppo_policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.cliprange)
-        values = response_values(inner.value, *args)
         vf, vstats = ppo_value_loss(values, mb["old_values"], mb["returns"], mask, cfg.cliprange_value)
         return pg + cfg.vf_coef * vf, {"policy_loss": pg.detach(), "value_loss": vf.detach(), **pstats, **vstats}
 
