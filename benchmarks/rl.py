@@ -54,11 +54,21 @@ SETTINGS = {
     # of up to 32 tokens per step, one update of 32 sequences per step, 16 steps, lr 1e-5, no evaluation
     "tiny-gpt2-rloo": dict(method="rloo", model="tiny-gpt2", batch_size=8, k=4, mini_batch_size=32, max_new_tokens=32,
                            steps=16, lr=1e-5, eval_samples=0),
+    # PPO on the same model and prompts: 32 prompts x 32 tokens per step, minibatches of 16, 2 epochs, 8 steps
+    "tiny-gpt2-ppo": dict(method="ppo", model="tiny-gpt2", batch_size=32, mini_batch_size=16, max_new_tokens=32,
+                          steps=8, lr=1e-5, eval_samples=0),
+    "tiny-gpt2-ppo-padded": dict(method="ppo", model="tiny-gpt2", batch_size=32, mini_batch_size=16,
+                                 max_new_tokens=32, steps=8, lr=1e-5, eval_samples=0, packing=False),
     # the same with padded scoring and training (--no-packing)
     "tiny-gpt2-rloo-padded": dict(method="rloo", model="tiny-gpt2", batch_size=8, k=4, mini_batch_size=32,
                                   max_new_tokens=32, steps=16, lr=1e-5, eval_samples=0, packing=False),
     "smollm2-ppo": dict(method="ppo", model="smollm2-135m-instruct", batch_size=8, mini_batch_size=8,
                         max_new_tokens=32, steps=4, lr=2e-4, lora=True, reference="lora-disabled"),
+    "smollm2-ppo-padded": dict(method="ppo", model="smollm2-135m-instruct", batch_size=8, mini_batch_size=8,
+                               max_new_tokens=32, steps=4, lr=2e-4, lora=True, reference="lora-disabled", packing=False),
+    "smollm2-rloo-padded": dict(method="rloo", model="smollm2-135m-instruct", batch_size=4, k=4, mini_batch_size=8,
+                                max_new_tokens=32, steps=4, lr=2e-4, lora=True, reference="lora-disabled",
+                                packing=False),
     "smollm2-rloo": dict(method="rloo", model="smollm2-135m-instruct", batch_size=4, k=4, mini_batch_size=8,
                          max_new_tokens=32, steps=4, lr=2e-4, lora=True, reference="lora-disabled"),
 }
