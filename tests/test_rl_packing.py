@@ -89,8 +89,9 @@ def test_packed_values_match_padded(lm, tiny_model):
     assert want[ro.response_mask.bool()].abs().min() > 0
 
 
-def _count_packed(monkeypatch, *modules):
-    """Counts the batches `pack_rollout` packed (True) or left padded (False), wherever it is called from."""
+def _same_curves(run, cfg_cls, modules, n_packed: int, tolerances: dict, tiny_model, tmp_path, monkeypatch, **kw):
+    """Runs 4 steps packed and padded on a fixed seed; checks that `n_packed` batches went through `pack_rollout`
+    (and none when padded) and that the train metrics in `tolerances` agree within them."""
     packed = []
 
     def counting(*args):
@@ -100,60 +101,44 @@ def _count_packed(monkeypatch, *modules):
 
     for module in modules:
         monkeypatch.setattr(module, "pack_rollout", counting)
-    return packed
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p["prompt"]} for p in synthetic_pairs(40, 3)])
+    (tmp_path / "reward.py").write_text(REWARD_PY)
+    curves = {}
+    for packing in (True, False):
+        out = tmp_path / f"packing-{packing}"
+        run(cfg_cls(model=tiny_model, prompts=prompts, reward=f"{tmp_path / 'reward.py'}:score", output_dir=str(out),
+                    max_steps=4, ppo_epochs=2, max_new_tokens=10, learning_rate=3e-3, eval_samples=0,
+                    eval_fraction=0.0, progress=False, packing=packing, **kw))
+        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+        curves[packing] = [m for m in lines if m["split"] == "train"]
+        assert packed.count(True) == (n_packed if packing else 0) and packed.count(False) == 0
+        packed.clear()
+    assert len(curves[True]) == 4
+    for key, tol in tolerances.items():
+        got, want = [m[key] for m in curves[True]], [m[key] for m in curves[False]]
+        assert got == pytest.approx(want, abs=tol, rel=0), key
+    assert curves[False][0]["loss"] != curves[False][-1]["loss"]
+
+
+# the KL figures are means of sequence sums of ~30 log-probs of about -6 each: float32 rounding of such sums is
+# ~1e-5, so they get 1e-4; losses, rewards and values 1e-5
 
 
 def test_rloo_same_curve_packed_and_padded(tiny_model, tmp_path, monkeypatch):
-    """Four RLOO steps on a fixed seed: the same samples, rewards, KL and loss with packed and padded scoring and
-    training (the reference and the policy both take the packed path)."""
+    """Four RLOO steps: the same samples, rewards, KL and loss with packed and padded scoring and training (the
+    reference and the policy both take the packed path: 4 scorings + 4 steps x 2 minibatches x 2 epochs)."""
     from alignkit.train import online, rloo
 
-    packed = _count_packed(monkeypatch, online, rloo)
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p["prompt"]} for p in synthetic_pairs(40, 3)])
-    (tmp_path / "reward.py").write_text(REWARD_PY)
-    curves = {}
-    for packing in (True, False):
-        out = tmp_path / f"packing-{packing}"
-        run_rloo(RLOOConfig(model=tiny_model, prompts=prompts, reward=f"{tmp_path / 'reward.py'}:score",
-                            output_dir=str(out), max_steps=4, batch_size=4, k=3, mini_batch_size=6, ppo_epochs=2,
-                            max_new_tokens=10, learning_rate=3e-3, eval_samples=0, eval_fraction=0.0,
-                            progress=False, packing=packing))
-        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        curves[packing] = [m for m in lines if m["split"] == "train"]
-        # packed: 4 reference scorings + 4 x 2 minibatches x 2 epochs of training; padded: none
-        assert packed.count(True) == (20 if packing else 0) and packed.count(False) == 0
-        packed.clear()
-    assert len(curves[True]) == 4
-    # the KL figures are means of sequence sums of ~30 log-probs of about -6 each: float32 rounding of such
-    # sums is ~1e-5, so they get 1e-4; the loss and the rewards 1e-5
-    for key, tol in (("loss", 1e-5), ("reward", 1e-5), ("rloo_reward", 1e-5), ("kl", 1e-4), ("approx_kl", 1e-4)):
-        got, want = [m[key] for m in curves[True]], [m[key] for m in curves[False]]
-        assert got == pytest.approx(want, abs=tol, rel=0), key
-    assert curves[False][0]["loss"] != curves[False][-1]["loss"]
+    _same_curves(run_rloo, RLOOConfig, (online, rloo), 20,
+                 {"loss": 1e-5, "reward": 1e-5, "rloo_reward": 1e-5, "kl": 1e-4, "approx_kl": 1e-4},
+                 tiny_model, tmp_path, monkeypatch, batch_size=4, k=3, mini_batch_size=6)
 
 
 def test_ppo_same_curve_packed_and_padded(tiny_model, tmp_path, monkeypatch):
-    """Four PPO steps on a fixed seed: the same losses (policy and value), rewards and KL with packed and padded
-    reference scoring, value estimates and training."""
+    """Four PPO steps: the same losses (policy and value), rewards and KL with packed and padded reference scoring,
+    value estimates and training (per step 1 scoring + 1 value pass + 2 minibatches x 2 epochs)."""
     from alignkit.train import online, ppo
 
-    packed = _count_packed(monkeypatch, online, ppo)
-    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p["prompt"]} for p in synthetic_pairs(40, 3)])
-    (tmp_path / "reward.py").write_text(REWARD_PY)
-    curves = {}
-    for packing in (True, False):
-        out = tmp_path / f"packing-{packing}"
-        run_ppo(PPOConfig(model=tiny_model, prompts=prompts, reward=f"{tmp_path / 'reward.py'}:score",
-                          output_dir=str(out), max_steps=4, batch_size=6, mini_batch_size=3, ppo_epochs=2,
-                          max_new_tokens=10, learning_rate=3e-3, eval_samples=0, eval_fraction=0.0,
-                          progress=False, packing=packing))
-        lines = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-        curves[packing] = [m for m in lines if m["split"] == "train"]
-        # packed: per step 1 reference scoring + 1 value pass + 2 minibatches x 2 epochs; padded: none
-        assert packed.count(True) == (24 if packing else 0) and packed.count(False) == 0
-        packed.clear()
-    assert len(curves[True]) == 4
-    for key, tol in (("loss", 1e-5), ("value_loss", 1e-5), ("reward", 1e-5), ("kl", 1e-4), ("value_mean", 1e-5)):
-        got, want = [m[key] for m in curves[True]], [m[key] for m in curves[False]]
-        assert got == pytest.approx(want, abs=tol, rel=0), key
-    assert curves[False][0]["loss"] != curves[False][-1]["loss"]
+    _same_curves(run_ppo, PPOConfig, (online, ppo), 24,
+                 {"loss": 1e-5, "value_loss": 1e-5, "reward": 1e-5, "kl": 1e-4, "value_mean": 1e-5},
+                 tiny_model, tmp_path, monkeypatch, batch_size=6, mini_batch_size=3)
