@@ -231,11 +231,13 @@ def test_position_ids_from_mask():
 
 
 # ---- the chunked LM head: same values and gradients as the model's own full-vocabulary logits ----------
+@pytest.mark.parametrize("keep", [0, 1 << 30], ids=["recomputed", "kept"])
 @pytest.mark.parametrize("chunk", [1, 3, 512])
-def test_chunked_head_matches_full_logits_values_and_gradients(causal_lm, chunk, monkeypatch):
+def test_chunked_head_matches_full_logits_values_and_gradients(causal_lm, chunk, keep, monkeypatch):
     import alignkit.models.logprobs as lp
 
     monkeypatch.setattr(lp, "HEAD_CHUNK", chunk)
+    monkeypatch.setattr(lp, "HEAD_KEEP_BYTES", keep)  # 0: every chunk checkpointed; 1 GB: logits kept
     calls = []
     real_chunk = lp._chunk_logprobs
     monkeypatch.setattr(lp, "_chunk_logprobs", lambda *a: calls.append(a[0].shape[0]) or real_chunk(*a))
@@ -255,7 +257,8 @@ def test_chunked_head_matches_full_logits_values_and_gradients(causal_lm, chunk,
     got_grads = torch.autograd.grad((got * torch.tensor([1.0, -2.0, 0.5, 3.0])).sum(), params)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     scored = int((resp[:, 1:] * att[:, 1:] * att[:, :-1]).sum())  # 15 response tokens in PAIRS
-    assert max(calls) == min(chunk, scored) and sum(calls) >= scored  # chunked as asked (backward recomputes)
+    assert max(calls) == min(chunk, scored)  # chunked as asked
+    assert sum(calls) == (2 * scored if keep == 0 else scored)  # the backward recomputes each chunk, or not
     for g, w in zip(got_grads, want_grads, strict=True):
         torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-4)
 

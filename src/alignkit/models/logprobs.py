@@ -7,6 +7,8 @@ are taken from the attention mask.
 Memory and compute: the language-model head runs only on the positions that are scored (response tokens),
 in chunks of `HEAD_CHUNK` positions under activation checkpointing, so no (batch, length, vocabulary) logits
 tensor exists in the forward or the backward pass (the backward recomputes one chunk's logits at a time).
+When the float32 logits of all scored positions would take at most `HEAD_KEEP_BYTES` (a small vocabulary or
+batch) they are kept for the backward instead of recomputed.
 Models whose head does more than a linear map (logit soft-capping or scaling) take the plain path.
 Reward scores read the backbone at each sequence's last token only: its last layer runs in full only where
 needed (`readout.hidden_at`).
@@ -23,6 +25,7 @@ from alignkit.models.readout import hidden_at
 from alignkit.models.varlen import flat_inputs, varlen_hidden, varlen_supported
 
 HEAD_CHUNK = 512  # scored positions per chunk of the LM head: 512 x 49k float32 logits = 100 MB for SmolLM2
+HEAD_KEEP_BYTES = 64 << 20  # below this, the scored positions' logits are kept for the backward, not recomputed
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -91,17 +94,23 @@ def _chunk_logprobs(h: torch.Tensor, y: torch.Tensor, head, temperature: float) 
 def head_logprobs(hidden: torch.Tensor, head, labels: torch.Tensor, *, temperature: float = 1.0,
                   entropy: bool = False, chunk: int | None = None):
     """`token_logprobs(head(hidden) / temperature, labels)` (B, L) computed only where `labels != -100`, a chunk
-    of `chunk` (default `HEAD_CHUNK`) positions at a time (checkpointed when gradients flow); with
+    of `chunk` (default `HEAD_CHUNK`) positions at a time (checkpointed when gradients flow, unless all their
+    float32 logits fit in `HEAD_KEEP_BYTES`); with
     `entropy=True` also the per-token entropy (B, L, no gradient) of the same distributions, 0 at unscored
     positions."""
     chunk = chunk or HEAD_CHUNK
     where = (labels != -100).nonzero(as_tuple=True)
     h, y = hidden[where], labels[where]
+    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    recompute = y.shape[0] * vocab * 4 > HEAD_KEEP_BYTES
     parts, ents = [], []
     for s in range(0, y.shape[0], chunk):
         hc, yc = h[s : s + chunk], y[s : s + chunk]
         if torch.is_grad_enabled() and hc.requires_grad:
-            parts.append(checkpoint(_chunk_logprobs, hc, yc, head, temperature, use_reentrant=False))
+            if recompute:
+                parts.append(checkpoint(_chunk_logprobs, hc, yc, head, temperature, use_reentrant=False))
+            else:
+                parts.append(_chunk_logprobs(hc, yc, head, temperature))
             if entropy:
                 with torch.no_grad():
                     ents.append(token_entropy(_chunk_logits(hc, head, temperature)))
