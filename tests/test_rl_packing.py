@@ -142,3 +142,25 @@ def test_ppo_same_curve_packed_and_padded(tiny_model, tmp_path, monkeypatch):
     _same_curves(run_ppo, PPOConfig, (online, ppo), 24,
                  {"loss": 1e-5, "value_loss": 1e-5, "reward": 1e-5, "kl": 1e-4, "value_mean": 1e-5},
                  tiny_model, tmp_path, monkeypatch, batch_size=6, mini_batch_size=3)
+
+
+@pytest.mark.parametrize("budget", [20, 45, 4096])
+def test_sampler_packed_score_in_chunks_matches_padded(lm, tiny_model, budget, monkeypatch):
+    """The reference scoring of a rollout in chunks of whole prompt groups (at most `score_tokens` real tokens
+    each, one group alone when it is larger) puts every row's log-probs back in its own row."""
+    from types import SimpleNamespace
+
+    from alignkit.train import online
+
+    ro, tok = _rollout(lm, tiny_model)
+    chunks = []
+    monkeypatch.setattr(online, "pack_rollout", lambda *a: chunks.append(a[0].shape[0]) or pack_rollout(*a))
+    sampler = SimpleNamespace(cfg=SimpleNamespace(score_tokens=budget, temperature=0.7), tok=tok)
+    with torch.no_grad():
+        got = online.Sampler.packed_score(sampler, lm, ro)
+        want = response_logprobs(lm, ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask,
+                                 temperature=0.7) * ro.response_mask
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    # the 3 prompt groups (3 rows each) count 27, 17 and 32 prompt + response tokens: 20 -> a chunk per group
+    # (each larger group alone), 45 -> groups 1+2 (44) and 3, 4096 -> one chunk
+    assert chunks == {20: [3, 3, 3], 45: [6, 3], 4096: [9]}[budget]
