@@ -9,6 +9,7 @@ import random
 from dataclasses import dataclass
 
 import torch
+from accelerate.utils import send_to_device
 
 from alignkit.data.collate import pack_responses
 from alignkit.errors import AlignkitError
@@ -38,8 +39,13 @@ def pack_rollout(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_w
     if not all(prompts) or not all(lengths):
         return None
     responses = [row[:n] for row, n in zip(input_ids[:, prompt_width:].tolist(), lengths, strict=True)]
-    batch = pack_responses(prompts, responses, pad_id)
-    return {k: v.to(input_ids.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return send_to_device(pack_responses(prompts, responses, pad_id), input_ids.device)
+
+
+def packs_rollouts(cfg: RLConfig, *models) -> bool:
+    """Whether rollouts go through `pack_rollout` for these models: --packing, and every one of them computes
+    packed batches flat (`models.varlen`)."""
+    return cfg.packing and all(varlen_supported(m) for m in models)
 
 
 def rollout_tokens(values: torch.Tensor, batch: dict, response_mask: torch.Tensor) -> torch.Tensor:
@@ -115,7 +121,7 @@ class Sampler:
                                    eos_id=self.tok.eos_token_id, generator=generator)
 
         def score(model, entropy: bool = False):  # packed, or row chunks of at most `score_tokens` padded tokens
-            if not entropy and cfg.packing and varlen_supported(model):
+            if not entropy and packs_rollouts(cfg, model):
                 packed = self.packed_score(model, ro)
                 if packed is not None:
                     return packed
@@ -161,7 +167,8 @@ class Sampler:
 
     def packed_score(self, model, ro: Rollout) -> torch.Tensor | None:
         """Per-token log-probs (B, T) of the rollout's responses under `model`, packed (`pack_rollout`) in chunks
-        of whole prompt groups of at most `score_tokens` real tokens; None when the rollout cannot be packed."""
+        of whole prompt groups of at most `score_tokens` tokens (prompt + response counted per row: an upper bound
+        of the packed size); None when the rollout cannot be packed."""
         rows = ro.input_ids.shape[0]
         total = ro.attention_mask.sum(-1).tolist()
         chunks, cur, size, prev = [], [], 0, None

@@ -19,7 +19,6 @@ from alignkit.losses import (
 )
 from alignkit.models.load import apply_lora, load_reward_model, save_model
 from alignkit.models.logprobs import packed_values, response_logprobs, response_values
-from alignkit.models.varlen import varlen_supported
 from alignkit.train.common import mean_over_processes, process_count
 from alignkit.train.config import PPOConfig
 from alignkit.train.loop import Task, TrainResult, train
@@ -28,6 +27,7 @@ from alignkit.train.online import (
     make_eval,
     pack_rollout,
     packed_token_logprobs,
+    packs_rollouts,
     rollout_tokens,
     setup_online,
 )
@@ -66,7 +66,7 @@ def build_ppo(cfg: PPOConfig) -> Task:
     model = PolicyAndValue(policy, value)
     state = {"beta": cfg.beta, "rollouts": 0}
 
-    pack = cfg.packing and varlen_supported(policy) and varlen_supported(value)
+    pack = packs_rollouts(cfg, policy, value)
 
     def packed(input_ids, attention_mask, prompt_width, response_mask):
         return pack_rollout(input_ids, attention_mask, prompt_width, response_mask, tok.pad_token_id) if pack else None

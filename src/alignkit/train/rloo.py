@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from alignkit.losses import rloo_advantages, rloo_loss
 from alignkit.models.logprobs import packed_sequence_logprobs, response_logprobs
-from alignkit.models.varlen import varlen_supported
 from alignkit.train.common import saver
 from alignkit.train.config import RLOOConfig
 from alignkit.train.loop import Task, TrainResult, train
-from alignkit.train.online import collate_prompts, make_eval, pack_rollout, setup_online
+from alignkit.train.online import collate_prompts, make_eval, pack_rollout, packs_rollouts, setup_online
 from alignkit.train.ppo import minibatches
 
 
@@ -35,7 +34,7 @@ def build_rloo(cfg: RLOOConfig) -> Task:
         metrics = {**s.metrics, "beta": cfg.beta, "rloo_reward": float(rewards.mean())}
         return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, {"prompt_width": ro.prompt_width}, gen), metrics
 
-    pack = cfg.packing and varlen_supported(policy)
+    pack = packs_rollouts(cfg, policy)
 
     def loss(model, mb):
         packed = pack_rollout(mb["input_ids"], mb["attention_mask"], mb["prompt_width"], mb["response_mask"],
