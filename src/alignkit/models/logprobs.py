@@ -100,7 +100,8 @@ def head_logprobs(hidden: torch.Tensor, head, labels: torch.Tensor, *, temperatu
     positions."""
     chunk = chunk or HEAD_CHUNK
     where = (labels != -100).nonzero(as_tuple=True)
-    h, y = hidden[where], labels[where]
+    flat = (labels != -100).flatten().nonzero().squeeze(1)  # the same positions: index_select backs up cheaply
+    h, y = hidden.flatten(0, -2).index_select(0, flat), labels[where]
     vocab = getattr(head, "out_features", None) or head.weight.shape[0]
     recompute = y.shape[0] * vocab * 4 > HEAD_KEEP_BYTES
     parts, ents = [], []
@@ -211,11 +212,11 @@ def packed_sequence_logprobs(model, batch: dict, *, return_tokens: bool = False,
     `return_tokens=True` also the scored tokens' log-probs (N,) in `score_index` order."""
     out, head = _packed_forward(model, batch)
     where, labels = batch["score_index"], batch["score_label"]
+    scored = out.index_select(0, where)[None]  # index_select: a cheap backward (index_add, not index_put)
     if head is None:
-        logits = out[where][None]
-        tok = token_logprobs(logits / temperature if temperature != 1.0 else logits, labels[None])[0]
+        tok = token_logprobs(scored / temperature if temperature != 1.0 else scored, labels[None])[0]
     else:
-        tok = head_logprobs(out[where][None], head, labels[None], temperature=temperature)[0]
+        tok = head_logprobs(scored, head, labels[None], temperature=temperature)[0]
     n_seqs = batch["last_index"].shape[0]
     seq = torch.zeros(n_seqs, dtype=tok.dtype, device=tok.device).index_add(0, batch["score_seq"], tok)
     return (seq, tok) if return_tokens else seq
@@ -242,7 +243,7 @@ def packed_values(model, batch: dict) -> torch.Tensor:
     else:
         hidden = getattr(base, base.base_model_prefix)(**_packed_inputs(model, batch),
                                                        use_cache=False).last_hidden_state.flatten(0, 1)
-    return base.score(hidden[batch["score_index"]]).squeeze(-1).float()
+    return base.score(hidden.index_select(0, batch["score_index"])).squeeze(-1).float()
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
