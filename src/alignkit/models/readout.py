@@ -51,7 +51,7 @@ def hidden_at(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | Non
                 **kwargs)
     if not ENABLED or index.numel() == 0 or unsupported(model) is not None:
         return backbone(**args).last_hidden_state.flatten(0, 1)[index]
-    layer = _layers(backbone)[-1]
+    layer = decoder_layers(backbone)[-1]
     inputs = _last_layer_inputs(backbone, layer, args)
     return _last_layer_at(backbone, layer, inputs, index)
 
@@ -65,13 +65,13 @@ def unsupported(model) -> str | None:
     backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)
     if cfg is None or backbone is None:
         return "not a transformers model with a backbone"
-    family = _family(backbone)
+    family = decoder_family(backbone)
     if family is None:
         return f"{type(backbone).__name__}: no hand-written last layer"
     impl = getattr(cfg, "_attn_implementation", None) or "eager"
     if impl not in ("sdpa", "eager", VARLEN):
         return f"attention implementation {impl!r}"
-    layer = _layers(backbone)[-1]
+    layer = decoder_layers(backbone)[-1]
     attn = layer.attn if family == "gpt2" else layer.self_attn
     if getattr(cfg, "sliding_window", None) or getattr(attn, "sliding_window", None):
         return "sliding-window attention"
@@ -86,7 +86,7 @@ def unsupported(model) -> str | None:
     return None
 
 
-def _family(backbone) -> str | None:
+def decoder_family(backbone) -> str | None:
     """"gpt2" or "llama" when the backbone and its last layer are exactly classes whose last layer is written
     below (subclasses may change the math: they are not taken)."""
     from transformers.models.gpt2 import modeling_gpt2 as gpt2
@@ -94,7 +94,7 @@ def _family(backbone) -> str | None:
     from transformers.models.mistral import modeling_mistral as mistral
     from transformers.models.qwen2 import modeling_qwen2 as qwen2
 
-    layers = _layers(backbone)
+    layers = decoder_layers(backbone)
     if not layers:
         return None
     layer = layers[-1]
@@ -109,7 +109,7 @@ def _family(backbone) -> str | None:
     return None
 
 
-def _layers(backbone):
+def decoder_layers(backbone):
     layers = getattr(backbone, "h", None)
     return layers if layers is not None else getattr(backbone, "layers", None)
 
@@ -148,7 +148,7 @@ def _slots(row: torch.Tensor, rows: int) -> tuple[torch.Tensor, int]:
     return slot, int(counts.max())
 
 
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
 
@@ -185,8 +185,8 @@ def _last_layer_at(backbone, layer, inputs: dict, index: torch.Tensor) -> torch.
         q = attn.q_proj(h[row, col]).view(index.shape[0], -1, d)  # (N, heads, d)
         k, v = (p(h).view(b, n, -1, d).transpose(1, 2) for p in (attn.k_proj, attn.v_proj))  # (B, kv heads, L, d)
         cos, sin = (t.expand(b, -1, -1) for t in inputs["position_embeddings"])  # (B, L, d)
-        q = q * cos[row, col, None] + _rotate_half(q) * sin[row, col, None]
-        k = k * cos[:, None] + _rotate_half(k) * sin[:, None]
+        q = q * cos[row, col, None] + rotate_half(q) * sin[row, col, None]
+        k = k * cos[:, None] + rotate_half(k) * sin[:, None]
         if attn.num_key_value_groups > 1:
             k, v = (t.repeat_interleave(attn.num_key_value_groups, dim=1) for t in (k, v))
         out_proj, scaling = attn.o_proj, attn.scaling
