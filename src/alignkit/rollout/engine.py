@@ -29,6 +29,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from alignkit.data.collate import pad_rows
 from alignkit.losses import entropy_from_logprobs
+from alignkit.models.decode import decode_step
 from alignkit.models.logprobs import position_ids_from_mask
 
 
@@ -181,10 +182,13 @@ class HFBackend:
     run without dropping. A cache without `batch_select_indices` (not a transformers `Cache`) is never
     compacted. With `reserve_cache` the KV cache is a `reserved_cache` sized for prompt + max_new_tokens."""
 
-    def __init__(self, drop_finished: bool = True, drop_fraction: float = DROP_FRACTION, reserve_cache: bool = True):
+    def __init__(self, drop_finished: bool = True, drop_fraction: float = DROP_FRACTION, reserve_cache: bool = True,
+                 decode_by_hand: bool = True, prefill_once: bool = True):
         self.drop_finished = drop_finished
         self.drop_fraction = drop_fraction
         self.reserve_cache = reserve_cache
+        self.decode_by_hand = decode_by_hand
+        self.prefill_once = prefill_once
 
     @torch.no_grad()
     def generate(self, model, prompts: list[list[int]], params: SamplingParams, *, pad_id: int,
@@ -192,17 +196,29 @@ class HFBackend:
         """Sample responses; `generator` (on the model's device) makes sampling independent of the global RNG."""
         start = time.perf_counter()
         device = next(model.parameters()).device
-        batch = pad_rows([(p, [0] * len(p)) for p in prompts], pad_id, side="left")
+        steps = params.max_new_tokens
+        longest = max((len(p) for p in prompts), default=0)
+        cache = reserved_cache(model, longest + steps) if self.reserve_cache else None
+        # prefill: with a reserved cache (it can copy rows), each distinct prompt once (RLOO samples k per
+        # prompt) and its cache rows then copied to its samples; the LM head runs on the last prompt position
+        # only (the one that predicts the first token)
+        first: dict[tuple[int, ...], int] = {}
+        copy_of = [first.setdefault(tuple(p), len(first)) for p in prompts]
+        once = self.prefill_once and cache is not None and len(first) < len(prompts)
+        batch = pad_rows([(list(p), [0] * len(p)) for p in (first if once else prompts)], pad_id, side="left")
         prompt_ids = batch["input_ids"].to(device)
         prompt_mask = batch["attention_mask"].to(device)
-        n, width = prompt_ids.shape
+        width = prompt_ids.shape[1]
         positions = position_ids_from_mask(prompt_mask)
-        # prefill: the LM head runs on the last prompt position only (the one that predicts the first token)
-        steps = params.max_new_tokens
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1,
-                    past_key_values=reserved_cache(model, width + steps) if self.reserve_cache else None)
+                    logits_to_keep=1, past_key_values=cache)
         past, logits = out.past_key_values, out.logits[:, -1]
+        if once:
+            index = torch.tensor(copy_of, device=device)
+            past.batch_select_indices(index)
+            prompt_ids, prompt_mask, positions, logits = (t[index] for t in (prompt_ids, prompt_mask, positions, logits))
+        n = prompt_ids.shape[0]
+        step = decode_step(model, past) if self.decode_by_hand else None
         can_drop = self.drop_finished and hasattr(past, "batch_select_indices")
         # the live batch: `rows` maps each of its rows to its row of the output
         rows = torch.arange(n, device=device)
@@ -238,9 +254,12 @@ class HFBackend:
                 past.batch_select_indices(keep)
                 rows, tok, attention, next_pos = rows[keep], tok[keep], attention[keep], next_pos[keep]
                 done = done[keep]
-            out = model(input_ids=tok.unsqueeze(-1), attention_mask=attention, position_ids=next_pos,
-                        past_key_values=past, use_cache=True)
-            past, logits = out.past_key_values, out.logits[:, -1]
+            if step is not None:
+                logits = step(tok, next_pos, attention)
+            else:
+                out = model(input_ids=tok.unsqueeze(-1), attention_mask=attention, position_ids=next_pos,
+                            past_key_values=past, use_cache=True)
+                past, logits = out.past_key_values, out.logits[:, -1]
             next_pos = next_pos + 1
         responses, logps, masks, ents = tokens[:, :used], logps[:, :used], masks[:, :used], ents[:, :used]
         response_mask = masks.long()
