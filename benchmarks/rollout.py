@@ -13,8 +13,12 @@ of the repeats), so the ratios compare runs under the same machine load:
 - bucket: prefill + prompts sorted by length into batches (`generate_many(bucket=True)`), no dropping;
 - all-dynamic: prefill, dropping and bucketing with transformers' DynamicCache (which copies the whole cache at
   every token);
-- all: the same with the KV cache in buffers reserved for the whole rollout (the engine now).
-Every variant but all-dynamic uses the reserved cache.
+- all-forward: the same with the KV cache in buffers reserved for the whole rollout, every decode step a model
+  forward and every row prefilled (the engine before `models.decode`);
+- all: the same with decode steps written by hand (`models.decode.decode_step`) and each distinct prompt prefilled
+  once (the engine now). Variants before all-forward decode by the model's forward too.
+Every variant but all-dynamic uses the reserved cache. `*-k4` settings sample 4 completions of each prompt (RLOO's
+layout: each prompt's copies side by side), the others one.
 `*-fractions` settings compare compaction thresholds: drop0 compacts as soon as any row finished, drop1/8,
 drop (= DROP_FRACTION, 1/4) and drop1/2 wait until that share of the live batch has finished.
 Each variant samples the same 2 x batch prompts (temperature 1, a generator seeded per batch and repeat) with
@@ -51,11 +55,14 @@ from common import make_pairs, peak_rss_mb, tiny_gpt2
 from alignkit.rollout.engine import DROP_FRACTION
 
 WORK = Path(tempfile.gettempdir()) / "alignkit-bench-rollout"
-# variant: (LM head on the last prompt position only, drop_fraction or None for no dropping, bucketing); every
-# variant but all-dynamic keeps its KV cache in buffers reserved for the rollout (`reserved_cache`)
-VARIANTS = {"before": (False, None, False), "prefill": (True, None, False), "drop": (True, DROP_FRACTION, False),
-            "bucket": (True, None, True), "all-dynamic": (True, DROP_FRACTION, True), "all": (True, DROP_FRACTION, True),
-            "drop0": (True, 0.0, False), "drop1/8": (True, 0.125, False), "drop1/2": (True, 0.5, False)}
+# variant: (LM head on the last prompt position only, drop_fraction or None for no dropping, bucketing, decode
+# steps by hand and each distinct prompt prefilled once); every variant but all-dynamic keeps its KV cache in
+# buffers reserved for the rollout (`reserved_cache`)
+VARIANTS = {"before": (False, None, False, False), "prefill": (True, None, False, False),
+            "drop": (True, DROP_FRACTION, False, False), "bucket": (True, None, True, False),
+            "all-dynamic": (True, DROP_FRACTION, True, False), "all-forward": (True, DROP_FRACTION, True, False),
+            "all": (True, DROP_FRACTION, True, True), "drop0": (True, 0.0, False, False),
+            "drop1/8": (True, 0.125, False, False), "drop1/2": (True, 0.5, False, False)}
 FRACTIONS = ["prefill", "drop0", "drop1/8", "drop", "drop1/2"]
 
 
@@ -77,6 +84,9 @@ class FullPrefill:
 SETTINGS = {
     "tiny-b32": dict(model="tiny", batch=32, new_tokens=48, repeats=5),
     "tiny-b64": dict(model="tiny", batch=64, new_tokens=64, repeats=5),
+    "tiny-b32-k4": dict(model="tiny", batch=32, new_tokens=48, repeats=5, k=4, compare=["all-forward", "all"]),
+    "smollm2-b32-k4": dict(model="smollm2-135m-instruct", batch=32, new_tokens=48, repeats=1, k=4,
+                           compare=["all-forward", "all"]),
     "tiny-b64-fractions": dict(model="tiny", batch=64, new_tokens=64, repeats=5, compare=FRACTIONS),
     "smollm2-b32": dict(model="smollm2-135m-instruct", batch=32, new_tokens=48, repeats=1,
                         compare=["before", "prefill", "drop", "all"]),
@@ -145,14 +155,15 @@ def sample_setting(s: dict) -> dict:
 
     model, tok, chat = load(s["model"])
     enc = Encoder(tok, max_length=512, max_prompt_length=256, chat_template=chat)
-    prompts = bench_prompts(enc, 2 * s["batch"], chat)
+    k = s.get("k", 1)
+    prompts = [p for p in bench_prompts(enc, 2 * s["batch"] // k, chat) for _ in range(k)]
     params = SamplingParams(max_new_tokens=s["new_tokens"], temperature=1.0)
-    names = s.get("compare", ["before", "prefill", "drop", "bucket", "all-dynamic", "all"])
+    names = s.get("compare", ["before", "prefill", "drop", "bucket", "all-dynamic", "all-forward", "all"])
 
     def run(name: str, repeat: int) -> tuple[float, int, float, int]:
-        last_only, fraction, bucket = VARIANTS[name]
+        last_only, fraction, bucket, by_hand = VARIANTS[name]
         backend = HFBackend(drop_finished=fraction is not None, drop_fraction=fraction or 0.0,
-                            reserve_cache=name != "all-dynamic")
+                            reserve_cache=name != "all-dynamic", decode_by_hand=by_hand, prefill_once=by_hand)
         ro = generate_many(backend, model if last_only else FullPrefill(model), prompts, params,
                            pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, batch_size=s["batch"], bucket=bucket,
                            generator_for=lambda b: torch.Generator().manual_seed(1000 * repeat + b))
@@ -176,10 +187,12 @@ def sample_setting(s: dict) -> dict:
         if ref in result:
             ratios.update({f"{n}/{ref}": round(result[n]["gen_tokens_per_s"] / result[ref]["gen_tokens_per_s"], 2)
                            for n in names[names.index(ref) + 1:]})
+    if "all-forward" in result:
+        ratios["all/all-forward"] = round(result["all"]["gen_tokens_per_s"] / result["all-forward"]["gen_tokens_per_s"], 2)
     if "all-dynamic" in result:
-        ratios["all/all-dynamic"] = round(result["all"]["gen_tokens_per_s"] / result["all-dynamic"]["gen_tokens_per_s"], 2)
+        ratios["all-forward/all-dynamic"] = round(result["all-forward"]["gen_tokens_per_s"] / result["all-dynamic"]["gen_tokens_per_s"], 2)
     lengths = sorted(map(len, prompts))
-    return {"prompts": len(prompts), "prompt_len_min_med_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
+    return {"prompts": len(prompts), "samples_per_prompt": k, "prompt_len_min_med_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
             "variants": result, "tokens_per_s_ratio": ratios}
 
 
