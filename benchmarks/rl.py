@@ -134,11 +134,14 @@ def run_setting(name: str) -> dict:
     per_weight = (4 if s.get("lora") else 6) * (2 if s["method"] == "ppo" else 1)
     gen_tok = statistics.median(m["gen_tokens_per_s"] for m in train)
     train_tok = statistics.median(m["tokens_per_s"] for m in train)
+    ends = [m["elapsed_s"] for m in train]
+    step_s = statistics.median(b - a for a, b in zip([0.0, *ends[:-1]], ends, strict=True))  # as trl_peer.py's step median
     return {
         "benchmark": "rl", "setting": name, **s, "threads": torch.get_num_threads(),
         "gen_tokens_per_s": round(statistics.median(m["gen_tokens_per_s"] for m in train), 1),
         "train_tokens_per_s": round(statistics.median(m["tokens_per_s"] for m in train), 1),
         "completions_per_s": round(len(train) * s["batch_size"] * s.get("k", 1) / train[-1]["elapsed_s"], 2),
+        "step_median_completions_per_s": round(s["batch_size"] * s.get("k", 1) / step_s, 2),
         "end_to_end_completions_per_s": round(len(train) * s["batch_size"] * s.get("k", 1) / wall, 2),
         "wall_s": round(wall, 1),
         **({"eval_reward_before": round(res.first_eval["reward"], 3), "eval_reward_after": round(res.eval["reward"], 3),
