@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from alignkit.data.collate import pad_rows
-from alignkit.models.decode import attend, decode_step
-from alignkit.models.load import apply_lora
+from alignkit.models.decode import attend, decode_step, direct
+from alignkit.models.load import apply_lora, fuse_activations
 from alignkit.models.logprobs import position_ids_from_mask
 from alignkit.rollout.engine import HFBackend, ReservedLayer, SamplingParams, reserved_cache
 
@@ -39,6 +39,7 @@ def build(arch: str, impl: str = "sdpa", seed: int = 0, **overrides):
                  num_key_value_heads=2, max_position_embeddings=128, **ids)
     config, cls = {
         "gpt2": (lambda: GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, **ids), GPT2LMHeadModel),
+        "gpt2-unfused": (lambda: GPT2Config(n_embd=64, n_layer=2, n_head=4, n_positions=128, **ids), GPT2LMHeadModel),
         "llama": (lambda: LlamaConfig(**llama), LlamaForCausalLM),
         "llama-bias": (lambda: LlamaConfig(attention_bias=True, mlp_bias=True, head_dim=8, **llama), LlamaForCausalLM),
         "mistral": (lambda: MistralConfig(sliding_window=None, **llama), MistralForCausalLM),
@@ -52,6 +53,8 @@ def build(arch: str, impl: str = "sdpa", seed: int = 0, **overrides):
         setattr(config, k, v)
     config._attn_implementation = impl
     model = cls(config).eval()
+    if arch == "gpt2":
+        fuse_activations(model)  # as `load_causal_lm` does: its GELU is one kernel (`direct` calls it)
     with torch.no_grad():  # GPT-2's biases start at zero: make them matter
         for name, p in model.named_parameters():
             if name.endswith("bias"):
@@ -99,7 +102,7 @@ def compare_steps(model, steps: int = 5) -> float:
 
 
 @pytest.mark.parametrize("impl", ["sdpa", "eager"])
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "llama-bias", "mistral", "qwen2"])
+@pytest.mark.parametrize("arch", ["gpt2", "gpt2-unfused", "llama", "llama-bias", "mistral", "qwen2"])
 def test_decode_step_equals_the_forward(arch, impl):
     assert compare_steps(build(arch, impl)) < 1e-5
 
@@ -124,6 +127,28 @@ def test_decode_step_runs_lora_adapters():
         with model.disable_adapter():
             off = decode_step(model, cache)(tok, pos, mask)
     assert (on - off).abs().max() > 1e-2
+    layer = model.get_base_model().model.layers[0]
+    assert direct(layer.self_attn.q_proj) is layer.self_attn.q_proj  # the LoRA-wrapped projection: its module
+    assert direct(layer.self_attn.k_proj) is not layer.self_attn.k_proj  # a plain Linear: F.linear
+
+
+def test_direct_calls_equal_the_modules():
+    from transformers.activations import GELUTanh, NewGELUActivation, SiLUActivation
+    from transformers.pytorch_utils import Conv1D
+
+    torch.manual_seed(0)
+    conv = Conv1D(6, 4)
+    torch.nn.init.normal_(conv.bias)
+    norm = torch.nn.LayerNorm(4)
+    torch.nn.init.normal_(norm.weight), torch.nn.init.normal_(norm.bias)
+    x = torch.randn(3, 4)
+    for module, inp in ((conv, x), (torch.nn.Linear(4, 5), x), (norm, x), (torch.nn.Embedding(9, 4), torch.tensor([1, 8])),
+                        (GELUTanh(), x), (SiLUActivation(), x), (torch.nn.SiLU(), x)):
+        call = direct(module)
+        assert call is not module
+        torch.testing.assert_close(call(inp), module(inp), rtol=0, atol=1e-6)
+    unfused = NewGELUActivation()
+    assert direct(unfused) is unfused
 
 
 @pytest.mark.parametrize("why", ["training", "sliding-window", "other-family", "not-a-cache"])
