@@ -246,7 +246,7 @@ class HFBackend:
             ents[rows, t] = torch.where(live, entropy_from_logprobs(logp_all), 0.0)
             done = done | (live & (tok == eos_id))
             used = t + 1
-            if bool(done.all()):
+            if used == steps or bool(done.all()):  # no forward for a token that will not be sampled
                 break
             attention = torch.cat([attention, live.long().unsqueeze(-1)], dim=1)
             if can_drop and int(done.sum()) >= max(1.0, self.drop_fraction * len(done)):
