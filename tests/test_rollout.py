@@ -16,6 +16,7 @@ from alignkit.rollout.engine import (
     Rollout,
     SamplingParams,
     budget_chunks,
+    decode_responses,
     filter_logits,
     generate_many,
     reserved_cache,
@@ -749,3 +750,21 @@ def test_sample_categorical_draws_each_entry_at_its_probability():
     assert (freq[want == 0] == 0).all()
     se = (want * (1 - want) / n).sqrt()
     assert ((freq - want).abs() <= 4 * se + 1e-9).all(), (freq, want)
+
+
+def test_decode_responses_cuts_at_eos_and_padding(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    words = [tok(text, add_special_tokens=False)["input_ids"] for text in (" good film", " bad plot")]
+    eos = tok.eos_token_id
+    width = max(map(len, words)) + 2
+    rows, masks = [], []
+    for i, ids in enumerate(words):  # row 0 ends with EOS, row 1 runs to the cap; padding (and junk) after
+        resp = ids + [eos] if i == 0 else ids
+        rows.append(resp + [words[1][0]] * (width - len(resp)))
+        masks.append([1] * len(resp) + [0] * (width - len(resp)))
+    ro = Rollout(input_ids=torch.tensor([[5] + r for r in rows]), attention_mask=torch.tensor([[1] + m for m in masks]),
+                 prompt_width=1, response_mask=torch.tensor(masks), logprobs=torch.zeros(2, width),
+                 finished=torch.tensor([True, False]))
+    assert decode_responses(tok, ro) == [tok.decode(words[0]), tok.decode(words[1])]

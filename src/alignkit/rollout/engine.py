@@ -69,11 +69,10 @@ class Rollout:
 
 def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
     """The response texts of a rollout: tokens up to EOS, EOS and padding removed."""
-    out = []
-    for ids, mask in zip(rollout.responses.tolist(), rollout.response_mask.tolist(), strict=True):
-        kept = [t for t, m in zip(ids, mask, strict=True) if m and t != tokenizer.eos_token_id]
-        out.append(tokenizer.decode(kept, skip_special_tokens=True))
-    return out
+    eos = tokenizer.eos_token_id
+    kept = [[t for t, m in zip(ids, mask, strict=True) if m and t != eos]
+            for ids, mask in zip(rollout.responses.tolist(), rollout.response_mask.tolist(), strict=True)]
+    return tokenizer.batch_decode(kept, skip_special_tokens=True)
 
 
 class Backend(Protocol):
