@@ -11,7 +11,8 @@ touching the trainers.
 
 Speed: `HFBackend` keeps its KV cache in buffers reserved for the whole rollout (`reserved_cache`: appending a
 token writes in place instead of copying the cache) and drops finished rows from its live batch (KV cache
-included) so later decode steps only compute unfinished rows; `generate_many` samples a long list of prompts in batches of similar prompt length
+included) so later decode steps only compute unfinished rows, prefills each distinct prompt once for all its
+samples, and runs each decode step by hand for the models `models.decode` covers; `generate_many` samples a long list of prompts in batches of similar prompt length
 (little left padding) and gives the rows back in their original order; `score_in_chunks` runs a scoring
 forward (log-probs, values) over a rollout in row chunks of bounded padded size, each chunk's all-padding
 columns cut off.
@@ -179,7 +180,10 @@ class HFBackend:
     exactly as without it. Greedy decoding gives the same tokens either way. Sampling draws its noise for the
     rows of the live batch, so once rows were dropped the random stream (not the distribution) differs from a
     run without dropping. A cache without `batch_select_indices` (not a transformers `Cache`) is never
-    compacted. With `reserve_cache` the KV cache is a `reserved_cache` sized for prompt + max_new_tokens."""
+    compacted. With `reserve_cache` the KV cache is a `reserved_cache` sized for prompt + max_new_tokens; with it and
+    `prefill_once`, repeated prompts (RLOO's k samples) are prefilled once and their cache rows copied. With
+    `decode_by_hand`, decode steps run `models.decode.decode_step` where it covers the model (the model's forward
+    otherwise). Both change the result by float rounding only."""
 
     def __init__(self, drop_finished: bool = True, drop_fraction: float = DROP_FRACTION, reserve_cache: bool = True,
                  decode_by_hand: bool = True, prefill_once: bool = True):
