@@ -25,7 +25,9 @@ from alignkit.models.readout import hidden_at
 from alignkit.models.varlen import flat_inputs, varlen_hidden, varlen_supported
 
 HEAD_CHUNK = 512  # scored positions per chunk of the LM head: 512 x 49k float32 logits = 100 MB for SmolLM2
-HEAD_KEEP_BYTES = 64 << 20  # below this, the scored positions' logits are kept for the backward, not recomputed
+# below this, the scored positions' logits are kept for the backward, not recomputed: SmolLM2 DPO batches (~300 MB
+# of logits) train 9% faster kept (full fine-tuning: peak RSS unchanged; LoRA: +4% speed, +4% RSS)
+HEAD_KEEP_BYTES = 512 << 20
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
