@@ -101,8 +101,9 @@ def head_logprobs(hidden: torch.Tensor, head, labels: torch.Tensor, *, temperatu
     `entropy=True` also the per-token entropy (B, L, no gradient) of the same distributions, 0 at unscored
     positions."""
     chunk = chunk or HEAD_CHUNK
-    where = (labels != -100).nonzero(as_tuple=True)
-    flat = (labels != -100).flatten().nonzero().squeeze(1)  # the same positions: index_select backs up cheaply
+    scored = labels != -100
+    where = scored.nonzero(as_tuple=True)
+    flat = scored.flatten().nonzero().squeeze(1)  # the same positions: index_select backs up cheaply
     h, y = hidden.flatten(0, -2).index_select(0, flat), labels[where]
     vocab = getattr(head, "out_features", None) or head.weight.shape[0]
     recompute = y.shape[0] * vocab * 4 > HEAD_KEEP_BYTES
@@ -202,11 +203,17 @@ def _packed_forward(model, batch: dict):
     needs its own forward, its flattened logits and None."""
     if _needs_full_forward(model):
         return model(**_packed_inputs(model, batch), use_cache=False).logits.flatten(0, 1), None
-    base = unwrap(model)
+    return _packed_hidden(model, batch), unwrap(model).get_output_embeddings()
+
+
+def _packed_hidden(model, batch: dict) -> torch.Tensor:
+    """The backbone's last hidden states of a packed batch, (R*L, H): flat with attention per sequence
+    (`models.varlen`) or in its rows under the block mask."""
     if _use_varlen(model, batch):
-        return varlen_hidden(model, batch), base.get_output_embeddings()
+        return varlen_hidden(model, batch)
+    base = unwrap(model)
     hidden = getattr(base, base.base_model_prefix)(**_packed_inputs(model, batch), use_cache=False).last_hidden_state
-    return hidden.flatten(0, 1), base.get_output_embeddings()
+    return hidden.flatten(0, 1)
 
 
 def packed_sequence_logprobs(model, batch: dict, *, return_tokens: bool = False, temperature: float = 1.0):
@@ -239,13 +246,8 @@ def packed_reward_scores(model, batch: dict) -> torch.Tensor:
 def packed_values(model, batch: dict) -> torch.Tensor:
     """Value estimates (N,) of a scalar-head model at the positions of a packed batch that predict its scored
     tokens (`score_index` order): V_t is read where response token t is chosen, as in `response_values`."""
-    base = unwrap(model)
-    if _use_varlen(model, batch):
-        hidden = varlen_hidden(model, batch)
-    else:
-        hidden = getattr(base, base.base_model_prefix)(**_packed_inputs(model, batch),
-                                                       use_cache=False).last_hidden_state.flatten(0, 1)
-    return base.score(hidden.index_select(0, batch["score_index"])).squeeze(-1).float()
+    hidden = _packed_hidden(model, batch)
+    return unwrap(model).score(hidden.index_select(0, batch["score_index"])).squeeze(-1).float()
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
