@@ -61,10 +61,12 @@ def test_pack_rollout_lays_each_prompt_out_once(lm, tiny_model):
     assert pack_rollout(ro.input_ids, empty, ro.prompt_width, ro.response_mask, tok.pad_token_id) is None
 
 
+@pytest.mark.parametrize("flat", [True, False], ids=["varlen", "block-mask"])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_packed_rollout_logprobs_match_padded(lm, tiny_model, temperature):
+def test_packed_rollout_logprobs_match_padded(lm, tiny_model, temperature, flat):
     ro, tok = _rollout(lm, tiny_model)
     batch = pack_rollout(ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask, tok.pad_token_id)
+    batch["varlen"] = flat  # False: the packed rows under their block mask
     with torch.no_grad():
         want = response_logprobs(lm, ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask,
                                  temperature=temperature) * ro.response_mask
@@ -74,7 +76,8 @@ def test_packed_rollout_logprobs_match_padded(lm, tiny_model, temperature):
     assert want[ro.response_mask.bool()].abs().min() > 0  # every response token scored
 
 
-def test_packed_values_match_padded(lm, tiny_model):
+@pytest.mark.parametrize("flat", [True, False], ids=["varlen", "block-mask"])
+def test_packed_values_match_padded(lm, tiny_model, flat):
     """PPO's value estimates V_t (read where response token t is chosen) packed equal the padded ones."""
     from transformers import AutoModelForSequenceClassification
 
@@ -82,6 +85,7 @@ def test_packed_values_match_padded(lm, tiny_model):
     torch.manual_seed(0)  # the score head is newly initialised
     value = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1, dtype=torch.float32).eval()
     batch = pack_rollout(ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask, tok.pad_token_id)
+    batch["varlen"] = flat
     with torch.no_grad():
         want = response_values(value, ro.input_ids, ro.attention_mask, ro.prompt_width) * ro.response_mask
         got = rollout_tokens(packed_values(value, batch), batch, ro.response_mask)
