@@ -55,14 +55,14 @@ from common import make_pairs, peak_rss_mb, tiny_gpt2
 from alignkit.rollout.engine import DROP_FRACTION
 
 WORK = Path(tempfile.gettempdir()) / "alignkit-bench-rollout"
-# variant: (LM head on the last prompt position only, drop_fraction or None for no dropping, bucketing, decode
-# steps by hand and each distinct prompt prefilled once); every variant but all-dynamic keeps its KV cache in
-# buffers reserved for the rollout (`reserved_cache`)
-VARIANTS = {"before": (False, None, False, False), "prefill": (True, None, False, False),
-            "drop": (True, DROP_FRACTION, False, False), "bucket": (True, None, True, False),
-            "all-dynamic": (True, DROP_FRACTION, True, False), "all-forward": (True, DROP_FRACTION, True, False),
-            "all": (True, DROP_FRACTION, True, True), "drop0": (True, 0.0, False, False),
-            "drop1/8": (True, 0.125, False, False), "drop1/2": (True, 0.5, False, False)}
+# variant: (LM head on the last prompt position only, drop_fraction or None for no dropping, bucketing, KV cache in
+# buffers reserved for the rollout (`reserved_cache`), decode steps by hand and each distinct prompt prefilled once)
+VARIANTS = {"before": (False, None, False, True, False), "prefill": (True, None, False, True, False),
+            "drop": (True, DROP_FRACTION, False, True, False), "bucket": (True, None, True, True, False),
+            "all-dynamic": (True, DROP_FRACTION, True, False, False),
+            "all-forward": (True, DROP_FRACTION, True, True, False), "all": (True, DROP_FRACTION, True, True, True),
+            "drop0": (True, 0.0, False, True, False), "drop1/8": (True, 0.125, False, True, False),
+            "drop1/2": (True, 0.5, False, True, False)}
 FRACTIONS = ["prefill", "drop0", "drop1/8", "drop", "drop1/2"]
 
 
@@ -161,9 +161,9 @@ def sample_setting(s: dict) -> dict:
     names = s.get("compare", ["before", "prefill", "drop", "bucket", "all-dynamic", "all-forward", "all"])
 
     def run(name: str, repeat: int) -> tuple[float, int, float, int]:
-        last_only, fraction, bucket, by_hand = VARIANTS[name]
+        last_only, fraction, bucket, reserved, by_hand = VARIANTS[name]
         backend = HFBackend(drop_finished=fraction is not None, drop_fraction=fraction or 0.0,
-                            reserve_cache=name != "all-dynamic", decode_by_hand=by_hand, prefill_once=by_hand)
+                            reserve_cache=reserved, decode_by_hand=by_hand, prefill_once=by_hand)
         ro = generate_many(backend, model if last_only else FullPrefill(model), prompts, params,
                            pad_id=tok.pad_token_id, eos_id=tok.eos_token_id, batch_size=s["batch"], bucket=bucket,
                            generator_for=lambda b: torch.Generator().manual_seed(1000 * repeat + b))
