@@ -17,6 +17,7 @@ from alignkit.train.common import (
     load_pair_split,
     make_encoder,
     policy_and_tokenizer,
+    reuse_freed_memory,
     saver,
     say,
     use_packing,
@@ -139,4 +140,5 @@ def build_coh(cfg: CoHConfig) -> Task:
 
 def run_coh(cfg: CoHConfig) -> TrainResult:
     """Train `cfg.model` with Chain of Hindsight on preference pairs; saved in `cfg.output_dir`."""
+    reuse_freed_memory()
     return train(build_coh(cfg), cfg)

@@ -19,7 +19,7 @@ from alignkit.losses import (
 )
 from alignkit.models.load import apply_lora, load_reward_model, save_model
 from alignkit.models.logprobs import packed_values, response_logprobs, response_values
-from alignkit.train.common import mean_over_processes, process_count
+from alignkit.train.common import mean_over_processes, process_count, reuse_freed_memory
 from alignkit.train.config import PPOConfig
 from alignkit.train.loop import Task, TrainResult, train
 from alignkit.train.online import (
@@ -125,4 +125,5 @@ def build_ppo(cfg: PPOConfig) -> Task:
 def run_ppo(cfg: PPOConfig) -> TrainResult:
     """PPO-train `cfg.model` against `cfg.reward_model` or `cfg.reward`; the policy is saved in `cfg.output_dir`
     and the value model in `cfg.output_dir/value`."""
+    reuse_freed_memory()
     return train(build_ppo(cfg), cfg)

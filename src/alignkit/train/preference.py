@@ -27,6 +27,7 @@ from alignkit.train.common import (
     load_pair_split,
     make_encoder,
     policy_and_tokenizer,
+    reuse_freed_memory,
     saver,
     say,
     use_packing,
@@ -184,5 +185,6 @@ def build_dpo(cfg: DPOConfig) -> Task:
 
 def run_dpo(cfg: DPOConfig) -> TrainResult:
     """Optimise `cfg.model` on preference pairs with the loss `cfg.loss`; saved in `cfg.output_dir`."""
+    reuse_freed_memory()
     return train(build_dpo(cfg), cfg)
 

@@ -19,6 +19,7 @@ from alignkit.train.common import (
     load_split,
     make_encoder,
     policy_and_tokenizer,
+    reuse_freed_memory,
     saver,
     say,
     use_packing,
@@ -119,4 +120,5 @@ def build_reward(cfg: RewardConfig) -> Task:
 
 def run_reward(cfg: RewardConfig) -> TrainResult:
     """Train a reward model; saved so `AutoModelForSequenceClassification.from_pretrained` loads it."""
+    reuse_freed_memory()
     return train(build_reward(cfg), cfg)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from alignkit.losses import rloo_advantages, rloo_loss
 from alignkit.models.logprobs import packed_sequence_logprobs, response_logprobs
-from alignkit.train.common import saver
+from alignkit.train.common import reuse_freed_memory, saver
 from alignkit.train.config import RLOOConfig
 from alignkit.train.loop import Task, TrainResult, train
 from alignkit.train.online import collate_prompts, make_eval, pack_rollout, packs_rollouts, setup_online
@@ -57,5 +57,6 @@ def build_rloo(cfg: RLOOConfig) -> Task:
 
 def run_rloo(cfg: RLOOConfig) -> TrainResult:
     """RLOO-train `cfg.model` against `cfg.reward_model` or `cfg.reward`; the policy is saved in `cfg.output_dir`."""
+    reuse_freed_memory()
     return train(build_rloo(cfg), cfg)
 

@@ -12,6 +12,7 @@ from alignkit.train.common import (
     make_encoder,
     mean_over_processes,
     policy_and_tokenizer,
+    reuse_freed_memory,
     saver,
     use_packing,
 )
@@ -57,4 +58,5 @@ def build_sft(cfg: SFTConfig) -> Task:
 
 def run_sft(cfg: SFTConfig) -> TrainResult:
     """Fine-tune `cfg.model` on the demonstrations in `cfg.data`; the model is saved in `cfg.output_dir`."""
+    reuse_freed_memory()
     return train(build_sft(cfg), cfg)
