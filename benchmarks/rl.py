@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -93,10 +94,17 @@ def tiny_policy(work: Path) -> str:
 
 
 def run_setting(name: str) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    try:
+        return measure(name, work)
+    finally:  # a SmolLM2 setting leaves ~1 GB of checkpoints and cache behind
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(name: str, work: Path) -> dict:
     from alignkit import PPOConfig, RLOOConfig, run_ppo, run_rloo
 
     s = SETTINGS[name]
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     (work / "reward.py").write_text(REWARD_PY)
     rng = random.Random(1)
     if s["model"] == "tiny":

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -81,13 +82,20 @@ def useful_flops_per_step(model_dir: Path, method: str, tokens: float, scored: f
 
 
 def run_setting(name: str) -> dict:
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    try:
+        return measure(name, work)
+    finally:  # a SmolLM2 setting leaves ~1 GB of checkpoints and cache behind
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(name: str, work: Path) -> dict:
     import torch
 
     from alignkit import DPOConfig, RewardConfig, SFTConfig, run_dpo, run_reward, run_sft
     from alignkit.models.load import resolve_model
 
     s = SETTINGS[name]
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
     model = s["model"] if s["model"] == "tiny" else resolve_model(s["model"])  # converted by main() beforehand
     os.environ["ALIGNKIT_CACHE"] = str(work / "cache")  # then no reuse of cached reference log-probs
     pairs = make_pairs(s["pairs"], 0, *((4, 120) if s["model"] == "tiny" else (4, 60)))
