@@ -28,7 +28,8 @@ Settings:
   lr 1e-5, 16 optimizer steps. One step: 8 prompts x 4 completions sampled with model.generate, a no-grad
   forward of the policy (old log-probs) and of the reference, rewards, leave-one-out advantages, one
   forward/backward over the 32 sequences, one AdamW step; 16 x 32 = 512 completions in all.
-Reported: pairs/s (completions/s for RLOO) = examples / trainer.train() wall time; step_median_* over the
+Reported: pairs/s (completions/s for RLOO) = examples / trainer.train() wall time, and end_to_end_* =
+examples / end_to_end_s (as train.py's and rl.py's end-to-end figures: loading included); step_median_* over the
 optimizer steps only (after the batch is collated, so comparable with train.py's median per-step figures) and
 steps_total_s, their sum (wall_s minus it = data loading, callbacks and logging between steps);
 tokens/s (all attended tokens, prompts counted in both rows of a pair); TRL's own train_runtime and
@@ -186,12 +187,14 @@ def run_trl(name: str, job: dict) -> dict:
     if s["trainer"] == "RLOOTrainer":
         n_examples = trainer.completions
         r.update({"completions_generated": n_examples, "completions_per_s": round(n_examples / wall, 2),
+                  "end_to_end_completions_per_s": round(n_examples / end_to_end, 2),
                   "gen_tokens": trainer.gen_tokens, "gen_tokens_per_s": round(trainer.gen_tokens / trainer.gen_s, 1),
                   "gen_share_of_wall": round(trainer.gen_s / wall, 3),
                   "step_median_completions_per_s": round(statistics.median(
                       s["prompts_per_step"] * s["k"] / t for t in timer.times), 2)})
     else:
         r.update({"pairs_trained": n_examples, "train_pairs_per_s": round(n_examples / wall, 2),
+                  "end_to_end_pairs_per_s": round(n_examples / end_to_end, 2),
                   "step_median_pairs_per_s": round(statistics.median(s["batch"] / t for t in timer.times), 2)})
     r.update({
         "train_tokens_per_s": round(total_tokens / wall, 1),
