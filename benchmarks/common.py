@@ -5,8 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -66,6 +68,16 @@ def body_and_head_params(model_dir) -> tuple[int, int]:
     if pos is not None and hasattr(pos, "wpe"):
         emb |= {id(p) for p in pos.wpe.parameters()}
     return sum(p.numel() for p in model.parameters() if id(p) not in emb), cfg.hidden_size * cfg.vocab_size
+
+
+def in_work_folder(measure: Callable[[str, Path], dict], name: str) -> dict:
+    """`measure(name, work)` with `work` a fresh temporary folder, removed afterwards (a SmolLM2 setting writes
+    ~1 GB of checkpoints and cache there)."""
+    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    try:
+        return measure(name, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def peak_rss_mb() -> float:

@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
-from common import body_and_head_params, make_pairs, matmul_peak_gflops, peak_rss_mb, tiny_gpt2
+from common import (
+    body_and_head_params,
+    in_work_folder,
+    make_pairs,
+    matmul_peak_gflops,
+    peak_rss_mb,
+    tiny_gpt2,
+)
 from common import main as bench_main
 
 GOOD = "great wonderful brilliant superb lovely moving delightful charming excellent beautiful".split()
@@ -94,11 +99,7 @@ def tiny_policy(work: Path) -> str:
 
 
 def run_setting(name: str) -> dict:
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-    try:
-        return measure(name, work)
-    finally:  # a SmolLM2 setting leaves ~1 GB of checkpoints and cache behind
-        shutil.rmtree(work, ignore_errors=True)
+    return in_work_folder(measure, name)
 
 
 def measure(name: str, work: Path) -> dict:

@@ -27,15 +27,20 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import body_and_head_params, make_pairs, matmul_peak_gflops, peak_rss_mb, tiny_gpt2
+from common import (
+    body_and_head_params,
+    in_work_folder,
+    make_pairs,
+    matmul_peak_gflops,
+    peak_rss_mb,
+    tiny_gpt2,
+)
 from common import main as bench_main
 
 TINY = dict(model="tiny", pairs=512, batch=8, max_steps=None, max_length=512)
@@ -82,11 +87,7 @@ def useful_flops_per_step(model_dir: Path, method: str, tokens: float, scored: f
 
 
 def run_setting(name: str) -> dict:
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
-    try:
-        return measure(name, work)
-    finally:  # a SmolLM2 setting leaves ~1 GB of checkpoints and cache behind
-        shutil.rmtree(work, ignore_errors=True)
+    return in_work_folder(measure, name)
 
 
 def measure(name: str, work: Path) -> dict:
