@@ -187,10 +187,9 @@ def sample_setting(s: dict) -> dict:
         if ref in result:
             ratios.update({f"{n}/{ref}": round(result[n]["gen_tokens_per_s"] / result[ref]["gen_tokens_per_s"], 2)
                            for n in names[names.index(ref) + 1:]})
-    if "all-forward" in result:
-        ratios["all/all-forward"] = round(result["all"]["gen_tokens_per_s"] / result["all-forward"]["gen_tokens_per_s"], 2)
-    if "all-dynamic" in result:
-        ratios["all-forward/all-dynamic"] = round(result["all-forward"]["gen_tokens_per_s"] / result["all-dynamic"]["gen_tokens_per_s"], 2)
+    for a, b in (("all", "all-forward"), ("all-forward", "all-dynamic")):  # one change each
+        if a in result and b in result:
+            ratios[f"{a}/{b}"] = round(result[a]["gen_tokens_per_s"] / result[b]["gen_tokens_per_s"], 2)
     lengths = sorted(map(len, prompts))
     return {"prompts": len(prompts), "samples_per_prompt": k, "prompt_len_min_med_max": [lengths[0], lengths[len(lengths) // 2], lengths[-1]],
             "variants": result, "tokens_per_s_ratio": ratios}
