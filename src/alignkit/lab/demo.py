@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alignkit.errors import ConfigError
 from alignkit.lab import imdb
@@ -31,6 +31,7 @@ from alignkit.lab.annotators import annotate_groups
 from alignkit.lab.sentiment import quick_reviews, review_prompts
 from alignkit.rollout.rewards import CallableReward
 from alignkit.train.common import say
+from alignkit.train.config import comma_choices
 
 METHODS = ("ppo", "rloo", "dpo", "cdpo", "ipo", "gdpo", "coh")
 IMDB_HUB_ID = imdb.HUB_ID
@@ -67,6 +68,11 @@ class DemoConfig(BaseModel):
     lora: bool = Field(False, description="train LoRA adapters instead of all weights")
     seed: int = Field(0, description="random seed")
     progress: bool = Field(True, description="show progress bars")
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: str) -> str:
+        return comma_choices(value, METHODS, "method")
 
 
 QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rl_learning_rate=1e-3,
@@ -277,7 +283,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     train_prompts, heldout = timed("prompts", stage_prompts, cfg, run, reference)
     votes = timed("samples+labels", stage_samples_and_labels, cfg, run, reference, train_prompts, gold)
     rm = timed("rm", stage_train, cfg, run, "rm", reference, votes, train_prompts, "")
-    methods = [m.strip() for m in cfg.methods.split(",") if m.strip()]
+    methods = cfg.methods.split(",")
     policies = {m: timed(m, stage_train, cfg, run, m, reference, votes, train_prompts, rm) for m in methods}
     prompts, _ = load_prompts(heldout)
     settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, samples=4 if cfg.quick else 1, seed=cfg.seed + 99,

@@ -38,7 +38,7 @@ def encode_coh(enc: Encoder, pair, cfg: CoHConfig) -> dict:
     """Token rows (ids, trained-mask) for every CoH sequence of a pair, plus the plain SFT row."""
     prompt = enc.truncate_prompt(enc.prompt_ids(pair.prompt))
     rows = []
-    forms = [f.strip() for f in cfg.forms.split(",") if f.strip()]
+    forms = cfg.forms.split(",")
     for segs in coh_segments(_text(pair.chosen), _text(pair.rejected), positive=cfg.positive,
                              negative=cfg.negative, forms=forms):
         ids, mask = list(prompt), [0] * len(prompt)

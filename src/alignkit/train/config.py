@@ -13,6 +13,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from alignkit.errors import ConfigError
 
 
+def comma_choices(value: str, choices: tuple[str, ...], what: str) -> str:
+    """A comma-separated setting checked against its choices; returned normalised ("a,b", blanks dropped)."""
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if not items:
+        raise ValueError(f"give at least one {what}: {', '.join(choices)}")
+    unknown = [v for v in items if v not in choices]
+    if unknown:
+        raise ValueError(f"unknown {what} {', '.join(repr(v) for v in unknown)}; choose from {', '.join(choices)}")
+    return ",".join(dict.fromkeys(items))
+
+
 class RunConfig(BaseModel):
     """Settings shared by every trainer (offline and online)."""
 
@@ -137,6 +148,13 @@ class CoHConfig(TrainConfig):
     forms: str = Field("single,chained", description="sequences per pair: single (each response alone), chained (both orders)")
     attention_drop: float = Field(0.0, ge=0, le=0.05, description="randomly hide this share of past positions from attention (0-5%)")
     sft_weight: float = Field(0.0, ge=0, description="weight λ of an SFT term on prompt + preferred response")
+
+    @field_validator("forms")
+    @classmethod
+    def _forms(cls, value: str) -> str:
+        from alignkit.data.coh import FORMS
+
+        return comma_choices(value, FORMS, "form")
 
 
 class RLConfig(RunConfig):
