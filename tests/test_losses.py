@@ -17,6 +17,7 @@ from alignkit.losses import (
     gdpo_loss,
     gipo_loss,
     hinge_loss,
+    implicit_accuracy,
     implicit_rewards,
     ipo_loss,
     preference_loss,
@@ -204,6 +205,30 @@ def test_implicit_rewards():
     r = implicit_rewards(pol, ref, 0.5)
     assert close(r, [1.0, -0.5])
     assert not r.requires_grad
+
+
+def test_implicit_accuracy_hand_values():
+    # pair 0: h = (−10 + 11) − (−12 + 12) = 1, τ = 1e-4 · 45 = 0.0045 → counted
+    # pair 1: h = (−10 + 10.0005) − (−12 + 11.9995) = 0.001 < τ = 1e-4 · 44 = 0.0044 → a tie, not counted
+    # pair 2: h = −1 (the policy prefers the rejected response) → not counted
+    # pair 3: h = 0 exactly → not counted
+    pc, pr = torch.tensor([-10.0, -10.0, -12.0, -5.0]), torch.tensor([-12.0, -12.0, -10.0, -5.0])
+    rc, rr = torch.tensor([-11.0, -10.0005, -12.0, -5.0]), torch.tensor([-12.0, -11.9995, -11.0, -5.0])
+    assert implicit_accuracy(pc, pr, rc, rr).tolist() == [1.0, 0.0, 0.0, 0.0]
+    # the band scales with the log-probs: a wider band turns pair 0 into a tie (τ = 0.03 · 45 = 1.35 > 1)
+    assert implicit_accuracy(pc, pr, rc, rr, band=0.03).tolist() == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_implicit_accuracy_ignores_rounding_noise_at_step_0():
+    """Policy = reference up to float32 rounding of a different computation: no pair counts as learned."""
+    g = torch.Generator().manual_seed(0)
+    ref = -torch.rand(2, 256, generator=g, dtype=torch.float64) * 300  # summed log-probs of up to 300 nats
+    noisy = ref * (1 + (torch.rand(2, 256, generator=g, dtype=torch.float64) - 0.5) * 2e-5)  # 1e-5 relative
+    pol = noisy.float()
+    assert implicit_accuracy(pol[0], pol[1], ref[0].float(), ref[1].float()).sum().item() == 0.0
+    # the same noise read without the band (h > 0) counts about half the pairs: the defect the band removes
+    h = (pol[0].double() - ref[0]) - (pol[1].double() - ref[1])
+    assert (h > 0).float().mean().item() > 0.3
 
 
 # --------------------------------------------------------------------------------------------------

@@ -314,11 +314,36 @@ def preference_loss(
 def implicit_rewards(policy_logps: Tensor, reference_logps: Tensor, beta: float) -> Tensor:
     """DPO implicit reward ``r̂(x, y) = β (logπ(y|x) − logπ_ref(y|x))``, detached, float32, same shape.
 
-    Used for logging (reward margins, accuracy = share of pairs with r̂_chosen > r̂_rejected).
+    Used for logging (reward margins; the accuracy is :func:`implicit_accuracy`).
 
     Source: Rafailov et al. 2023, "Direct Preference Optimization", section 5.
     """
     return (beta * (policy_logps.float() - reference_logps.float())).detach()
+
+
+TIE_BAND = 1e-4
+"""Relative width of the float-noise band in :func:`implicit_accuracy` (about 1,700 float32 roundoffs)."""
+
+
+def implicit_accuracy(policy_chosen: Tensor, policy_rejected: Tensor, reference_chosen: Tensor,
+                      reference_rejected: Tensor, band: float = TIE_BAND) -> Tensor:
+    """1.0 for each pair the policy orders correctly beyond float noise, else 0.0; shape (B,).
+
+    A pair counts when its margin exceeds a tie band that scales with the log-probs it is made of::
+
+        h > τ,   τ = band · (|logπ(y_w)| + |logπ_ref(y_w)| + |logπ(y_l)| + |logπ_ref(y_l)|)
+
+    The policy's and the reference's log-probs may come from different but equivalent computations (a
+    precomputed reference pass and the training forward, or other kernels on another CPU), which agree only
+    up to float32 rounding. At step 0 (policy = reference) h is that rounding and nothing else; without the
+    band a CPU-dependent share of pairs would count as learned before any training. β > 0 does not change
+    the sign of the implicit-reward margin β·h, so the band is applied to h.
+    """
+    pc, pr = policy_chosen.detach().float(), policy_rejected.detach().float()
+    rc, rr = reference_chosen.detach().float(), reference_rejected.detach().float()
+    h = (pc - rc) - (pr - rr)
+    tau = band * (pc.abs() + rc.abs() + pr.abs() + rr.abs())
+    return (h > tau).float()
 
 
 

@@ -19,7 +19,7 @@ import torch
 from accelerate.utils import send_to_device
 
 from alignkit.data.collate import collate_pairs, pack_pairs
-from alignkit.losses import implicit_rewards, preference_loss
+from alignkit.losses import implicit_accuracy, implicit_rewards, preference_loss
 from alignkit.models.load import cache_dir, load_causal_lm
 from alignkit.models.logprobs import packed_sequence_logprobs, sequence_logprobs
 from alignkit.train.common import (
@@ -73,7 +73,7 @@ def make_dpo_step(cfg: DPOConfig, reference=None):
         chosen_r = implicit_rewards(pc, rc, cfg.beta)
         rejected_r = implicit_rewards(pr, rr, cfg.beta)
         return losses.mean(), {
-            "accuracy": (chosen_r > rejected_r).float().mean(),
+            "accuracy": implicit_accuracy(pc, pr, rc, rr).mean(),
             "reward_chosen": chosen_r.mean(),
             "reward_rejected": rejected_r.mean(),
             "margin": (chosen_r - rejected_r).mean(),
