@@ -36,9 +36,9 @@ Scoring settings time policy log-probs with entropy (what `online.Sampler` compu
 `score-smollm2` interleave the budgets in one process (speed), each `score-rss-*` runs one budget in its own
 process (peak RSS, against the RSS before scoring; SmolLM2's includes its memory-mapped weights paged in by
 the first forward, which hides the difference at 64 rows).
-Torch runs on ROLLOUT_BENCH_THREADS threads (default 1): on a machine shared with other jobs, two intra-op
-threads fighting for two busy cores made the same generate call 10-30x slower and erratic. Absolute numbers
-stay noisy there; ratios within one setting less so.
+Torch runs on ROLLOUT_BENCH_THREADS threads (default 1): on a machine shared with other jobs, intra-op threads
+competing for busy cores make the same generate call many times slower and erratic. Absolute numbers stay
+noisy there; ratios within one setting less so.
 """
 
 from __future__ import annotations

@@ -36,8 +36,9 @@ tokens/s (all attended tokens, prompts counted in both rows of a pair); TRL's ow
 train_samples_per_second; end_to_end_s = model/tokenizer loading + trainer construction (dataset tokenisation)
 + train(); train_cpu_s (CPU seconds of train(): well under threads x wall_s means the cores were shared) and
 the 1-minute load average at the end, to judge noise; peak RSS of the process; the float32 matmul peak measured
-in the same process. On a shared machine torch's 2 OpenMP threads lose much more than their share (a generate
-call measured 13x slower with 2 threads than with 1 under load): compare figures taken at the same load only.
+in the same process. On a shared machine torch's OpenMP threads lose much more than their share of the cores
+(under load a generate call can run many times slower with 2 threads than with 1): compare figures taken at the
+same load only.
 """
 
 from __future__ import annotations
