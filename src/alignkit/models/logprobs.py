@@ -20,6 +20,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 from alignkit.losses import token_entropy, token_logprobs
+from alignkit.models.compat import untested
 from alignkit.models.load import sharded, unwrap
 from alignkit.models.readout import hidden_at
 from alignkit.models.varlen import flat_inputs, varlen_hidden, varlen_supported
@@ -164,6 +165,8 @@ def packing_supported(model) -> str | None:
     cfg = getattr(unwrap(model), "config", None)
     if cfg is None:
         return "not a transformers model"
+    if (why := untested()) is not None:
+        return why
     impl = getattr(cfg, "_attn_implementation", None) or "eager"
     if impl not in ("sdpa", "eager"):
         return f"attention implementation {impl!r} takes no 4D mask"

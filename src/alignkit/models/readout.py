@@ -23,6 +23,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
+from alignkit.models.compat import untested
 from alignkit.models.load import sharded, unwrap
 from alignkit.models.varlen import VARLEN, view_keys
 
@@ -60,6 +61,8 @@ def unsupported(model) -> str | None:
     """None when `hidden_at` computes the last layer of `model` at the read positions only, else why not."""
     if sharded(model):
         return "FSDP- or DeepSpeed-wrapped model"
+    if (why := untested()) is not None:
+        return why
     base = unwrap(model)
     cfg = getattr(base, "config", None)
     backbone = getattr(base, getattr(base, "base_model_prefix", ""), None)

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from alignkit.models.compat import fast_paths
 from alignkit.models.load import unwrap
 
 VARLEN = "alignkit_varlen"
@@ -58,7 +59,7 @@ def varlen_supported(model) -> bool:
     attention, no sliding window, not gradient-checkpointed)."""
     base = unwrap(model)
     cfg = getattr(base, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in MODEL_TYPES:
+    if cfg is None or getattr(cfg, "model_type", None) not in MODEL_TYPES or not fast_paths():
         return False
     if (getattr(cfg, "_attn_implementation", None) or "eager") not in ("sdpa", "eager"):
         return False

@@ -30,6 +30,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from alignkit.data.collate import pad_rows
 from alignkit.losses import entropy_from_logprobs
+from alignkit.models.compat import cache_keyword, fast_paths, output_cache
 from alignkit.models.decode import decode_step
 from alignkit.models.logprobs import position_ids_from_mask
 
@@ -153,7 +154,7 @@ def reserved_cache(model, capacity: int) -> DynamicCache | None:
     layer kinds, e.g. sliding windows, stay as transformers makes them); None when the model's config cannot
     describe its cache (the model then makes its own)."""
     config = getattr(model, "config", None)
-    if config is None:
+    if config is None or not fast_paths():
         return None
     try:
         cache = DynamicCache(config=config)
@@ -214,8 +215,8 @@ class HFBackend:
         width = prompt_ids.shape[1]
         positions = position_ids_from_mask(prompt_mask)
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1, past_key_values=cache)
-        past, logits = out.past_key_values, out.logits[:, -1]
+                    logits_to_keep=1, **{cache_keyword(): cache})
+        past, logits = output_cache(out), out.logits[:, -1]
         if once:
             index = torch.tensor(copy_of, device=device)
             past.batch_select_indices(index)
@@ -261,8 +262,8 @@ class HFBackend:
                 logits = step(tok, next_pos, attention)
             else:
                 out = model(input_ids=tok.unsqueeze(-1), attention_mask=attention, position_ids=next_pos,
-                            past_key_values=past, use_cache=True)
-                past, logits = out.past_key_values, out.logits[:, -1]
+                            use_cache=True, **{cache_keyword(): past})
+                past, logits = output_cache(out), out.logits[:, -1]
             next_pos = next_pos + 1
         responses, logps, masks, ents = tokens[:, :used], logps[:, :used], masks[:, :used], ents[:, :used]
         response_mask = masks.long()

@@ -1,0 +1,53 @@
+"""The transformers versions alignkit's hand-written paths were tested with.
+
+The packed forwards (a 4D block mask, or flat varlen attention), the last-layer read-out, the hand-written decode
+step and the reserved KV cache reach into transformers' internals: module attribute names, the cache classes, how
+a custom attention mask is taken. They run only when the installed transformers is inside `TESTED`; outside it
+they switch off with one warning line, and the plain path (the model's own forward, padded batches, the model's
+own cache) runs instead: slower, and otherwise the same up to float rounding."""
+
+from __future__ import annotations
+
+import functools
+
+from alignkit.console import say
+
+TESTED = ("5.0.0", "5.25.0")  # [lowest, first untested) transformers release for the hand-written paths
+
+
+@functools.cache
+def fast_paths() -> bool:
+    """Whether the installed transformers is one the hand-written paths were tested with (says so once if not)."""
+    import transformers
+    from packaging.version import Version
+
+    installed = Version(transformers.__version__)
+    if Version(TESTED[0]) <= installed < Version(TESTED[1]):
+        return True
+    say(f"warning: transformers {installed} is outside the range alignkit's fast paths were tested with "
+        f"({TESTED[0]} to before {TESTED[1]}): they are off and the plain, slower path runs")
+    return False
+
+
+def untested() -> str | None:
+    """A reason to refuse a hand-written path (for the callers that report one), or None."""
+    if fast_paths():
+        return None
+    import transformers
+
+    return f"transformers {transformers.__version__} is outside the tested range"
+
+
+@functools.cache
+def cache_keyword() -> str:
+    """The keyword a transformers model's forward takes its KV cache under: `cache` from 5.24 on (where
+    `past_key_values` still works but warns), `past_key_values` before."""
+    import transformers
+    from packaging.version import Version
+
+    return "cache" if Version(transformers.__version__) >= Version("5.24.0.dev0") else "past_key_values"
+
+
+def output_cache(out):
+    """The KV cache a forward returned (`cache` from transformers 5.24 on, `past_key_values` before)."""
+    return out.cache if cache_keyword() == "cache" else out.past_key_values
