@@ -42,7 +42,7 @@ def _private_cache(tmp_path_factory):
     (SmolLM2 from its GGUF, ~20 s) are shared with the user's cache so each session need not redo it."""
     import os
 
-    from alignkit.models.load import cache_dir
+    from alignkit.models.names import cache_dir
 
     models = cache_dir() / "models"
     models.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from alignkit.label.db import DEFAULT_DB
+from alignkit.label import DEFAULT_DB
 
 DB_HELP = ("the labeling database: a file path (SQLite) or postgresql://USER:PASSWORD@HOST:PORT/NAME "
            f"(default: {DEFAULT_DB})")

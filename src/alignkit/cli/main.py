@@ -18,7 +18,6 @@ from alignkit.train.config import (
     DPOConfig,
     PPOConfig,
     RewardConfig,
-    RLConfig,
     RLOOConfig,
     RunConfig,
     SFTConfig,
@@ -139,25 +138,6 @@ def _texts(path: str) -> list[str]:
     return out
 
 
-def _check_context(cfg: RunConfig) -> None:
-    """Sequence lengths that do not fit in a model's context: one clear error before any data or model is
-    loaded, instead of an index error deep inside the model (or silent use of untrained positions)."""
-    from alignkit.models.load import check_context
-
-    if isinstance(cfg, RLConfig):
-        sampled = cfg.max_prompt_length + cfg.max_new_tokens
-        what = f"--max-prompt-length {cfg.max_prompt_length} + --max-new-tokens {cfg.max_new_tokens} = {sampled}"
-        for name in (cfg.model, getattr(cfg, "value_model", None)):
-            if name:
-                check_context(name, sampled, what)
-        if cfg.reward_model:
-            check_context(cfg.reward_model, cfg.max_length, f"--max-length {cfg.max_length}")
-        return
-    for name in (cfg.model, getattr(cfg, "reference_model", None)):
-        if name:
-            check_context(name, cfg.max_length, f"--max-length {cfg.max_length}")
-
-
 def _report(result) -> None:
     import json
 
@@ -222,7 +202,6 @@ def main(argv: list[str] | None = None) -> int:
         cls, run, _ = TRAINERS[args.command]
         overrides = {k: v for k, v in vars(args).items() if k in cls.model_fields}
         cfg = load_config(cls, file=args.config, overrides=overrides)
-        _check_context(cfg)
         _quiet_libraries()
         _report(run(cfg))
         return 0

@@ -25,12 +25,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from alignkit.console import say
 from alignkit.errors import ConfigError
 from alignkit.lab import imdb
 from alignkit.lab.annotators import annotate_groups
 from alignkit.lab.sentiment import quick_reviews, review_prompts
-from alignkit.rollout.rewards import CallableReward
-from alignkit.train.common import say
 from alignkit.train.config import comma_choices
 
 METHODS = ("ppo", "rloo", "dpo", "cdpo", "ipo", "gdpo", "coh")
@@ -171,6 +170,7 @@ def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_p
     from alignkit.data import load_prompts
     from alignkit.evaluate.run import EvalSettings, sample_policy
     from alignkit.models.load import load_tokenizer
+    from alignkit.rollout.rewards import CallableReward
 
     stage = run / "labels"
     votes = stage / "votes.jsonl"

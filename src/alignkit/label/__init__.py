@@ -7,3 +7,5 @@ distinct annotators (`store.py`); `status` shows progress, per-annotator counts,
 agreement; `export` writes pairs with hard and soft labels, rankings and raw votes in the formats the
 trainers read. This package talks to the rest of alignkit only through those data files.
 """
+
+DEFAULT_DB = "label.db"  # the database of every `alignkit label` command unless --db names another

@@ -52,7 +52,6 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from alignkit.errors import AlignkitError, ConfigError
 
 SCHEMA_VERSION = 1
-DEFAULT_DB = "label.db"
 
 metadata = MetaData()
 

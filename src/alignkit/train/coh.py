@@ -7,6 +7,7 @@ import json
 
 import torch
 
+from alignkit.console import say
 from alignkit.data.coh import coh_segments
 from alignkit.data.collate import pack_units, pad_rows
 from alignkit.data.tokenize import Encoder
@@ -14,15 +15,14 @@ from alignkit.losses import coh_loss, sft_loss
 from alignkit.models.logprobs import packed_sequence_logprobs, position_ids_from_mask
 from alignkit.train.common import (
     encode_all,
-    load_pair_split,
     make_encoder,
     policy_and_tokenizer,
     reuse_freed_memory,
     saver,
-    say,
     use_packing,
 )
 from alignkit.train.config import CoHConfig
+from alignkit.train.inputs import load_inputs
 from alignkit.train.loop import Task, TrainResult, train
 
 COH_FILE = "alignkit_coh.json"  # saved with the model: the feedback phrases, so inference can end prompts with
@@ -116,7 +116,7 @@ def make_coh_step(cfg: CoHConfig):
 
 
 def build_coh(cfg: CoHConfig) -> Task:
-    train_recs, eval_recs, info = load_pair_split(cfg)
+    train_recs, eval_recs, info = load_inputs(cfg)
     model, tok = policy_and_tokenizer(cfg)
     enc = make_encoder(cfg, tok)
     train_items = encode_all(train_recs, lambda p: encode_coh(enc, p, cfg), "train", cfg.progress)

@@ -1,16 +1,14 @@
-"""Pieces every method's setup shares: data loading and splitting, tokenising with progress, model + LoRA."""
+"""Pieces every method's setup shares: tokenising with progress, model + LoRA, packing, saving."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import platform
-import random
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from alignkit.data.records import LoadReport
+from alignkit.console import say
 from alignkit.data.tokenize import Encoder
 from alignkit.models.load import apply_lora, load_causal_lm, load_reward_model, load_tokenizer, save_model
 from alignkit.train.config import TrainConfig
@@ -52,40 +50,6 @@ def reuse_freed_memory() -> bool:
     mallopt = ctypes.CDLL(None).mallopt
     m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
     return mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, 1 << 30) == 1
-
-
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def load_split(cfg, load: Callable[..., tuple[list, LoadReport]], data: str, eval_data: str | None) -> tuple[list, list, dict]:
-    """Training and held-out records: `eval_data`, or a seeded `cfg.eval_fraction` of `data`."""
-    records, report = load(data, skip_invalid=cfg.skip_invalid)
-    say(report.summary())
-    info = {"train_data": vars(report)}
-    if eval_data:
-        held, eval_report = load(eval_data, skip_invalid=cfg.skip_invalid)
-        say(eval_report.summary())
-        info["eval_data"] = vars(eval_report)
-        return records, held, info
-    if cfg.eval_fraction <= 0 or len(records) < 2:
-        return records, [], info
-    order = list(range(len(records)))
-    random.Random(cfg.seed).shuffle(order)
-    n_eval = max(1, round(cfg.eval_fraction * len(records)))
-    held = [records[i] for i in order[:n_eval]]
-    kept = [records[i] for i in order[n_eval:]]
-    return kept, held, info
-
-
-def load_pair_split(cfg) -> tuple[list, list, dict]:
-    """Preference pairs (any format `load_pairs` reads) for training and evaluation."""
-    from alignkit.data import load_pairs
-
-    def load(source, skip_invalid):
-        return load_pairs(source, format=cfg.data_format, skip_invalid=skip_invalid)
-
-    return load_split(cfg, load, cfg.data, cfg.eval_data)
 
 
 def encode_all(records: list, fn: Callable, desc: str, progress: bool) -> list:

@@ -5,9 +5,8 @@ Every field's description is the help text of its CLI flag (`--field-name`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignkit.errors import ConfigError
@@ -28,6 +27,7 @@ class RunConfig(BaseModel):
     """Settings shared by every trainer (offline and online)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    inputs: ClassVar[str]  # what the run reads (train.inputs): sft, pairs, pairs-or-rankings or prompts
 
     model: str = Field(description="policy to start from: a folder, a hub id, or a built-in name (smollm2-135m-instruct)")
     output_dir: str = Field(description="folder for the trained model, checkpoints, metrics.jsonl and config.yaml")
@@ -105,9 +105,13 @@ class TrainConfig(RunConfig):
 class SFTConfig(TrainConfig):
     """Supervised fine-tuning on demonstrations (prompt/completion or chat messages)."""
 
+    inputs: ClassVar[str] = "sft"
+
 
 class RewardConfig(TrainConfig):
     """Reward model from pairwise (hard or soft labels, optional margins) or ranked preferences."""
+
+    inputs: ClassVar[str] = "pairs-or-rankings"
 
     learning_rate: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
     normalize: bool = Field(True, description="after training, store an offset so training responses score mean 0")
@@ -120,6 +124,8 @@ PreferenceLoss = Literal["dpo", "cdpo", "ipo", "hinge", "gdpo", "gipo"]
 
 class DPOConfig(TrainConfig):
     """Reward-free preference optimisation: DPO and its family."""
+
+    inputs: ClassVar[str] = "pairs"
 
     learning_rate: float = Field(5e-6, gt=0, description="peak learning rate (AdamW)")
     loss: PreferenceLoss = Field("dpo", description="dpo, cdpo, ipo, hinge, gdpo (soft-label geometric DPO, Furuta et al. 2024) or gipo")
@@ -142,6 +148,8 @@ class DPOConfig(TrainConfig):
 class CoHConfig(TrainConfig):
     """Chain of Hindsight: preference pairs as text with feedback phrases, trained by cross-entropy."""
 
+    inputs: ClassVar[str] = "pairs"
+
     learning_rate: float = Field(1e-5, gt=0, description="peak learning rate (AdamW)")
     positive: str = Field(" A helpful answer:", description="feedback phrase before a preferred response")
     negative: str = Field(" An unhelpful answer:", description="feedback phrase before a dispreferred response")
@@ -159,6 +167,8 @@ class CoHConfig(TrainConfig):
 
 class RLConfig(RunConfig):
     """Online RL settings shared by PPO and RLOO: prompts, reward source, sampling, KL penalty."""
+
+    inputs: ClassVar[str] = "prompts"
 
     max_steps: int | None = Field(None, gt=0, description="rollout batches (PPO/RLOO iterations) to run (overrides --epochs)")
     epochs: float = Field(1.0, gt=0, description="passes over the training prompts")
@@ -240,6 +250,8 @@ def load_config(cls: type[BaseModel], *, file: str | None = None, overrides: dic
     values: dict = {}
     where = "config"
     if file:
+        import yaml
+
         where = file
         try:
             text = Path(file).read_text()
@@ -265,5 +277,7 @@ def load_config(cls: type[BaseModel], *, file: str | None = None, overrides: dic
 
 
 def save_config(cfg: RunConfig, path: str | Path, *, method: str) -> None:
+    import yaml
+
     data = {"method": method, **cfg.model_dump()}
     Path(path).write_text(yaml.safe_dump(data, sort_keys=False))

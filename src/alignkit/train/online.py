@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 from accelerate.utils import send_to_device
 
+from alignkit.console import say
 from alignkit.data.collate import pack_responses
 from alignkit.errors import AlignkitError
 from alignkit.losses import kl_k1, kl_k3, masked_mean
@@ -24,8 +25,9 @@ from alignkit.rollout.engine import (
     score_in_chunks,
 )
 from alignkit.rollout.rewards import reward_source
-from alignkit.train.common import load_split, make_encoder, policy_and_tokenizer, say
+from alignkit.train.common import make_encoder, policy_and_tokenizer
 from alignkit.train.config import RLConfig
+from alignkit.train.inputs import load_inputs
 
 
 def pack_rollout(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
@@ -61,13 +63,6 @@ def packed_token_logprobs(model, batch: dict, response_mask: torch.Tensor, tempe
     """Per-token response log-probs (rows, T) of a `pack_rollout` batch, zero past each response."""
     _, tok = packed_sequence_logprobs(model, batch, return_tokens=True, temperature=temperature)
     return rollout_tokens(tok, batch, response_mask)
-
-
-def load_prompt_split(cfg: RLConfig) -> tuple[list, list, dict]:
-    """Training and held-out prompts (--eval-prompts, or a seeded --eval-fraction of --prompts)."""
-    from alignkit.data import load_prompts
-
-    return load_split(cfg, load_prompts, cfg.prompts, cfg.eval_prompts)
 
 
 @dataclass
@@ -233,7 +228,7 @@ def make_eval(cfg: RLConfig, sampler: Sampler, items: list[dict]):
 
 def setup_online(cfg: RLConfig, *, value: bool = False):
     """Prompts, policy (+ LoRA), tokenizer, reference and sampler for an online method."""
-    train_prompts, eval_prompts, info = load_prompt_split(cfg)
+    train_prompts, eval_prompts, info = load_inputs(cfg)
     policy, tok = policy_and_tokenizer(cfg)
     reference = make_reference(cfg, policy)
     sampler = Sampler(cfg, tok, reference)

@@ -18,21 +18,22 @@ from functools import partial
 import torch
 from accelerate.utils import send_to_device
 
+from alignkit.console import say
 from alignkit.data.collate import collate_pairs, pack_pairs
 from alignkit.losses import implicit_accuracy, implicit_rewards, preference_loss
-from alignkit.models.load import cache_dir, load_causal_lm
+from alignkit.models.load import load_causal_lm
 from alignkit.models.logprobs import packed_sequence_logprobs, sequence_logprobs
+from alignkit.models.names import cache_dir
 from alignkit.train.common import (
     encode_all,
-    load_pair_split,
     make_encoder,
     policy_and_tokenizer,
     reuse_freed_memory,
     saver,
-    say,
     use_packing,
 )
 from alignkit.train.config import DPOConfig
+from alignkit.train.inputs import load_inputs
 from alignkit.train.loop import Task, TrainResult, train
 
 
@@ -146,7 +147,7 @@ def precompute_reference(reference, items: list[dict], collate, batch_size: int,
 
 
 def build_dpo(cfg: DPOConfig) -> Task:
-    train_recs, eval_recs, info = load_pair_split(cfg)
+    train_recs, eval_recs, info = load_inputs(cfg)
     model, tok = policy_and_tokenizer(cfg)
     enc = make_encoder(cfg, tok)
     train_items = encode_all(train_recs, enc.encode_pair, "train", cfg.progress)

@@ -8,6 +8,7 @@ from functools import partial
 import torch
 from accelerate.utils import send_to_device
 
+from alignkit.console import say
 from alignkit.data.collate import collate_pairs, collate_rankings, pack_pairs, pack_rankings
 from alignkit.losses import bradley_terry_loss, ranking_loss
 from alignkit.models.load import unwrap
@@ -15,16 +16,14 @@ from alignkit.models.logprobs import packed_reward_scores, reward_scores
 from alignkit.rollout.rewards import OFFSET_KEY  # stored in config.json; scores are r(x, y) - offset
 from alignkit.train.common import (
     encode_all,
-    load_pair_split,
-    load_split,
     make_encoder,
     policy_and_tokenizer,
     reuse_freed_memory,
     saver,
-    say,
     use_packing,
 )
 from alignkit.train.config import RewardConfig
+from alignkit.train.inputs import is_rankings, load_inputs
 from alignkit.train.loop import Task, TrainResult, train
 
 
@@ -55,16 +54,6 @@ def ranking_step(model, batch):
     return loss, {"accuracy": ok.sum() / valid[:, 1:].sum().clamp(min=1), "reward_mean": r.mean()}
 
 
-def _is_rankings(cfg: RewardConfig) -> bool:
-    if cfg.data_format != "auto":
-        return cfg.data_format == "rankings"
-    from alignkit.data import iter_raw
-
-    for _, rec in iter_raw(cfg.data):
-        return "responses" in rec and "chosen" not in rec
-    return False
-
-
 def normalizer(items: list[dict], collate, batch_size: int, limit: int):
     """Sets the stored offset so that the rewards of training responses have mean 0 (ALGORITHMS.md): the responses
     of `limit` items evenly spaced through the training data (all of them when there are fewer); batches made by
@@ -90,13 +79,8 @@ def normalizer(items: list[dict], collate, batch_size: int, limit: int):
 
 
 def build_reward(cfg: RewardConfig) -> Task:
-    from alignkit.data import load_rankings
-
-    rankings = _is_rankings(cfg)
-    if rankings:
-        train_recs, eval_recs, info = load_split(cfg, load_rankings, cfg.data, cfg.eval_data)
-    else:
-        train_recs, eval_recs, info = load_pair_split(cfg)
+    rankings = is_rankings(cfg)
+    train_recs, eval_recs, info = load_inputs(cfg)
     model, tok = policy_and_tokenizer(cfg, reward=True)
     unwrap(model).config.pad_token_id = tok.pad_token_id
     enc = make_encoder(cfg, tok)

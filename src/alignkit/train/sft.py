@@ -8,7 +8,6 @@ from alignkit.data.collate import collate_sft, pack_sft
 from alignkit.models.logprobs import packed_sequence_logprobs, sequence_logprobs
 from alignkit.train.common import (
     encode_all,
-    load_split,
     make_encoder,
     mean_over_processes,
     policy_and_tokenizer,
@@ -17,6 +16,7 @@ from alignkit.train.common import (
     use_packing,
 )
 from alignkit.train.config import SFTConfig
+from alignkit.train.inputs import load_inputs
 from alignkit.train.loop import Task, TrainResult, train
 
 
@@ -36,9 +36,7 @@ def sft_step(model, batch):
 
 
 def build_sft(cfg: SFTConfig) -> Task:
-    from alignkit.data import load_sft
-
-    train_recs, eval_recs, info = load_split(cfg, load_sft, cfg.data, cfg.eval_data)
+    train_recs, eval_recs, info = load_inputs(cfg)
     model, tok = policy_and_tokenizer(cfg)
     enc = make_encoder(cfg, tok)
 

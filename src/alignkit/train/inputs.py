@@ -1,0 +1,123 @@
+"""What a run reads before any model library is imported: its data files, read and validated once, and its
+model names and lengths. Light (no torch, no transformers), so bad input is refused at once.
+
+`alignkit.train`'s entry points (`run_dpo` and the others) call `preflight(cfg)` before they import their
+trainer; the trainer's `load_inputs(cfg)` then takes the records preflight read, so no file is read twice."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from pathlib import Path
+
+from alignkit.console import say
+from alignkit.data.records import LoadReport
+from alignkit.models.names import check_context, check_model
+from alignkit.train.config import RLConfig, RunConfig
+
+_read_ahead: dict[tuple, tuple[list, list, dict]] = {}  # preflight's records, taken by the run of the same config
+
+
+def preflight(cfg: RunConfig) -> None:
+    """Refuse a run whose models or data are bad, before any model is loaded: every model name is checked
+    (`check_model`), sequence lengths against the models' contexts, and the data files are read and validated
+    (the run then reuses them)."""
+    for name in _model_names(cfg):
+        check_model(name)
+    _check_lengths(cfg)
+    _read_ahead.clear()
+    key = _key(cfg)
+    _read_ahead[key] = _read(cfg)
+
+
+def load_inputs(cfg: RunConfig) -> tuple[list, list, dict]:
+    """(training records, held-out records, data info for run_info.json) of a run: what `preflight` read for
+    this very config and these files, else read now."""
+    found = _read_ahead.pop(_key(cfg), None)
+    return found if found is not None else _read(cfg)
+
+
+def is_rankings(cfg) -> bool:
+    """Whether a reward model's data are rankings (`--data-format rankings`, or auto and the first record has
+    `responses` and no `chosen`)."""
+    if cfg.data_format != "auto":
+        return cfg.data_format == "rankings"
+    from alignkit.data import iter_raw
+
+    for _, rec in iter_raw(cfg.data):
+        return "responses" in rec and "chosen" not in rec
+    return False
+
+
+def load_split(cfg, load: Callable[..., tuple[list, LoadReport]], data: str, eval_data: str | None) -> tuple[list, list, dict]:
+    """Training and held-out records: `eval_data`, or a seeded `cfg.eval_fraction` of `data`."""
+    records, report = load(data, skip_invalid=cfg.skip_invalid)
+    say(report.summary())
+    info = {"train_data": vars(report)}
+    if eval_data:
+        held, eval_report = load(eval_data, skip_invalid=cfg.skip_invalid)
+        say(eval_report.summary())
+        info["eval_data"] = vars(eval_report)
+        return records, held, info
+    if cfg.eval_fraction <= 0 or len(records) < 2:
+        return records, [], info
+    order = list(range(len(records)))
+    random.Random(cfg.seed).shuffle(order)
+    n_eval = max(1, round(cfg.eval_fraction * len(records)))
+    held = [records[i] for i in order[:n_eval]]
+    kept = [records[i] for i in order[n_eval:]]
+    return kept, held, info
+
+
+def _read(cfg: RunConfig) -> tuple[list, list, dict]:
+    from alignkit.data import load_pairs, load_prompts, load_rankings, load_sft
+
+    kind = cfg.inputs
+    if kind == "prompts":
+        return load_split(cfg, load_prompts, cfg.prompts, cfg.eval_prompts)
+    if kind == "sft":
+        return load_split(cfg, load_sft, cfg.data, cfg.eval_data)
+    if kind == "pairs-or-rankings" and is_rankings(cfg):
+        return load_split(cfg, load_rankings, cfg.data, cfg.eval_data)
+
+    def pairs(source, skip_invalid):
+        return load_pairs(source, format=cfg.data_format, skip_invalid=skip_invalid)
+
+    return load_split(cfg, pairs, cfg.data, cfg.eval_data)
+
+
+def _key(cfg: RunConfig) -> tuple:
+    """The config and the size and time of every data file it names: a file changed in between is read again."""
+    files = []
+    for field in ("data", "eval_data", "prompts", "eval_prompts"):
+        value = getattr(cfg, field, None)
+        path = Path(value).expanduser() if isinstance(value, str) else None
+        if path is not None and path.is_file():
+            st = path.stat()
+            files.append((field, str(path.resolve()), st.st_size, st.st_mtime_ns))
+    return type(cfg).__name__, cfg.model_dump_json(), tuple(files)
+
+
+def _model_names(cfg: RunConfig) -> list[str]:
+    names = [cfg.model]
+    for field in ("reference_model", "reward_model", "value_model"):
+        if value := getattr(cfg, field, None):
+            names.append(value)
+    return names
+
+
+def _check_lengths(cfg: RunConfig) -> None:
+    """Sequence lengths that do not fit in a model's context: one clear error, instead of an index error deep
+    inside the model (or silent use of untrained positions)."""
+    if isinstance(cfg, RLConfig):
+        sampled = cfg.max_prompt_length + cfg.max_new_tokens
+        what = f"--max-prompt-length {cfg.max_prompt_length} + --max-new-tokens {cfg.max_new_tokens} = {sampled}"
+        for name in (cfg.model, getattr(cfg, "value_model", None)):
+            if name:
+                check_context(name, sampled, what)
+        if cfg.reward_model:
+            check_context(cfg.reward_model, cfg.max_length, f"--max-length {cfg.max_length}")
+        return
+    for name in (cfg.model, getattr(cfg, "reference_model", None)):
+        if name:
+            check_context(name, cfg.max_length, f"--max-length {cfg.max_length}")
