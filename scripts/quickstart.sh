@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then run the whole offline pipeline on a tiny model in about a minute on 2 CPU cores:
+# Set up, then run the whole offline pipeline on a tiny model (each stage a few seconds to a minute on a CPU):
 # SFT on demonstrations -> reward model -> DPO, GDPO, Chain of Hindsight -> PPO and RLOO, on examples/
 # (synthetic film reviews: demos are half positive, half negative; in the pairs the positive one is chosen).
 set -euo pipefail

@@ -4,7 +4,7 @@ Nothing here touches a model, a file or a config object. Every function computes
 input dtype. Unless a docstring says otherwise a loss returns one value per example, shape (B,), and the
 caller chooses the reduction.
 
-Notation (see ``ALGORITHMS.md``): ``σ`` is the logistic function, ``β > 0`` the preference temperature,
+Notation (see ``docs/algorithms.md``): ``σ`` is the logistic function, ``β > 0`` the preference temperature,
 and for a preference pair (chosen ``w``, rejected ``l``) the log-ratio margin is
 
     h = [logπ(y_w) − logπ_ref(y_w)] − [logπ(y_l) − logπ_ref(y_l)]

@@ -1,4 +1,4 @@
-"""Chain of Hindsight sequence builder (Liu et al. 2023, ALGORITHMS.md).
+"""Chain of Hindsight sequence builder (Liu et al. 2023, docs/algorithms.md).
 
 A preference pair becomes text sequences that carry feedback in language. With the default phrases:
 - single:  `{prompt} A helpful answer: {y_w}`  and  `{prompt} An unhelpful answer: {y_l}`

@@ -6,7 +6,7 @@ A "votes" record (see `formats.load_pairs(format="votes")`)::
 
 where each vote is "a", "b" or "tie", or an object {"annotator": "...", "choice": "a" | "b" | "tie"}.
 
-Labels (ALGORITHMS.md, "Soft labels from several annotators"). With n usable votes of which w prefer a:
+Labels (docs/algorithms.md, "Labels from several annotators"). With n usable votes of which w prefer a:
 
 - soft label p(a ≻ b) = w / n, or with additive smoothing α: (w + α) / (n + 2α);
 - tie votes: `tie_policy="half"` counts a tie as half a vote for each side (it stays in n);

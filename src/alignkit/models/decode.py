@@ -2,8 +2,8 @@
 model's own modules, for the sampler's token-by-token loop.
 
 A decode step of a small model is mostly overhead: a transformers forward builds its 4D attention mask, dispatches
-through its generic attention and cache code, and runs SDPA, whose CPU kernel costs ~110 us for one query against
-50 keys where two matmuls take ~45 us. Here: the embeddings, then per layer the layer's own norms, projections and
+through its generic attention and cache code, and runs SDPA, whose CPU kernel costs more than two plain matmuls for
+one query against a few dozen keys. Here: the embeddings, then per layer the layer's own norms, projections and
 MLP (so peft's LoRA layers wrapped around them take part), the new keys and values appended through the cache's
 `update` (in place for `rollout.engine.ReservedLayer`), and attention of the one query as two matmuls against the
 cached keys with an additive padding bias, grouped-query heads read without copying the keys. The same math as
@@ -82,7 +82,7 @@ def decode_step(model, cache) -> Callable[[torch.Tensor, torch.Tensor, torch.Ten
 def direct(module) -> Callable[[torch.Tensor], torch.Tensor]:
     """`module` as a plain function call when it is exactly a layer whose forward is one functional op (GPT-2's
     Conv1D on 2D inputs, Linear, LayerNorm, Embedding, tanh-GELU, SiLU): the same op without nn.Module's call
-    machinery, ~3 us a call, a sixth of a small model's decode step. Anything else (a LoRA-wrapped projection, an
+    machinery, whose per-call cost is a large share of a small model's decode step. Anything else (a LoRA-wrapped projection, an
     RMSNorm, ...) stays the module."""
     from transformers.activations import GELUTanh, SiLUActivation
     from transformers.pytorch_utils import Conv1D

@@ -26,8 +26,8 @@ from alignkit.models.readout import hidden_at
 from alignkit.models.varlen import flat_inputs, varlen_hidden, varlen_supported
 
 HEAD_CHUNK = 512  # scored positions per chunk of the LM head: 512 x 49k float32 logits = 100 MB for SmolLM2
-# below this, the scored positions' logits are kept for the backward, not recomputed: SmolLM2 DPO batches (~300 MB
-# of logits) train 9% faster kept (full fine-tuning: peak RSS unchanged; LoRA: +4% speed, +4% RSS)
+# below this, the scored positions' logits are kept for the backward, not recomputed (trades memory for one LM-head
+# matmul per chunk; docs/benchmarks.md has the SmolLM2 figures)
 HEAD_KEEP_BYTES = 512 << 20
 
 

@@ -1,5 +1,5 @@
 """Chain of Hindsight: cross-entropy on the model-output tokens of feedback-annotated sequences, averaged per
-sequence (ALGORITHMS.md). Options: random attention dropping over past positions, an SFT term λ."""
+sequence (docs/algorithms.md). Options: random attention dropping over past positions, an SFT term λ."""
 
 from __future__ import annotations
 

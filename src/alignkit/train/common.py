@@ -40,10 +40,10 @@ def reuse_freed_memory() -> bool:
 
     glibc serves every allocation above 32 MB with a fresh mmap and unmaps it on free, so each large temporary
     of a training step (a chunk of LM-head logits, a tied embedding's gradient) is faulted in page by page again
-    at every step: 20 ms per 100 MB on these cores, 2-3x the arithmetic done on it. With mmap off and a 1 GB trim
-    threshold such blocks come from the heap and are reused. SmolLM2-135M DPO trains 9-26% faster; peak RSS
-    grows 5-10% (blocks of the heap freed in between are not always big enough to reuse); tiny models see no
-    change. Process-wide and idempotent."""
+    at every step, which can cost more than the arithmetic done on it. With mmap off and a 1 GB trim threshold
+    such blocks come from the heap and are reused: faster steps for models with large temporaries, for some more
+    peak memory (blocks of the heap freed in between are not always big enough to reuse); docs/benchmarks.md has
+    the figures. Process-wide and idempotent."""
     if os.environ.get("ALIGNKIT_REUSE_MEMORY", "1") == "0" or platform.system() != "Linux" \
             or platform.libc_ver()[0] != "glibc":
         return False

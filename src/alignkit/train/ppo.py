@@ -1,4 +1,4 @@
-"""PPO with a per-token KL penalty to the reference (ALGORITHMS.md, PPO).
+"""PPO with a per-token KL penalty to the reference (docs/algorithms.md, PPO).
 
 Per rollout batch: sample responses, score them, r_t = −β(logπ − logπ_ref) with the score added at the last
 response token, GAE over the value model's estimates, whitened advantages; then `ppo_epochs` passes of

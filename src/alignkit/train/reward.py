@@ -1,5 +1,5 @@
 """Reward model: backbone + scalar head trained with Bradley-Terry on pairs (hard or soft labels, margins)
-or the K-wise InstructGPT loss on rankings (ALGORITHMS.md, Reward model)."""
+or the K-wise InstructGPT loss on rankings (docs/algorithms.md, Reward model)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def ranking_step(model, batch):
 
 
 def normalizer(items: list[dict], collate, batch_size: int, limit: int):
-    """Sets the stored offset so that the rewards of training responses have mean 0 (ALGORITHMS.md): the responses
+    """Sets the stored offset so that the rewards of training responses have mean 0 (docs/algorithms.md): the responses
     of `limit` items evenly spaced through the training data (all of them when there are fewer); batches made by
     the training collator (packed or padded). The mean of a few hundred responses pins the offset to a small
     fraction of the rewards' spread at a fraction of a full pass's cost."""

@@ -1,6 +1,6 @@
 """RLOO: k samples per prompt, sequence reward R_i = score − β·KL_i, leave-one-out advantage
 A_i = R_i − mean_{j≠i} R_j, loss −A_i·logπ(y_i), clipped when a batch is used for several passes
-(ALGORITHMS.md, RLOO)."""
+(docs/algorithms.md, RLOO)."""
 
 from __future__ import annotations
 

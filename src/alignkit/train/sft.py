@@ -1,4 +1,4 @@
-"""Supervised fine-tuning: next-token cross-entropy on response tokens only (ALGORITHMS.md, SFT)."""
+"""Supervised fine-tuning: next-token cross-entropy on response tokens only (docs/algorithms.md, SFT)."""
 
 from __future__ import annotations
 
