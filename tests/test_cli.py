@@ -93,6 +93,38 @@ def test_bad_options(args, expected, tiny_model, pair_files, tmp_path, capsys):
     assert expected in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    "command, option, expected",
+    [
+        ("eval", ["--samples", "0"], "argument --samples: must be at least 1, got 0"),
+        ("eval", ["--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
+        ("eval", ["--max-prompts", "-5"], "argument --max-prompts: must be at least 1, got -5"),
+        ("eval", ["--temperature", "-1"], "argument --temperature: must be in (0, inf), got -1"),
+        ("eval", ["--max-new-tokens", "ten"], "argument --max-new-tokens: expected an integer, got 'ten'"),
+        ("sample", ["--top-p", "1.5"], "argument --top-p: must be in (0, 1], got 1.5"),
+        ("chat", ["--temperature", "nan"], "argument --temperature: must be in (0, inf), got nan"),
+        ("make-tiny-model", ["--hidden-size", "6"], "argument --hidden-size: must be at least 8, got 6"),
+        ("make-tiny-model", ["--hidden-size", "20"], "argument --hidden-size: must be a multiple of 8, got 20"),
+        ("label serve", ["--task-timeout", "0"], "argument --task-timeout: must be in (0, inf), got 0"),
+    ],
+)
+def test_out_of_range_options_of_the_other_commands(command, option, expected, tiny_model, tmp_path, capsys):
+    """Options outside a trainer config are typed too: refused while parsing, exit 2, one error line."""
+    required = {
+        "eval": ["--model", tiny_model, "--reference", tiny_model, "--prompts", "p.jsonl", "--output-dir", "o"],
+        "sample": ["--model", tiny_model, "--prompts", "p.jsonl", "--output", "o.jsonl"],
+        "chat": ["--model", tiny_model],
+        "make-tiny-model": ["--output-dir", str(tmp_path / "t")],
+        "label serve": [],
+    }[command]
+    with pytest.raises(SystemExit) as stop:
+        main([*command.split(), *required, *option])
+    assert stop.value.code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert errors == [f"alignkit {command}: error: {expected}"]
+    assert not (tmp_path / "t").exists()
+
+
 def test_bad_config_file(tiny_model, pair_files, tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(f"model: {tiny_model}\ndata: {pair_files[0]}\noutput_dir: {tmp_path / 'o'}\nlearnig_rate: 0.1\n")

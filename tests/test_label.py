@@ -505,8 +505,10 @@ def test_sample_import_label_export_train_gdpo(tiny_model, tmp_path, capsys):
 
 def test_sample_bad_options(tmp_path, capsys):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "x"}])
-    assert main(["sample", "--model", "m", "--prompts", prompts, "-k", "1", "--output", str(tmp_path / "o.jsonl")]) == 2
-    assert "-k must be at least 2" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # refused while parsing, before the model is looked at
+        main(["sample", "--model", "m", "--prompts", prompts, "-k", "1", "--output", str(tmp_path / "o.jsonl")])
+    assert stop.value.code == 2
+    assert "argument -k/--k: must be at least 2, got 1" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": ""}\n')
     assert main(["sample", "--model", "m", "--prompts", str(bad), "--output", str(tmp_path / "o.jsonl")]) == 2

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+from alignkit.cli.args import float_in, int_at_least
 from alignkit.label import DEFAULT_DB
 
 DB_HELP = ("the labeling database: a file path (SQLite) or postgresql://USER:PASSWORD@HOST:PORT/NAME "
@@ -39,7 +40,7 @@ def add_label_parser(sub) -> None:
                     "response_b}. An item already in the database is not added twice.")
     imp.add_argument("files", nargs="+", metavar="FILE", help="data files to import")
     imp.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
-    imp.add_argument("--per-item", type=int, default=3, metavar="R",
+    imp.add_argument("--per-item", type=int_at_least(1), default=3, metavar="R",
                      help="distinct annotators wanted for each item (default: 3)")
     imp.add_argument("--gold", action="store_true",
                      help="gold (attention-check) items with a known answer: `chosen` for pairs (a `label` of 0.5: "
@@ -63,11 +64,11 @@ def add_label_parser(sub) -> None:
                                       "page is /admin. Every accepted vote is committed before the reply.")
     srv.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    srv.add_argument("--port", type=int, default=8000, help="port to listen on (default: 8000)")
-    srv.add_argument("--task-timeout", type=float, default=3600, metavar="SECONDS",
+    srv.add_argument("--port", type=int_at_least(0), default=8000, help="port to listen on (default: 8000)")
+    srv.add_argument("--task-timeout", type=float_in(0), default=3600, metavar="SECONDS",
                      help="how long an unanswered task keeps its place before the item may go to someone else "
                           "(default: 3600)")
-    srv.add_argument("--max-request-bytes", type=int, default=64 * 1024,
+    srv.add_argument("--max-request-bytes", type=int_at_least(1024), default=64 * 1024,
                      help="refuse larger request bodies (default: 65536)")
     srv.add_argument("--secure-cookies", action="store_true",
                      help="mark the sign-in cookie Secure (set this when the app is served over HTTPS)")
@@ -87,7 +88,7 @@ def add_label_parser(sub) -> None:
                     "format) and ranking_votes.jsonl (every ranking vote).")
     ex.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     ex.add_argument("--output-dir", required=True, help="folder for the exported files")
-    ex.add_argument("--min-votes", type=int, default=1,
+    ex.add_argument("--min-votes", type=int_at_least(1), default=1,
                     help="put only items with at least this many votes in pairs/soft_pairs/rankings (default: 1)")
     ex.add_argument("--include-gold", action="store_true", help="also put gold items in pairs/soft_pairs/rankings")
 

@@ -11,6 +11,7 @@ import typing
 from typing import Literal
 
 from alignkit import __version__  # noqa: I001
+from alignkit.cli.args import float_in, int_at_least
 from alignkit.errors import AlignkitError
 from alignkit.train import run_coh, run_dpo, run_ppo, run_reward, run_rloo, run_sft
 from alignkit.train.config import (
@@ -96,15 +97,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--gold", default="vader", help="gold scorer: vader, sklearn:PATH (a joblib text classifier), module:function or file.py:function (default: vader)")
     ev.add_argument("--reward-model", help="also score with this reward model and report its accuracy against gold")
     ev.add_argument("--output-dir", required=True, help="folder for results.json")
-    ev.add_argument("--samples", type=int, default=1, help="responses per prompt and policy (default: 1)")
+    ev.add_argument("--samples", type=int_at_least(1), default=1, help="responses per prompt and policy (default: 1)")
     add_sampling_flags(ev, max_new_tokens=48)
     ch = sub.add_parser("chat", help="talk to a trained policy (optionally side by side with a second model)",
                         description="Chat with a model through its chat template; with --compare a second model "
                                     "answers the same messages beside it. Reads messages from standard input.")
     ch.add_argument("--model", required=True, help="the policy folder (or hub id / built-in name)")
     ch.add_argument("--compare", help="a second model to answer beside it (e.g. the reference)")
-    ch.add_argument("--max-new-tokens", type=int, default=128, help="longest answer (default: 128)")
-    ch.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (default: 0.7)")
+    ch.add_argument("--max-new-tokens", type=int_at_least(1), default=128, help="longest answer (default: 128)")
+    ch.add_argument("--temperature", type=float_in(0), default=0.7, help="sampling temperature (default: 0.7)")
     ch.add_argument("--greedy", action="store_true", help="always pick the most likely token")
     ch.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
     tiny = sub.add_parser("make-tiny-model", help="build a tiny random model + tokenizer for quick runs and tests",
@@ -113,9 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--output-dir", required=True, help="folder to write the model to")
     tiny.add_argument("--data", help="JSON-lines file whose text fields train the tokenizer (optional)")
     tiny.add_argument("--arch", choices=["llama", "gpt2"], default="llama", help="architecture (default: llama)")
-    tiny.add_argument("--vocab-size", type=int, default=512, help="tokenizer vocabulary (default: 512)")
-    tiny.add_argument("--hidden-size", type=int, default=64, help="model width (default: 64)")
-    tiny.add_argument("--layers", type=int, default=2, help="number of layers (default: 2)")
+    tiny.add_argument("--vocab-size", type=int_at_least(1), default=512,
+                      help="tokenizer vocabulary (default: 512; at least the 256 byte symbols and 3 special tokens)")
+    tiny.add_argument("--hidden-size", type=int_at_least(8, multiple_of=8), default=64,
+                      help="model width, a multiple of 8 (4 heads of an even size; default: 64)")
+    tiny.add_argument("--layers", type=int_at_least(1), default=2, help="number of layers (default: 2)")
     from alignkit.cli.label import add_label_parser
     from alignkit.cli.sample import add_sample_parser
 

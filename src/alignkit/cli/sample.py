@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 
-from alignkit.errors import ConfigError
+from alignkit.cli.args import float_in, int_at_least
 
 
 def add_sample_parser(sub) -> None:
@@ -20,20 +20,20 @@ def add_sample_parser(sub) -> None:
                     "written; both are counted and reported.")
     p.add_argument("--model", required=True, help="the policy: a folder, hub id or built-in name")
     p.add_argument("--prompts", required=True, help="prompt file (records with `prompt`, a string or messages)")
-    p.add_argument("-k", "--k", type=int, default=2, help="responses per prompt (default: 2)")
+    p.add_argument("-k", "--k", type=int_at_least(2), default=2, help="responses per prompt (default: 2)")
     p.add_argument("--output", required=True, help="JSON-lines file to write")
     add_sampling_flags(p, max_new_tokens=64)
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold (default: 1.0, off)")
+    p.add_argument("--top-p", type=float_in(0, 1), default=1.0, help="nucleus sampling threshold (default: 1.0, off)")
     p.add_argument("--skip-invalid", action="store_true", help="skip invalid prompt records (counted) instead of stopping")
 
 
 def add_sampling_flags(p, *, max_new_tokens: int) -> None:
     """The sampling flags `alignkit sample` and `alignkit evaluate` share."""
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens,
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=max_new_tokens,
                    help=f"longest response in tokens (default: {max_new_tokens})")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1.0)")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences sampled at once (default: 16)")
-    p.add_argument("--max-prompts", type=int, help="use only the first N prompts")
+    p.add_argument("--temperature", type=float_in(0), default=1.0, help="sampling temperature (default: 1.0)")
+    p.add_argument("--batch-size", type=int_at_least(1), default=16, help="sequences sampled at once (default: 16)")
+    p.add_argument("--max-prompts", type=int_at_least(1), help="use only the first N prompts")
     p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=False,
                    help="wrap plain-string prompts as a user message and apply the chat template (default: off)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
@@ -44,13 +44,6 @@ def run_sample(args) -> int:
     from alignkit.evaluate.run import EvalSettings, sample_policy
     from alignkit.models.load import load_tokenizer
 
-    if args.k < 2:
-        raise ConfigError(f"-k must be at least 2 (responses to compare per prompt), got {args.k}")
-    for name in ("max_new_tokens", "batch_size"):
-        if getattr(args, name) < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
-    if not (args.temperature > 0 and 0 < args.top_p <= 1):
-        raise ConfigError("--temperature must be > 0 and --top-p in (0, 1]")
     prompts, report = load_prompts(args.prompts, skip_invalid=args.skip_invalid)
     prompts = prompts[: args.max_prompts] if args.max_prompts else prompts
     print(report.summary(), file=sys.stderr)
