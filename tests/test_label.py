@@ -503,7 +503,7 @@ def test_sample_import_label_export_train_gdpo(tiny_model, tmp_path, capsys):
     assert any(m.get("split") != "eval" and math.isfinite(m["loss"]) for m in metrics if "loss" in m)
 
 
-def test_sample_bad_options(tmp_path, capsys):
+def test_sample_bad_options(tiny_model, tmp_path, capsys):
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "x"}])
     with pytest.raises(SystemExit) as stop:  # refused while parsing, before the model is looked at
         main(["sample", "--model", "m", "--prompts", prompts, "-k", "1", "--output", str(tmp_path / "o.jsonl")])
@@ -511,8 +511,11 @@ def test_sample_bad_options(tmp_path, capsys):
     assert "argument -k/--k: must be at least 2, got 1" in capsys.readouterr().err
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": ""}\n')
-    assert main(["sample", "--model", "m", "--prompts", str(bad), "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert main(["sample", "--model", tiny_model, "--prompts", str(bad), "--output", str(tmp_path / "o.jsonl")]) == 2
     assert "bad.jsonl:1: field 'prompt': text is empty" in capsys.readouterr().err
+    assert main(["sample", "--model", "m", "--prompts", prompts, "--output", str(tmp_path / "o.jsonl")]) == 2
+    assert "model 'm' not found" in capsys.readouterr().err
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_every_label_command_has_help():
@@ -529,7 +532,7 @@ def test_every_label_command_has_help():
         for action in sub._actions:
             assert action.help, (name, action.dest)
     readme = (REPO / "README.md").read_text()
-    section = readme.split("## Collecting preferences from people (`alignkit label`)")[1].split("\n## ")[0]
+    section = readme.split("## Labeling app (`alignkit label`)")[1].split("\n## ")[0]
     for name in [*label, "alignkit sample"]:
         assert name in section
 

@@ -12,6 +12,7 @@ from typing import Literal
 
 from alignkit import __version__  # noqa: I001
 from alignkit.cli.args import float_in, int_at_least
+from alignkit.console import quiet_model_libraries
 from alignkit.errors import AlignkitError
 from alignkit.train import run_coh, run_dpo, run_ppo, run_reward, run_rloo, run_sft
 from alignkit.train.config import (
@@ -24,6 +25,7 @@ from alignkit.train.config import (
     SFTConfig,
     load_config,
 )
+from alignkit.train.inputs import preflight
 
 TRAINERS = {
     "sft": (SFTConfig, run_sft, "supervised fine-tuning on demonstrations (prompt/completion or chat messages)"),
@@ -187,25 +189,26 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.command == "label":
                 return run_label(args)
-            _quiet_libraries()
             return run_sample(args)
         if args.command == "chat":
             from alignkit.cli.chat import chat
 
-            _quiet_libraries()
+            quiet_model_libraries()
             return chat(args.model, args.compare, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                         greedy=args.greedy, seed=args.seed)
         if args.command == "demo":
             from alignkit.lab.demo import DemoConfig, run_demo
 
             overrides = {k: v for k, v in vars(args).items() if k in DemoConfig.model_fields}
-            _quiet_libraries()
-            run_demo(load_config(DemoConfig, file=args.config, overrides=overrides))
+            cfg = load_config(DemoConfig, file=args.config, overrides=overrides)
+            quiet_model_libraries()
+            run_demo(cfg)
             return 0
         cls, run, _ = TRAINERS[args.command]
         overrides = {k: v for k, v in vars(args).items() if k in cls.model_fields}
         cfg = load_config(cls, file=args.config, overrides=overrides)
-        _quiet_libraries()
+        preflight(cfg)  # bad models and data are refused before the model libraries are imported
+        quiet_model_libraries()
         _report(run(cfg))
         return 0
     except AlignkitError as e:
@@ -219,16 +222,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def _eval(args) -> int:
     from alignkit.data import load_prompts
-    from alignkit.evaluate.run import EvalSettings, evaluate_policies, results_table
+    from alignkit.models.names import check_model
 
-    _quiet_libraries()
     policies = {}
     for spec in args.model:
         name, _, path = spec.rpartition("=")
         policies[name or path.rstrip("/").split("/")[-1]] = path
+    for path in [*policies.values(), args.reference, *([args.reward_model] if args.reward_model else [])]:
+        check_model(path)
     prompts, report = load_prompts(args.prompts)
     print(report.summary(), file=sys.stderr)
     prompts = prompts[: args.max_prompts] if args.max_prompts else prompts
+
+    from alignkit.evaluate.run import EvalSettings, evaluate_policies, results_table
+
+    quiet_model_libraries()
     settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, samples=args.samples,
                             batch_size=args.batch_size, chat_template=args.chat_template, seed=args.seed)
     results = evaluate_policies(policies, args.reference, prompts, args.gold, reward_model=args.reward_model,
@@ -236,13 +244,6 @@ def _eval(args) -> int:
     print(results_table(results))
     print(f"results written to {args.output_dir}/results.json")
     return 0
-
-
-def _quiet_libraries() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
 
 
 if __name__ == "__main__":

@@ -41,11 +41,17 @@ def add_sampling_flags(p, *, max_new_tokens: int) -> None:
 
 def run_sample(args) -> int:
     from alignkit.data import load_prompts
+    from alignkit.models.names import check_model
+
+    check_model(args.model)
+    prompts, report = load_prompts(args.prompts, skip_invalid=args.skip_invalid)
+    prompts = prompts[: args.max_prompts] if args.max_prompts else prompts
+
+    from alignkit.console import quiet_model_libraries
     from alignkit.evaluate.run import EvalSettings, sample_policy
     from alignkit.models.load import load_tokenizer
 
-    prompts, report = load_prompts(args.prompts, skip_invalid=args.skip_invalid)
-    prompts = prompts[: args.max_prompts] if args.max_prompts else prompts
+    quiet_model_libraries()
     print(report.summary(), file=sys.stderr)
     print(f"sampling {args.k} responses for each of {len(prompts)} prompts from {args.model}", file=sys.stderr)
     settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,

@@ -25,9 +25,10 @@ def preflight(cfg: RunConfig) -> None:
     for name in _model_names(cfg):
         check_model(name)
     _check_lengths(cfg)
-    _read_ahead.clear()
     key = _key(cfg)
-    _read_ahead[key] = _read(cfg)
+    if key not in _read_ahead:  # checked already (the CLI checks before it sets up the model libraries)
+        _read_ahead.clear()
+        _read_ahead[key] = _read(cfg)
 
 
 def load_inputs(cfg: RunConfig) -> tuple[list, list, dict]:
