@@ -23,13 +23,13 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alignkit.console import say
 from alignkit.errors import ConfigError
 from alignkit.lab import imdb
 from alignkit.lab.annotators import annotate_groups
-from alignkit.lab.sentiment import quick_reviews, review_prompts
+from alignkit.lab.sentiment import prompt_capacity, quick_reviews, review_prompts
 from alignkit.train.config import comma_choices
 
 METHODS = ("ppo", "rloo", "dpo", "cdpo", "ipo", "gdpo", "coh")
@@ -72,6 +72,14 @@ class DemoConfig(BaseModel):
     @classmethod
     def _methods(cls, value: str) -> str:
         return comma_choices(value, METHODS, "method")
+
+    @model_validator(mode="after")
+    def _prompt_counts(self):
+        most = prompt_capacity() // 2
+        if self.task == "sentiment" and max(self.train_prompts, self.heldout_prompts) > most:
+            raise ValueError(f"the sentiment task has at most {most} distinct prompts per split; "
+                             f"asked for {self.train_prompts} training and {self.heldout_prompts} held-out")
+        return self
 
 
 QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rl_learning_rate=1e-3,

@@ -32,11 +32,20 @@ NOUNS = ["Dreams", "Letters", "Roads", "Voices", "Hearts", "Cities", "Echoes", "
          "Islands", "Secrets", "Kings", "Rivers", "Stars", "Doors"]
 
 
+def prompt_capacity() -> int:
+    """How many distinct prompts `review_prompts` can make for one split."""
+    titles = len(TITLE_WORDS[0]) * len(NOUNS)
+    return sum(titles * (len(GENRES) if "{genre}" in t else 1) * (len(ASPECTS) if "{aspect}" in t else 1)
+               for t in TEMPLATES)
+
+
 def review_prompts(n: int, *, split: str, seed: int = 0) -> list[str]:
     """`n` distinct review-writing prompts for "train" or "heldout" (disjoint film titles)."""
     pool = TITLE_WORDS[0] if split == "train" else TITLE_WORDS[1]
     if split not in ("train", "heldout"):
         raise ValueError("split must be 'train' or 'heldout'")
+    if n > prompt_capacity() // 2:  # beyond half of them, rejection sampling slows down: refuse instead
+        raise ValueError(f"cannot make {n} distinct prompts (at most {prompt_capacity() // 2})")
     rng = random.Random(f"{seed}-{split}")
     seen: set[str] = set()
     out: list[str] = []
