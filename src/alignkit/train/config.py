@@ -60,7 +60,8 @@ class RunConfig(BaseModel):
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
     lora_target: str = Field("all-linear", description="LoRA target modules: all-linear or a comma list (q_proj,v_proj)")
-    tensorboard: bool = Field(False, description="also log metrics to TensorBoard (output_dir/tensorboard)")
+    report_to: str = Field("none", description="also log the metrics and the config to experiment trackers: a comma "
+                           "list of tensorboard (output_dir/tensorboard), wandb, mlflow; or none")
     progress: bool = Field(True, description="show a progress bar")
 
     @field_validator("output_dir")
@@ -75,6 +76,21 @@ class RunConfig(BaseModel):
                     what = "is an existing file" if p == path else f"is inside '{p}', which is a file"
                     raise ValueError(f"'{value}' {what}, not a folder")
                 break
+        return value
+
+    @field_validator("report_to")
+    @classmethod
+    def _report_to(cls, value: str) -> str:
+        """Known trackers whose packages are installed (checked without importing them)."""
+        from alignkit.train.trackers import TRACKERS, missing
+
+        value = comma_choices(value, ("none", *TRACKERS), "tracker")
+        names = value.split(",")
+        if "none" in names and len(names) > 1:
+            raise ValueError(f"'none' cannot be combined with trackers: {value}")
+        for name in names:
+            if name != "none" and (why := missing(name)):
+                raise ValueError(why)
         return value
 
     @model_validator(mode="after")

@@ -4,9 +4,9 @@ A method hands the loop a `Task`: a model, tokenised items, a collator and a los
 `(loss, metrics)`. Online methods (PPO, RLOO) also give an `experience` function that turns a batch of prompts
 into minibatches (sampling, scoring, advantages) that the loop then optimises on; one step is then one
 rollout batch. The loop owns everything else: data order, gradient accumulation, warm-up and schedule,
-clipping, evaluation, progress, `metrics.jsonl`, TensorBoard, checkpoints (Hugging Face folder + training
-state, written to a temporary folder then renamed) and exact resume (model, optimizer, scheduler, RNG, data
-position).
+clipping, evaluation, progress, `metrics.jsonl` and the trackers of `--report-to`, checkpoints (Hugging Face
+folder + training state, written to a temporary folder then renamed), exact resume (model, optimizer, scheduler,
+RNG, data position) and the final model.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from alignkit.train.config import RunConfig, save_config
+from alignkit.train.trackers import Tracker, finish_trackers, start_trackers
 
 LossFn = Callable[[torch.nn.Module, dict], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -125,12 +126,13 @@ def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = F
 
 
 class MetricsLog:
-    """`metrics.jsonl` (one JSON object per line) and optional TensorBoard."""
+    """`metrics.jsonl` (one JSON object per line) and the trackers of `--report-to` (`train.trackers`): each gets
+    every numeric value of every line, as `<split>/<name>` at the line's step. Main process only (`enabled`)."""
 
-    def __init__(self, out: Path, *, resume_step: int | None, tensorboard: bool, enabled: bool):
+    def __init__(self, out: Path, *, resume_step: int | None, enabled: bool, trackers: list[Tracker]):
         self.path = out / "metrics.jsonl"
         self.enabled = enabled
-        self.tb = None
+        self.trackers = trackers
         if not enabled:
             return
         if resume_step is not None and self.path.exists():  # drop lines written after the checkpoint
@@ -138,28 +140,17 @@ class MetricsLog:
             self.path.write_text("".join(ln + "\n" for ln in keep))
         elif resume_step is None and self.path.exists():
             self.path.unlink()
-        if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError as e:
-                from alignkit.errors import ConfigError
-
-                raise ConfigError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
-            self.tb = SummaryWriter(str(out / "tensorboard"))
 
     def write(self, record: dict) -> None:
         if not self.enabled:
             return
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.tb is not None:
-            for k, v in record.items():
-                if isinstance(v, int | float) and k not in ("step",):
-                    self.tb.add_scalar(f"{record['split']}/{k}", v, record["step"])
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
+        if self.trackers:
+            values = {f"{record['split']}/{k}": float(v) for k, v in record.items()
+                      if k != "step" and isinstance(v, int | float) and not isinstance(v, bool)}
+            for tracker in self.trackers:
+                tracker.log(values, record["step"])
 
 
 def _save_checkpoint(accelerator, task: Task, model, out: Path, state: dict, keep: int) -> None:
@@ -240,7 +231,19 @@ def _forget_other_precision(mixed_precision: str) -> None:
 
 
 def train(task: Task, cfg: RunConfig) -> TrainResult:
-    """Run the optimisation described by `cfg` on `task`; save the final model into `cfg.output_dir`."""
+    """Run the optimisation described by `cfg` on `task`; save the final model into `cfg.output_dir`. The
+    trackers of `--report-to` are finished whatever happens, so what they were sent is kept."""
+    trackers: list[Tracker] = []  # filled by _train (main process), once the run knows where it resumes
+    ok = False
+    try:
+        result = _train(task, cfg, trackers)
+        ok = True
+    finally:
+        finish_trackers(trackers, ok=ok)
+    return result
+
+
+def _train(task: Task, cfg: RunConfig, trackers: list[Tracker]) -> TrainResult:
     from accelerate import Accelerator, DistributedType
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
@@ -292,7 +295,10 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
         resume_step = state["step"]
         if main:
             print(f"resuming from {ckpt} (step {resume_step})")
-    log = MetricsLog(out, resume_step=resume_step, tensorboard=cfg.tensorboard, enabled=main)
+    log = MetricsLog(out, resume_step=resume_step, enabled=main, trackers=trackers)
+    if main:
+        trackers += start_trackers(cfg.report_to, out.resolve().name, {"method": task.name, **cfg.model_dump()}, out,
+                                   resume_step=resume_step)
     eval_bs = cfg.eval_batch_size or cfg.batch_size
 
     first_eval: dict = {}
@@ -390,8 +396,8 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
         task.before_save(final_model)
     if cfg.save_every:
         _save_checkpoint(accelerator, task, model, out, state, cfg.keep_checkpoints)
+    result = TrainResult(out, state["step"], last_train, last_eval, first_eval)
     if main:
         task.save(final_model, out)
-    log.close()
     accelerator.wait_for_everyone()
-    return TrainResult(out, state["step"], last_train, last_eval, first_eval)
+    return result
