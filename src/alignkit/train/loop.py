@@ -6,7 +6,7 @@ into minibatches (sampling, scoring, advantages) that the loop then optimises on
 rollout batch. The loop owns everything else: data order, gradient accumulation, warm-up and schedule,
 clipping, evaluation, progress, `metrics.jsonl` and the trackers of `--report-to`, checkpoints (Hugging Face
 folder + training state, written to a temporary folder then renamed), exact resume (model, optimizer, scheduler,
-RNG, data position) and the final model.
+RNG, data position) and the final model with its model card (`README.md`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from alignkit.train.card import write_card
 from alignkit.train.config import RunConfig, save_config
 from alignkit.train.trackers import Tracker, finish_trackers, start_trackers
 
@@ -231,8 +232,8 @@ def _forget_other_precision(mixed_precision: str) -> None:
 
 
 def train(task: Task, cfg: RunConfig) -> TrainResult:
-    """Run the optimisation described by `cfg` on `task`; save the final model into `cfg.output_dir`. The
-    trackers of `--report-to` are finished whatever happens, so what they were sent is kept."""
+    """Run the optimisation described by `cfg` on `task`; save the final model into `cfg.output_dir`, with its
+    model card. The trackers of `--report-to` are finished whatever happens, so what they were sent is kept."""
     trackers: list[Tracker] = []  # filled by _train (main process), once the run knows where it resumes
     ok = False
     try:
@@ -258,6 +259,7 @@ def _train(task: Task, cfg: RunConfig, trackers: list[Tracker]) -> TrainResult:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml", method=task.name)
+        task.info["records"] = {"train": len(task.train_items), "eval": len(task.eval_items)}
         (out / "run_info.json").write_text(json.dumps(task.info, indent=2))
 
     model = task.model
@@ -399,5 +401,6 @@ def _train(task: Task, cfg: RunConfig, trackers: list[Tracker]) -> TrainResult:
     result = TrainResult(out, state["step"], last_train, last_eval, first_eval)
     if main:
         task.save(final_model, out)
+        write_card(out, task.name, cfg, task.info, result)
     accelerator.wait_for_everyone()
     return result
