@@ -230,7 +230,7 @@ class RLConfig(RunConfig):
 
 
 class PPOConfig(RLConfig):
-    """PPO with a per-token KL penalty to the reference, a value model and GAE (ALGORITHMS.md, PPO)."""
+    """PPO with a per-token KL penalty to the reference, a value model and GAE (docs/algorithms.md, PPO)."""
 
     gamma: float = Field(1.0, ge=0, le=1, description="GAE discount γ")
     lam: float = Field(0.95, ge=0, le=1, description="GAE λ")
@@ -241,7 +241,7 @@ class PPOConfig(RLConfig):
 
 
 class RLOOConfig(RLConfig):
-    """RLOO: k samples per prompt, leave-one-out baseline on the sequence reward (ALGORITHMS.md, RLOO)."""
+    """RLOO: k samples per prompt, leave-one-out baseline on the sequence reward (docs/algorithms.md, RLOO)."""
 
     k: int = Field(4, ge=2, description="samples per prompt")
     ppo_epochs: int = Field(1, gt=0, description="passes over each rollout batch (>1 uses the clipped ratio)")
