@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from alignkit.models.compat import cache_keyword
 from alignkit.models.logprobs import response_logprobs
 from alignkit.rollout.engine import (
     HFBackend,
@@ -556,8 +557,9 @@ def test_reserved_cache_rollout_equals_dynamic_cache(causal_lm, drop):
 
     class Spy(EosBiased):
         def forward(self, **kwargs):
-            seen.append(type(kwargs.get("past_key_values")).__name__ if "past_key_values" in kwargs else None)
-            seen.append(type(getattr(kwargs.get("past_key_values"), "layers", [None])[0]).__name__)
+            key = cache_keyword()  # the keyword the installed transformers takes the cache under
+            seen.append(type(kwargs.get(key)).__name__ if key in kwargs else None)
+            seen.append(type(getattr(kwargs.get(key), "layers", [None])[0]).__name__)
             return super().forward(**kwargs)
 
     model = Spy(causal_lm, EOS, bias=4.0)
