@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from alignkit.data.collate import pad_rows
+from alignkit.models.compat import cache_keyword
 from alignkit.models.decode import attend, decode_step, direct
 from alignkit.models.load import apply_lora, fuse_activations
 from alignkit.models.logprobs import position_ids_from_mask
@@ -71,7 +72,7 @@ def prefill(model):
     with torch.no_grad():
         for _ in range(2):
             cache = reserved_cache(model, ids.shape[1] + 8)
-            model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, past_key_values=cache)
+            model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_keyword(): cache})
             caches.append(cache)
     return caches, mask, pos[:, -1:] + 1
 
@@ -90,8 +91,8 @@ def compare_steps(model, steps: int = 5, cache_atol: float = 1e-5) -> float:
             live = torch.ones(len(PROMPTS), 1, dtype=torch.long)
             live[1] = int(t < 2)
             mask = torch.cat([mask, live], dim=1)
-            ref = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, past_key_values=ref_cache,
-                        use_cache=True).logits[:, -1]
+            ref = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
+                        **{cache_keyword(): ref_cache}).logits[:, -1]
             out = step(tok, pos, mask)
             worst = max(worst, (out - ref).abs().max().item())
             pos = pos + 1
