@@ -3,6 +3,7 @@ one warning line, and the plain path gives the same results; inside it, no depre
 
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
 
@@ -25,16 +26,16 @@ def pretend(monkeypatch, version: str) -> None:
     # the module object now in sys.modules: transformers replaces its lazy module once submodules load
     monkeypatch.setattr(sys.modules["transformers"], "__version__", version)
     compat.fast_paths.cache_clear()
-    compat.cache_keyword.cache_clear()
+    compat._forward_keyword.cache_clear()
 
 
 @pytest.fixture(autouse=True)
 def _fresh_gate():
     compat.fast_paths.cache_clear()
-    compat.cache_keyword.cache_clear()
+    compat._forward_keyword.cache_clear()
     yield
     compat.fast_paths.cache_clear()
-    compat.cache_keyword.cache_clear()
+    compat._forward_keyword.cache_clear()
 
 
 def test_the_installed_transformers_is_inside_the_tested_range(capsys):
@@ -70,14 +71,19 @@ def test_outside_the_range_the_plain_sampler_gives_the_same_samples(monkeypatch)
     torch.testing.assert_close(plain.logprobs, fast.logprobs, rtol=0, atol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:`past_key_values` is deprecated:FutureWarning")  # the older keyword, on purpose
-def test_the_cache_goes_under_the_keyword_the_installed_transformers_takes(monkeypatch):
+def test_the_cache_goes_under_the_keyword_the_model_takes(monkeypatch):
     model = build("gpt2")
+    expected = "cache" if "cache" in inspect.signature(type(model).forward).parameters else "past_key_values"
+    assert compat.cache_keyword(model) == expected
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        current = sample(model, PROMPTS, decode_by_hand=False)
+        sample(model, PROMPTS, decode_by_hand=False)
     assert not [w for w in caught if "past_key_values" in str(w.message)]
-    pretend(monkeypatch, "5.0.0")  # the keyword of the first 5.x releases, which 5.24+ still takes
-    assert compat.cache_keyword() == "past_key_values" and compat.fast_paths()
-    older = sample(model, PROMPTS, decode_by_hand=False)
-    assert torch.equal(older.input_ids, current.input_ids)
+
+    class Wrapper(torch.nn.Module):  # a forward that shows no keyword: the installed release's
+        def forward(self, **kwargs):
+            return kwargs
+
+    for version, keyword in (("5.0.0", "past_key_values"), ("5.24.0", "cache"), ("5.30.1", "cache")):
+        pretend(monkeypatch, version)
+        assert compat.cache_keyword(Wrapper()) == keyword, version

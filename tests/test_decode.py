@@ -72,7 +72,7 @@ def prefill(model):
     with torch.no_grad():
         for _ in range(2):
             cache = reserved_cache(model, ids.shape[1] + 8)
-            model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_keyword(): cache})
+            model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_keyword(model): cache})
             caches.append(cache)
     return caches, mask, pos[:, -1:] + 1
 
@@ -92,7 +92,7 @@ def compare_steps(model, steps: int = 5, cache_atol: float = 1e-5) -> float:
             live[1] = int(t < 2)
             mask = torch.cat([mask, live], dim=1)
             ref = model(input_ids=tok[:, None], attention_mask=mask, position_ids=pos, use_cache=True,
-                        **{cache_keyword(): ref_cache}).logits[:, -1]
+                        **{cache_keyword(model): ref_cache}).logits[:, -1]
             out = step(tok, pos, mask)
             worst = max(worst, (out - ref).abs().max().item())
             pos = pos + 1

@@ -557,7 +557,7 @@ def test_reserved_cache_rollout_equals_dynamic_cache(causal_lm, drop):
 
     class Spy(EosBiased):
         def forward(self, **kwargs):
-            key = cache_keyword()  # the keyword the installed transformers takes the cache under
+            key = cache_keyword(self)  # the keyword the engine passes the cache under
             seen.append(type(kwargs.get(key)).__name__ if key in kwargs else None)
             seen.append(type(getattr(kwargs.get(key), "layers", [None])[0]).__name__)
             return super().forward(**kwargs)

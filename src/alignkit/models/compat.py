@@ -12,7 +12,7 @@ import functools
 
 from alignkit.console import say
 
-TESTED = ("5.0.0", "5.25.0")  # [lowest, first untested) transformers release for the hand-written paths
+TESTED = ("5.4.0", "5.25.0")  # [lowest, first untested) transformers release for the hand-written paths
 
 
 @functools.cache
@@ -38,16 +38,33 @@ def untested() -> str | None:
     return f"transformers {transformers.__version__} is outside the tested range"
 
 
+def cache_keyword(model) -> str:
+    """The keyword `model`'s forward takes its KV cache under: `cache` in transformers from 5.24 on (where
+    `past_key_values` still works but warns), `past_key_values` before. Read from the forward's signature; a
+    wrapper whose forward takes only `**kwargs` gets the keyword of the installed release."""
+    from alignkit.models.load import unwrap
+
+    return _forward_keyword(type(unwrap(model)))
+
+
 @functools.cache
-def cache_keyword() -> str:
-    """The keyword a transformers model's forward takes its KV cache under: `cache` from 5.24 on (where
-    `past_key_values` still works but warns), `past_key_values` before."""
+def _forward_keyword(cls: type) -> str:
+    import inspect
+
     import transformers
     from packaging.version import Version
 
+    try:
+        params = inspect.signature(cls.forward).parameters
+    except (TypeError, ValueError):
+        params = {}
+    for name in ("cache", "past_key_values"):
+        if name in params:
+            return name
     return "cache" if Version(transformers.__version__) >= Version("5.24.0.dev0") else "past_key_values"
 
 
 def output_cache(out):
     """The KV cache a forward returned (`cache` from transformers 5.24 on, `past_key_values` before)."""
-    return out.cache if cache_keyword() == "cache" else out.past_key_values
+    cache = out.get("cache")
+    return cache if cache is not None else out.get("past_key_values")

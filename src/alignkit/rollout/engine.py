@@ -215,7 +215,7 @@ class HFBackend:
         width = prompt_ids.shape[1]
         positions = position_ids_from_mask(prompt_mask)
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1, **{cache_keyword(): cache})
+                    logits_to_keep=1, **{cache_keyword(model): cache})
         past, logits = output_cache(out), out.logits[:, -1]
         if once:
             index = torch.tensor(copy_of, device=device)
@@ -262,7 +262,7 @@ class HFBackend:
                 logits = step(tok, next_pos, attention)
             else:
                 out = model(input_ids=tok.unsqueeze(-1), attention_mask=attention, position_ids=next_pos,
-                            use_cache=True, **{cache_keyword(): past})
+                            use_cache=True, **{cache_keyword(model): past})
                 past, logits = output_cache(out), out.logits[:, -1]
             next_pos = next_pos + 1
         responses, logps, masks, ents = tokens[:, :used], logps[:, :used], masks[:, :used], ents[:, :used]
