@@ -88,6 +88,8 @@ def wandb_records(path: Path) -> list:
         if left < 7 or (kind == 0 and n == 0):  # block padding
             pos += left
             continue
+        if pos + 7 + n > len(data):  # a chunk still being written
+            break
         chunk = data[pos + 7 : pos + 7 + n]
         assert zlib.crc32(chunk, zlib.crc32(bytes([kind]))) == crc, f"bad chunk at byte {pos}"
         pos += 7 + n
@@ -101,10 +103,23 @@ def wandb_records(path: Path) -> list:
 
 
 def read_wandb(root: Path) -> tuple[dict, dict, object]:
+    """The run's series, config and run record, once its file is complete. `run.finish()` returns when the run is
+    over, but wandb's service process may write the file a moment later; the exit record comes last."""
+    import time
+
+    import wandb
+
+    wandb.teardown()  # stops the service process, which closes the run's files
     (run_file,) = root.glob("wandb/offline-run-*/run-*.wandb")
+    deadline = time.monotonic() + 60
+    records = wandb_records(run_file)
+    while "exit" not in {r.WhichOneof("record_type") for r in records}:
+        assert time.monotonic() < deadline, f"{run_file}: no exit record after 60 s"
+        time.sleep(0.2)
+        records = wandb_records(run_file)
     series: dict[str, dict[int, float]] = {}
     config, run = {}, None
-    for r in wandb_records(run_file):
+    for r in records:
         kind = r.WhichOneof("record_type")
         if kind == "run":
             run = r.run
