@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from alignkit.evaluate.stats import mean_ci, pairwise_agreement, win_rate
+from alignkit.evaluate.stats import mean_ci, paired_difference, pairwise_agreement, win_rate
 
 
 def test_mean_ci_hand_values():
@@ -30,6 +30,22 @@ def test_pairwise_agreement():
     assert n == 3 and acc == pytest.approx(2 / 3)
     acc, n = pairwise_agreement([1, 2], [0.5, 0.5], [0, 0])
     assert n == 0 and math.isnan(acc)
+    # min_gap: only pairs whose gold differs by >= 0.4 count -> (a,b) gap 0.4 ok, (a,c) gap 0.8 ok; (b,c) 0.4 wrong
+    acc, n = pairwise_agreement([3, 1, 2, 5, 4], [0.9, 0.5, 0.1, 0.3, 0.3], [0, 0, 0, 1, 1], min_gap=0.41)
+    assert n == 1 and acc == 1.0
+
+
+def test_paired_difference_hand_values():
+    # differences 0.3, 0.2, 0.4, 0.3: mean 0.3, sample variance (0 + 0.01 + 0.01 + 0) / 3, half = z·sqrt(var / 4)
+    reference = [0.1, 0.9, -0.5, 0.4]
+    policy = [0.4, 1.1, -0.1, 0.7]
+    mean, half = paired_difference(policy, reference)
+    assert mean == pytest.approx(0.3)
+    assert half == pytest.approx(1.959963984540054 * math.sqrt(0.02 / 3 / 4))
+    # prompts differ far more than the policy's gain varies: each model's own interval is far wider
+    assert half < mean_ci(policy)[1] / 5
+    with pytest.raises(ValueError):
+        paired_difference([1.0], [1.0, 2.0])
 
 
 def test_eval_samples_are_reused_only_while_nothing_changed(tiny_model, tmp_path):

@@ -1,5 +1,5 @@
-"""Evaluate policies against their reference on held-out prompts: gold score (mean and 95% CI), win rate
-against the reference by gold score, sampled sequence KL to the reference, response length, the reward
+"""Evaluate policies against their reference on held-out prompts: gold score (mean and 95% CI), the paired
+difference from the reference (per prompt, mean and 95% CI), win rate against the reference by gold score, sampled sequence KL to the reference, response length, the reward
 model's score, and the reward model's accuracy against gold preferences.
 
 Every policy answers the same prompts with the same sampling noise (a generator seeded per batch; prompts are
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from alignkit.data.tokenize import Encoder
-from alignkit.evaluate.stats import mean_ci, pairwise_agreement, win_rate
+from alignkit.evaluate.stats import mean_ci, paired_difference, pairwise_agreement, win_rate
 from alignkit.models.load import load_causal_lm, load_tokenizer
 from alignkit.models.logprobs import response_logprobs
 from alignkit.rollout.engine import (
@@ -29,6 +29,9 @@ from alignkit.rollout.engine import (
     score_in_chunks,
 )
 from alignkit.rollout.rewards import CallableReward, ModelReward
+
+
+RM_GAPS = (0.3, 0.6)  # gold gaps at which the reward model's accuracy is also reported
 
 
 @dataclass
@@ -160,10 +163,15 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
             all_rm += scores
             all_gold += g
             groups += sm.prompt_index
+        if name != "reference":
+            entry["gold_diff"], entry["gold_diff_ci95"] = paired_difference(per_prompt(g, sm.prompt_index),
+                                                                            ref_prompt_gold)
         results["models"][name] = entry
     if rm is not None:
         acc, n = pairwise_agreement(all_rm, all_gold, groups)
-        results["reward_model"] = {"path": reward_model, "accuracy_vs_gold": acc, "pairs": n}
+        results["reward_model"] = {"path": reward_model, "accuracy_vs_gold": acc, "pairs": n, "by_gold_gap": {
+            str(gap): dict(zip(("accuracy", "pairs"), pairwise_agreement(all_rm, all_gold, groups, min_gap=gap),
+                               strict=True)) for gap in RM_GAPS}}
     if output_dir is not None:
         out = Path(output_dir)
         out.mkdir(parents=True, exist_ok=True)
@@ -174,15 +182,20 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
 def results_table(results: dict) -> str:
     """A plain-text table of the results: one row per model."""
     has_rm = any("rm_mean" in e for e in results["models"].values())
-    head = f"{'model':<16} {'gold (95% CI)':>20} {'win rate':>9} {'KL':>14} {'length':>7}" + ("  RM score" if has_rm else "")
+    head = (f"{'model':<16} {'gold (95% CI)':>20} {'vs reference (paired)':>22} {'win rate':>9} {'KL':>14} "
+            f"{'length':>7}" + ("  RM score" if has_rm else ""))
     lines = [head, "-" * len(head)]
     for name, e in results["models"].items():
-        row = (f"{name:<16} {e['gold_mean']:>10.3f} ± {e['gold_ci95']:<7.3f} {e['win_rate']:>9.3f} "
+        diff = f"{e['gold_diff']:>+10.3f} ± {e['gold_diff_ci95']:<7.3f}" if "gold_diff" in e else f"{'':>20}"
+        row = (f"{name:<16} {e['gold_mean']:>10.3f} ± {e['gold_ci95']:<7.3f} {diff:>22} {e['win_rate']:>9.3f} "
                f"{e['kl']:>7.2f} ± {e['kl_ci95']:<4.2f} {e['length']:>7.1f}")
         if has_rm:
             row += f"  {e['rm_mean']:>8.3f}"
         lines.append(row)
     if "reward_model" in results:
         rmr = results["reward_model"]
-        lines.append(f"reward model accuracy vs gold: {rmr['accuracy_vs_gold']:.3f} over {rmr['pairs']} pairs")
+        gaps = "; ".join(f"gold gap >= {gap}: {b['accuracy']:.3f} over {b['pairs']}"
+                         for gap, b in rmr.get("by_gold_gap", {}).items())
+        lines.append(f"reward model accuracy vs gold: {rmr['accuracy_vs_gold']:.3f} over {rmr['pairs']} pairs"
+                     + (f" ({gaps})" if gaps else ""))
     return "\n".join(lines)

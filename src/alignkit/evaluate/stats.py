@@ -32,11 +32,20 @@ def win_rate(policy: Sequence[float], reference: Sequence[float], tie: float = 1
     return wins / len(policy)
 
 
+def paired_difference(policy: Sequence[float], reference: Sequence[float], z: float = Z95) -> tuple[float, float]:
+    """(mean, 95% half-width) of the per-prompt differences policy − reference. The two lists hold one value per
+    prompt in the same order (each model's mean over its samples of that prompt); pairing by prompt removes the
+    prompt-to-prompt spread that two independent intervals both carry."""
+    if len(policy) != len(reference) or not policy:
+        raise ValueError("paired_difference needs two equally long, non-empty lists (same prompts, same order)")
+    return mean_ci([p - r for p, r in zip(policy, reference, strict=True)], z)
+
+
 def pairwise_agreement(model_scores: Sequence[float], gold_scores: Sequence[float],
-                       groups: Sequence[int], tie: float = 1e-9) -> tuple[float, int]:
+                       groups: Sequence[int], tie: float = 1e-9, min_gap: float = 0.0) -> tuple[float, int]:
     """Held-out accuracy of a reward model against gold preferences: over every pair of responses to the same
-    prompt (same `groups` id) whose gold scores differ, the share the model orders the same way. Returns
-    (accuracy, number of pairs)."""
+    prompt (same `groups` id) whose gold scores differ (by at least `min_gap`, when given), the share the model
+    orders the same way. Returns (accuracy, number of pairs)."""
     by_group: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         by_group.setdefault(g, []).append(i)
@@ -46,7 +55,7 @@ def pairwise_agreement(model_scores: Sequence[float], gold_scores: Sequence[floa
             for b in range(a + 1, len(idx)):
                 i, j = idx[a], idx[b]
                 dg = gold_scores[i] - gold_scores[j]
-                if abs(dg) <= tie:
+                if abs(dg) <= tie or abs(dg) < min_gap:
                     continue
                 total += 1
                 agree += (model_scores[i] - model_scores[j]) * dg > 0
