@@ -63,6 +63,66 @@ def collate_rankings(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     return batch
 
 
+GROUP_PAIRS = 16  # most pairs in one group: a bigger set of connected pairs is split
+
+
+def group_pairs(items: list[dict]) -> list[dict]:
+    """Encoded pairs grouped for a reward model: pairs of one prompt that share a response (directly or through
+    other pairs) form one group, with its distinct responses and its pairs as `(chosen, rejected, label,
+    margin)` response indices; a group of more than GROUP_PAIRS pairs is split. Collated with the rankings
+    collators (`prompt` + `responses`), each response of a group is scored once: the K samples of a prompt
+    that a panel compared pairwise cost K sequences, not K(K−1). Pairs that share nothing stay one group each,
+    so for them a batch is the plain pairwise batch. Groups keep the order of their first pair."""
+    parent: list[int] = list(range(len(items)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    seen: dict[tuple, int] = {}  # (prompt, response) -> first pair holding it
+    for n, it in enumerate(items):
+        for ids in (it["chosen"], it["rejected"]):
+            key = (tuple(it["prompt"]), tuple(ids))
+            if key in seen:
+                parent[root(n)] = root(seen[key])
+            else:
+                seen[key] = n
+    members: dict[int, list[int]] = {}
+    for n in range(len(items)):
+        members.setdefault(root(n), []).append(n)
+    first = sorted(members.values(), key=lambda m: m[0])
+    groups = []
+    for m in first:
+        for c in range(0, len(m), GROUP_PAIRS):
+            g: dict = {"prompt": items[m[c]]["prompt"], "responses": [], "pairs": []}
+            at: dict[tuple[int, ...], int] = {}
+            for n in m[c : c + GROUP_PAIRS]:
+                ends = []
+                for ids in (items[n]["chosen"], items[n]["rejected"]):
+                    if tuple(ids) not in at:
+                        at[tuple(ids)] = len(g["responses"])
+                        g["responses"].append(ids)
+                    ends.append(at[tuple(ids)])
+                g["pairs"].append((ends[0], ends[1], float(items[n].get("label", 1.0)),
+                                   float(items[n].get("margin", 0.0))))
+            groups.append(g)
+    return groups
+
+
+def with_pair_index(batch: dict[str, torch.Tensor], items: list[dict]) -> dict[str, torch.Tensor]:
+    """Adds the pairs of grouped items (`group_pairs`) to their rankings batch: `pair_chosen`/`pair_rejected`
+    (the sequence numbers of each pair's responses, from `rank_index`), `label` and `margin`."""
+    index = batch["rank_index"]
+    pairs = [(int(index[b, i]), int(index[b, j]), lab, m) for b, it in enumerate(items) for i, j, lab, m in it["pairs"]]
+    batch["pair_chosen"] = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+    batch["pair_rejected"] = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+    batch["label"] = torch.tensor([p[2] for p in pairs], dtype=torch.float32)
+    batch["margin"] = torch.tensor([p[3] for p in pairs], dtype=torch.float32)
+    return batch
+
+
 # ---- padding-free packing -------------------------------------------------------------------------------
 # A packed batch lays several sequences side by side in each row, up to a token budget, with no padding
 # between them. Each token carries a segment id; a segment may name a parent segment whose tokens it also

@@ -6,6 +6,7 @@ trainer; the trainer's `load_inputs(cfg)` then takes the records preflight read,
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Callable
 from pathlib import Path
@@ -65,9 +66,29 @@ def load_split(cfg, load: Callable[..., tuple[list, LoadReport]], data: str, eva
     order = list(range(len(records)))
     random.Random(cfg.seed).shuffle(order)
     n_eval = max(1, round(cfg.eval_fraction * len(records)))
-    held = [records[i] for i in order[:n_eval]]
-    kept = [records[i] for i in order[n_eval:]]
-    return kept, held, info
+    by_prompt: dict[str, list[int]] = {}
+    for i in order:
+        by_prompt.setdefault(_prompt_key(records[i], i), []).append(i)
+    held: list[int] = []
+    taken: set[int] = set()
+    for i in order:  # whole prompts, in shuffled order, until the held-out share is reached
+        if len(held) >= n_eval:
+            break
+        if i not in taken:
+            group = by_prompt[_prompt_key(records[i], i)]
+            held += group
+            taken.update(group)
+    if len(held) == len(records):  # a single prompt: no split by prompt possible
+        held = order[:n_eval]
+        taken = set(held)
+    return [records[i] for i in order if i not in taken], [records[i] for i in held], info
+
+
+def _prompt_key(record, index: int) -> str:
+    """Records of one prompt go to the same side of the split, so that no held-out response shares its prompt with
+    training (several pairs or rankings of one prompt); a record without a prompt is its own group."""
+    prompt = getattr(record, "prompt", None)
+    return f"#{index}" if prompt is None else json.dumps(prompt, sort_keys=True)
 
 
 def _read(cfg: RunConfig) -> tuple[list, list, dict]:

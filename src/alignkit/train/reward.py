@@ -1,5 +1,10 @@
 """Reward model: backbone + scalar head trained with Bradley-Terry on pairs (hard or soft labels, margins)
-or the K-wise InstructGPT loss on rankings (docs/algorithms.md, Reward model)."""
+or the K-wise InstructGPT loss on rankings (docs/algorithms.md, Reward model).
+
+Pairs of one prompt that share responses are grouped (`group_pairs`): a batch holds `batch_size` groups, each
+distinct response is scored once, and every pair contributes its Bradley-Terry term. Pairs that share no
+response are groups of one, the plain pairwise batch; a panel's votes on every pair of K samples of a prompt
+are one group: K sequences scored for K(K−1)/2 comparisons."""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import torch
 from accelerate.utils import send_to_device
 
 from alignkit.console import say
-from alignkit.data.collate import collate_pairs, collate_rankings, pack_pairs, pack_rankings
+from alignkit.data.collate import collate_rankings, group_pairs, pack_rankings, with_pair_index
 from alignkit.losses import bradley_terry_loss, ranking_loss
 from alignkit.models.load import unwrap
 from alignkit.models.logprobs import packed_reward_scores, reward_scores
@@ -35,9 +40,15 @@ def batch_scores(model, batch) -> torch.Tensor:
 
 
 def pair_step(model, batch):
+    """Bradley-Terry over the batch's pairs: `pair_chosen`/`pair_rejected` index the scored sequences (grouped
+    pairs), or without them the first half of the sequences are the chosen responses and the second half the
+    rejected ones (`collate_pairs`)."""
     r = batch_scores(model, batch)
-    b = r.shape[0] // 2
-    rc, rr = r[:b], r[b:]
+    if "pair_chosen" in batch:
+        rc, rr = r[batch["pair_chosen"]], r[batch["pair_rejected"]]
+    else:
+        b = r.shape[0] // 2
+        rc, rr = r[:b], r[b:]
     loss = bradley_terry_loss(rc, rr, margin=batch["margin"], label=batch["label"]).mean()
     return loss, {"accuracy": (rc > rr).float().mean(), "reward_chosen": rc.mean(), "reward_rejected": rr.mean(),
                   "margin": (rc - rr).mean()}
@@ -85,16 +96,21 @@ def build_reward(cfg: RewardConfig) -> Task:
     unwrap(model).config.pad_token_id = tok.pad_token_id
     enc = make_encoder(cfg, tok)
     pack = dict(pack_tokens=cfg.pack_tokens, shared_prompt=cfg.shared_prompt, varlen=cfg.varlen) if use_packing(cfg, model) else None
+    grid = partial(pack_rankings, pad_id=tok.pad_token_id, **pack) if pack else partial(collate_rankings,
+                                                                                          pad_id=tok.pad_token_id)
     if rankings:
         def item(r):
             return enc.encode_responses(r.prompt, r.responses)
-        collate, step = (partial(pack_rankings, pad_id=tok.pad_token_id, **pack) if pack
-                         else partial(collate_rankings, pad_id=tok.pad_token_id)), ranking_step
+        collate, step = grid, ranking_step
     else:
         item, step = enc.encode_pair, pair_step
-        collate = partial(pack_pairs, pad_id=tok.pad_token_id, **pack) if pack else partial(collate_pairs, pad_id=tok.pad_token_id)
+
+        def collate(items):
+            return with_pair_index(grid(items), items)
     train_items = encode_all(train_recs, item, "train", cfg.progress)
     eval_items = encode_all(eval_recs, item, "eval", cfg.progress)
+    if not rankings:
+        train_items, eval_items = group_pairs(train_items), group_pairs(eval_items)
     info["truncation"] = dict(enc.counts)
     task = Task("rm", model, train_items, eval_items, collate, step, saver(tok), info)
     if cfg.normalize:
