@@ -49,7 +49,7 @@ def test_groups_keep_the_panels_best_against_its_worst():
     prompts = ["p1", "p2", "p3"]
     groups = [["mid", "best", "worst", "low"], ["x", "y"], ["same", "same", " "]]
     golds = [[0.1, 0.9, -0.8, -0.2], [0.3, -0.3], [0.0, 0.0, 0.0]]
-    records, skipped = annotate_groups(prompts, groups, golds, annotators=3, noise=0.0, seed=0)
+    records, every, skipped = annotate_groups(prompts, groups, golds, annotators=3, noise=0.0, seed=0)
     assert skipped == 1 and len(records) == 2  # p3: one distinct non-empty response
     first = records[0]
     assert {first["response_a"], first["response_b"]} == {"best", "worst"}
@@ -57,6 +57,15 @@ def test_groups_keep_the_panels_best_against_its_worst():
     assert first["votes"] == [winner] * 3  # a perfect panel, whatever the presentation order
     assert {records[1]["response_a"], records[1]["response_b"]} == {"x", "y"}  # K=2: the one pair
     # presentation order is random: over many prompts the best is shown first about half the time
-    many, _ = annotate_groups(["p"] * 200, [["good", "bad"]] * 200, [[1.0, -1.0]] * 200, annotators=1, noise=0.0)
+    # every pair: the 6 of p1 and the one of p2, each voted for its better response by a perfect panel
+    assert len(every) == 6 + 1
+    assert {frozenset((r["response_a"], r["response_b"])) for r in every[:6]} == {
+        frozenset(p) for p in [("mid", "best"), ("mid", "worst"), ("mid", "low"), ("best", "worst"), ("best", "low"),
+                               ("worst", "low")]}
+    for r in every:
+        better = "a" if r["gold_a"] > r["gold_b"] else "b"
+        assert r["votes"] == [better] * 3
+    assert {every[6]["response_a"], every[6]["response_b"]} == {"x", "y"}
+    many, _, _ = annotate_groups(["p"] * 200, [["good", "bad"]] * 200, [[1.0, -1.0]] * 200, annotators=1, noise=0.0)
     firsts = sum(r["response_a"] == "good" for r in many)
     assert 70 < firsts < 130

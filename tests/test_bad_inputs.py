@@ -177,7 +177,7 @@ CASES = [
     Case("demo-unknown-method", ["demo", "--output-dir", "{out}", "--methods", "dpo,grpoo", "--no-progress"],
          r"options: field 'methods': unknown method 'grpoo'; choose from ppo, rloo, dpo, cdpo, ipo, gdpo, coh$"),
     Case("demo-too-many-prompts", ["demo", "--output-dir", "{out}", "--train-prompts", "1000000", "--no-progress"],
-         r"options: the sentiment task has at most 67584 distinct prompts per split; asked for 1000000 training"),
+         r"options: the sentiment task has at most 67584 training and 50688 held-out prompts; asked for 1000000 training"),
 ]
 
 

@@ -1,10 +1,15 @@
 """`alignkit demo --quick` end to end: every method's policy beats the reference on held-out prompts by the
-gold scorer (margin: the reference's 95% confidence interval), and a second run reuses the cached stages."""
+gold scorer (the 95% interval of the paired per-prompt difference lies above 0), the reward model orders clear
+pairs (gold gap >= 0.3) by the gold, and a second run reuses the cached stages."""
 
 import json
 
+import pytest
+
 from alignkit.cli.main import main
 from alignkit.lab.demo import METHODS
+
+RM_CLEAR_PAIRS = 0.8  # the quick demo's reward model on held-out pairs whose gold gap is at least 0.3
 
 
 def test_quick_demo_every_method_beats_reference(tmp_path, capsys):
@@ -14,9 +19,12 @@ def test_quick_demo_every_method_beats_reference(tmp_path, capsys):
     ref = results["models"]["reference"]
     for method in METHODS:
         pol = results["models"][method]
-        assert pol["gold_mean"] > ref["gold_mean"] + ref["gold_ci95"], (method, pol["gold_mean"], ref)
+        assert pol["gold_diff"] - pol["gold_diff_ci95"] > 0, (method, pol["gold_diff"], pol["gold_diff_ci95"])
+        assert pol["gold_diff"] == pytest.approx(pol["gold_mean"] - ref["gold_mean"], abs=1e-9)  # same prompts
         assert pol["win_rate"] > 0.5 and pol["kl"] > 0, method
-    assert 0.5 < results["reward_model"]["accuracy_vs_gold"] <= 1.0
+    rm = results["reward_model"]
+    assert rm["by_gold_gap"]["0.3"]["pairs"] >= 200 and rm["by_gold_gap"]["0.3"]["accuracy"] >= RM_CLEAR_PAIRS, rm
+    assert 0.5 < rm["accuracy_vs_gold"] <= rm["by_gold_gap"]["0.3"]["accuracy"], rm
     assert "reward model accuracy vs gold" in capsys.readouterr().out
     for png in ("frontier.png", "curves.png"):  # real plots: PNG files of a real size, not empty canvases
         data = (out / "eval" / png).read_bytes()

@@ -44,14 +44,21 @@ def annotate_pairs(prompts: Sequence, responses_a: Sequence[str], responses_b: S
 
 
 def annotate_groups(prompts: Sequence, groups: Sequence[Sequence[str]], golds: Sequence[Sequence[float]], *,
-                    annotators: int = 5, noise: float = 0.1, seed: int = 0) -> tuple[list[dict], int]:
+                    annotators: int = 5, noise: float = 0.1, seed: int = 0) -> tuple[list[dict], list[dict], int]:
     """Votes records from K responses per prompt: the panel votes on every pair of distinct non-empty
-    responses, and the pair kept is the panel's best against its worst (most and fewest votes won over all
-    pairs; ties go to the earlier response), in random a/b order, with the votes cast on that pair. With K=2
-    this is the one pair. Returns the records and the number of prompts skipped (fewer than two distinct
-    non-empty responses)."""
+    responses. Returns (best-vs-worst records, every-pair records, prompts skipped). The best-vs-worst pair is
+    the panel's best against its worst (most and fewest votes won over all pairs; ties go to the earlier
+    response), with the votes cast on that pair; with K=2 it is the one pair. Every record is in random a/b
+    order. A prompt is skipped when it has fewer than two distinct non-empty responses."""
     rng = random.Random(seed)
-    records, skipped = [], 0
+    records, every, skipped = [], [], 0
+
+    def record(prompt, responses, gold, a, b, v):
+        if rng.random() < 0.5:  # random presentation order
+            a, b, v = b, a, ["b" if x == "a" else "a" for x in v]
+        return {"prompt": prompt, "response_a": responses[a], "response_b": responses[b], "votes": v,
+                "gold_a": gold[a], "gold_b": gold[b]}
+
     for prompt, responses, gold in zip(prompts, groups, golds, strict=True):
         keep = [i for i, r in enumerate(responses) if r.strip() and r not in responses[:i]]
         if len(keep) < 2:
@@ -68,9 +75,6 @@ def annotate_groups(prompts: Sequence, groups: Sequence[Sequence[str]], golds: S
         best = max(keep, key=lambda i: (wins[i], -i))
         worst = min(keep, key=lambda i: (wins[i], -i))
         a, b = sorted((best, worst))
-        v = votes[a, b]
-        if rng.random() < 0.5:  # random presentation order
-            a, b, v = b, a, ["b" if x == "a" else "a" for x in v]
-        records.append({"prompt": prompt, "response_a": responses[a], "response_b": responses[b], "votes": v,
-                        "gold_a": gold[a], "gold_b": gold[b]})
-    return records, skipped
+        records.append(record(prompt, responses, gold, a, b, votes[a, b]))
+        every += [record(prompt, responses, gold, a, b, v) for (a, b), v in votes.items()]
+    return records, every, skipped

@@ -8,7 +8,7 @@ Stages (a stage whose folder holds a `DONE` marker is skipped when the demo is r
   base     --quick: a tiny model fine-tuned to write short reviews; imdb: the policy fine-tuned to continue
            IMDb reviews (the reference of every method)
   gold     imdb only: the gold classifier, with its test-split accuracy
-  prompts  training and held-out prompts (held-out films, or test-split reviews, are new)
+  prompts  training and held-out prompts (held-out ones: other phrasings, subjects and titles; imdb: the test split)
   samples  K responses per training prompt from the reference, with their gold scores
   labels   a simulated annotator panel votes on pairs -> votes.jsonl (hard + soft labels)
   rm       a reward model trained on the votes
@@ -53,11 +53,13 @@ class DemoConfig(BaseModel):
     methods: str = Field(",".join(METHODS), description="methods to run, comma-separated")
     train_prompts: int = Field(96, gt=0, description="training prompts (K responses each are sampled and labelled)")
     heldout_prompts: int = Field(48, gt=0, description="held-out prompts for the evaluation")
-    k: int = Field(4, ge=2, description="responses sampled per training prompt; the panel's best vs worst is labelled")
+    k: int = Field(4, ge=2, description="responses sampled per training prompt; the panel votes on every pair of them")
     annotators: int = Field(5, ge=1, description="simulated annotators per pair")
     noise: float = Field(0.2, ge=0, description="annotator Bradley-Terry noise on the gold scale (0 = perfect judge)")
     max_new_tokens: int = Field(32, gt=0, description="longest response sampled")
     beta: float = Field(0.1, gt=0, description="KL strength for DPO-family and the RL penalty")
+    ipo_beta: float = Field(0.5, gt=0, description="IPO's β (its target margin is 1/(2β) nats)")
+    rm_epochs: float = Field(1.0, gt=0, description="passes of the reward model over the panel's votes")
     learning_rate: float = Field(5e-5, gt=0, description="learning rate of the DPO family, CoH and the reward model")
     rl_learning_rate: float = Field(2e-5, gt=0, description="learning rate of PPO and RLOO")
     epochs: float = Field(1.0, gt=0, description="passes over the labelled pairs (offline methods)")
@@ -75,9 +77,9 @@ class DemoConfig(BaseModel):
 
     @model_validator(mode="after")
     def _prompt_counts(self):
-        most = prompt_capacity() // 2
-        if self.task == "sentiment" and max(self.train_prompts, self.heldout_prompts) > most:
-            raise ValueError(f"the sentiment task has at most {most} distinct prompts per split; "
+        most = prompt_capacity("train") // 2, prompt_capacity("heldout") // 2
+        if self.task == "sentiment" and (self.train_prompts > most[0] or self.heldout_prompts > most[1]):
+            raise ValueError(f"the sentiment task has at most {most[0]} training and {most[1]} held-out prompts; "
                              f"asked for {self.train_prompts} training and {self.heldout_prompts} held-out")
         return self
 
@@ -174,7 +176,8 @@ def stage_prompts(cfg: DemoConfig, run: Path, reference: str) -> tuple[str, str]
 
 def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_prompts: str, gold_spec: str) -> str:
     """K samples per prompt from the reference, gold-scored; the panel votes on every pair of a prompt's samples
-    and its best-vs-worst pair becomes the labelled pair (`annotate_groups`)."""
+    (`annotate_groups`): `votes.jsonl` holds its best-vs-worst pair (the pair the offline methods learn from),
+    `all_votes.jsonl` every pair (the reward model's data)."""
     from alignkit.data import load_prompts
     from alignkit.evaluate.run import EvalSettings, sample_policy
     from alignkit.models.load import load_tokenizer
@@ -193,13 +196,14 @@ def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_p
     _jsonl(stage / "samples.jsonl", [{"prompt": p, "response": r, "gold": g}
                                      for p, r, g in zip(sm.prompts, sm.responses, gold, strict=True)])
     k = cfg.k  # the k samples of one prompt are consecutive
-    records, skipped = annotate_groups(sm.prompts[::k], [sm.responses[i : i + k] for i in range(0, len(sm.responses), k)],
+    records, every, skipped = annotate_groups(sm.prompts[::k], [sm.responses[i : i + k] for i in range(0, len(sm.responses), k)],
                                        [gold[i : i + k] for i in range(0, len(gold), k)], annotators=cfg.annotators,
                                        noise=cfg.noise, seed=cfg.seed)
     if skipped:
         say(f"{skipped} prompts skipped: fewer than two distinct non-empty responses")
     _jsonl(votes, records)
-    _mark(stage, {"samples": len(sm.responses), "pairs": len(records), "prompts_skipped": skipped,
+    _jsonl(stage / "all_votes.jsonl", every)
+    _mark(stage, {"samples": len(sm.responses), "pairs": len(records), "all_pairs": len(every), "prompts_skipped": skipped,
                   "seconds": time.perf_counter() - t0})
     return str(votes)
 
@@ -234,9 +238,10 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
                   beta=cfg.beta * 0.5, eval_samples=0, max_length=256, max_prompt_length=128,
                   reference="lora-disabled" if cfg.lora else "copy", **_common(cfg, out))
     if name == "rm":
-        run_reward(RewardConfig(**{**offline, "learning_rate": cfg.learning_rate * 2}))
+        run_reward(RewardConfig(**{**offline, "data": str(Path(votes).with_name("all_votes.jsonl")),
+                                   "learning_rate": cfg.learning_rate * 2, "epochs": cfg.rm_epochs}))
     elif name in ("dpo", "cdpo", "ipo", "gdpo"):
-        beta = 0.5 if name == "ipo" else cfg.beta
+        beta = cfg.ipo_beta if name == "ipo" else cfg.beta
         run_dpo(DPOConfig(loss=name, beta=beta, **offline))
     elif name == "coh":
         run_coh(CoHConfig(**{**offline, "epochs": cfg.epochs * cfg.coh_passes, "learning_rate": cfg.learning_rate * 2}))

@@ -1,8 +1,10 @@
 """The sentiment lab: review-writing prompts whose held-out part is really new, and a small review corpus
 for the `--quick` tiny policy.
 
-Prompts combine a template, a genre, an aspect and an invented film title. Titles are drawn from disjoint
-word pools for the training and held-out splits, so no held-out prompt names a film seen in training.
+Training prompts ask for film reviews: a template, a genre, an aspect and an invented film title. Held-out
+prompts are new in every part, so the demo's evaluation measures what a policy does on requests it never
+trained on: other phrasings (their own templates), other subjects (TV series, novels, albums, games, ...),
+other aspects, and titles from a disjoint word pool.
 """
 
 from __future__ import annotations
@@ -31,27 +33,48 @@ TITLE_WORDS = (
 NOUNS = ["Dreams", "Letters", "Roads", "Voices", "Hearts", "Cities", "Echoes", "Storms", "Promises", "Machines",
          "Islands", "Secrets", "Kings", "Rivers", "Stars", "Doors"]
 
+# held-out prompts: their own phrasings, subjects other than films, and other aspects
+HELDOUT_TEMPLATES = [
+    "Tell a friend what you made of the {genre} \"{title}\".",
+    "Share your thoughts on the {genre} \"{title}\", especially its {aspect}.",
+    "How would you rate the {genre} \"{title}\"? Explain briefly.",
+    "Write a brief critique of \"{title}\" ({genre}), mentioning the {aspect}.",
+    "Was \"{title}\" worth it? Give your verdict on this {genre}.",
+    "Post a short comment about the {genre} \"{title}\" for other fans, touching on its {aspect}.",
+]
+SUBJECTS = ["TV series", "novel", "album", "stage play", "video game", "podcast", "documentary series",
+            "comic book", "short film", "opera", "concert", "board game"]
+HELDOUT_ASPECTS = ["story", "writing", "performances", "music", "visual style", "humour", "length",
+                   "world-building", "atmosphere", "finale"]
 
-def prompt_capacity() -> int:
+SPLITS = {  # templates, genres (or subjects), aspects, title words
+    "train": (TEMPLATES, GENRES, ASPECTS, TITLE_WORDS[0]),
+    "heldout": (HELDOUT_TEMPLATES, SUBJECTS, HELDOUT_ASPECTS, TITLE_WORDS[1]),
+}
+
+
+def prompt_capacity(split: str = "train") -> int:
     """How many distinct prompts `review_prompts` can make for one split."""
-    titles = len(TITLE_WORDS[0]) * len(NOUNS)
-    return sum(titles * (len(GENRES) if "{genre}" in t else 1) * (len(ASPECTS) if "{aspect}" in t else 1)
-               for t in TEMPLATES)
+    templates, genres, aspects, words = SPLITS[split]
+    titles = len(words) * len(NOUNS)
+    return sum(titles * (len(genres) if "{genre}" in t else 1) * (len(aspects) if "{aspect}" in t else 1)
+               for t in templates)
 
 
 def review_prompts(n: int, *, split: str, seed: int = 0) -> list[str]:
-    """`n` distinct review-writing prompts for "train" or "heldout" (disjoint film titles)."""
-    pool = TITLE_WORDS[0] if split == "train" else TITLE_WORDS[1]
-    if split not in ("train", "heldout"):
+    """`n` distinct review-writing prompts for "train" (films) or "heldout" (other phrasings, subjects, aspects
+    and title words)."""
+    if split not in SPLITS:
         raise ValueError("split must be 'train' or 'heldout'")
-    if n > prompt_capacity() // 2:  # beyond half of them, rejection sampling slows down: refuse instead
-        raise ValueError(f"cannot make {n} distinct prompts (at most {prompt_capacity() // 2})")
+    templates, genres, aspects, pool = SPLITS[split]
+    if n > prompt_capacity(split) // 2:  # beyond half of them, rejection sampling slows down: refuse instead
+        raise ValueError(f"cannot make {n} distinct prompts (at most {prompt_capacity(split) // 2})")
     rng = random.Random(f"{seed}-{split}")
     seen: set[str] = set()
     out: list[str] = []
     while len(out) < n:
         title = f"{rng.choice(pool)} {rng.choice(NOUNS)}"
-        prompt = rng.choice(TEMPLATES).format(title=title, genre=rng.choice(GENRES), aspect=rng.choice(ASPECTS))
+        prompt = rng.choice(templates).format(title=title, genre=rng.choice(genres), aspect=rng.choice(aspects))
         if prompt not in seen:
             seen.add(prompt)
             out.append(prompt)
