@@ -30,8 +30,9 @@ RECIPES = {  # name: (data file in labels/, learning rate, epochs, batch size: p
     "all-pairs-b8": ("all_votes.jsonl", 1e-4, 1.0, 8),
     "all-pairs-b2": ("all_votes.jsonl", 1e-4, 1.0, 2),
     "all-pairs-b1": ("all_votes.jsonl", 1e-4, 1.0, 1),
-    "all-pairs-b2-lr5e-5": ("all_votes.jsonl", 5e-5, 1.0, 2),
     "all-pairs-b2-2ep": ("all_votes.jsonl", 1e-4, 2.0, 2),
+    "all-pairs-b1-lr5e-5": ("all_votes.jsonl", 5e-5, 1.0, 1),
+    "all-pairs-b1-lr2e-4": ("all_votes.jsonl", 2e-4, 1.0, 1),
 }
 GAPS = (0.0, 0.3, 0.6)
 

@@ -58,10 +58,11 @@ class DemoConfig(BaseModel):
     noise: float = Field(0.2, ge=0, description="annotator Bradley-Terry noise on the gold scale (0 = perfect judge)")
     max_new_tokens: int = Field(32, gt=0, description="longest response sampled")
     beta: float = Field(0.1, gt=0, description="KL strength for DPO-family and the RL penalty")
-    ipo_beta: float = Field(0.5, gt=0, description="IPO's β (its target margin is 1/(2β) nats)")
-    rm_epochs: float = Field(1.0, gt=0, description="passes of the reward model over the panel's votes")
+    ipo_beta: float = Field(0.1, gt=0, description="IPO's β (its target margin is 1/(2β) nats)")
+    rm_epochs: float = Field(2.0, gt=0, description="passes of the reward model over the panel's votes")
     learning_rate: float = Field(5e-5, gt=0, description="learning rate of the DPO family, CoH and the reward model")
-    rl_learning_rate: float = Field(2e-5, gt=0, description="learning rate of PPO and RLOO")
+    rl_learning_rate: float = Field(2e-5, gt=0, description="learning rate of RLOO")
+    ppo_learning_rate: float = Field(5e-5, gt=0, description="learning rate of PPO (policy and value model)")
     epochs: float = Field(1.0, gt=0, description="passes over the labelled pairs (offline methods)")
     coh_passes: float = Field(1.0, gt=0, description="Chain of Hindsight passes as a multiple of --epochs (it "
                               "learns the feedback-conditional more slowly than a pairwise loss)")
@@ -85,6 +86,7 @@ class DemoConfig(BaseModel):
 
 
 QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rl_learning_rate=1e-3,
+             ppo_learning_rate=1e-3,
              epochs=3.0, coh_passes=4.0, rl_steps=12, beta=0.1, sft_examples=4000)
 
 
@@ -234,21 +236,23 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
                    learning_rate=cfg.learning_rate, eval_fraction=0.1, max_length=256, max_prompt_length=128,
                    warmup_ratio=0.1, **_common(cfg, out))
     online = dict(model=reference, prompts=train_prompts, reward_model=rm, max_steps=cfg.rl_steps, batch_size=8,
-                  mini_batch_size=8, learning_rate=cfg.rl_learning_rate, max_new_tokens=cfg.max_new_tokens,
+                  mini_batch_size=4, warmup_ratio=0.1, learning_rate=cfg.rl_learning_rate, max_new_tokens=cfg.max_new_tokens,
                   beta=cfg.beta * 0.5, eval_samples=0, max_length=256, max_prompt_length=128,
                   reference="lora-disabled" if cfg.lora else "copy", **_common(cfg, out))
     if name == "rm":
-        run_reward(RewardConfig(**{**offline, "data": str(Path(votes).with_name("all_votes.jsonl")),
+        # every pair's votes, grouped by prompt: a batch of 2 prompts is 8 responses and 12 pairs
+        run_reward(RewardConfig(**{**offline, "data": str(Path(votes).with_name("all_votes.jsonl")), "batch_size": 2,
                                    "learning_rate": cfg.learning_rate * 2, "epochs": cfg.rm_epochs}))
     elif name in ("dpo", "cdpo", "ipo", "gdpo"):
         beta = cfg.ipo_beta if name == "ipo" else cfg.beta
         run_dpo(DPOConfig(loss=name, beta=beta, **offline))
     elif name == "coh":
-        run_coh(CoHConfig(**{**offline, "epochs": cfg.epochs * cfg.coh_passes, "learning_rate": cfg.learning_rate * 2}))
+        run_coh(CoHConfig(forms="single", **{**offline, "epochs": cfg.epochs * cfg.coh_passes,
+                                             "learning_rate": cfg.learning_rate * 2}))
     elif name == "ppo":
-        run_ppo(PPOConfig(**online))
+        run_ppo(PPOConfig(**{**online, "learning_rate": cfg.ppo_learning_rate, "beta": cfg.beta}))
     elif name == "rloo":
-        run_rloo(RLOOConfig(k=4, **{**online, "batch_size": 4, "mini_batch_size": 16}))
+        run_rloo(RLOOConfig(k=4, **{**online, "batch_size": 4}))
     else:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     _mark(out, {"seconds": time.perf_counter() - t0})
@@ -299,7 +303,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     methods = cfg.methods.split(",")
     policies = {m: timed(m, stage_train, cfg, run, m, reference, votes, train_prompts, rm) for m in methods}
     prompts, _ = load_prompts(heldout)
-    settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, samples=4 if cfg.quick else 1, seed=cfg.seed + 99,
+    settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, samples=4 if cfg.quick else 2, seed=cfg.seed + 99,
                             batch_size=64)
     results = timed("eval", evaluate_policies, policies, reference, prompts, gold, reward_model=rm,
                     settings=settings, output_dir=run / "eval")
