@@ -27,6 +27,10 @@ def score(prompts, responses):
         words = [w.strip(".,") for w in r.split()]
         out.append((sum(w in GOOD for w in words) - sum(w in BAD for w in words)) / max(len(words), 1))
     return out
+
+
+def negated(prompts, responses):
+    return [-x for x in score(prompts, responses)]
 '''
 
 
@@ -64,9 +68,14 @@ def test_ppo_raises_reward(rl_setup, tmp_path):
 
 
 def test_rloo_raises_reward(rl_setup, tmp_path):
+    monitor = rl_setup["reward"].replace(":score", ":negated")  # a second scorer, logged and never trained on
     res = run_rloo(RLOOConfig(model=rl_setup["policy"], prompts=rl_setup["prompts"], reward=rl_setup["reward"],
-                              output_dir=str(tmp_path / "rloo"), max_steps=12, batch_size=8, k=4, beta=0.02, **COMMON))
+                              output_dir=str(tmp_path / "rloo"), max_steps=12, batch_size=8, k=4, beta=0.02,
+                              monitor_reward=monitor, **COMMON))
     assert res.eval["reward"] > res.first_eval["reward"] + 0.5, (res.first_eval, res.eval)
+    for m in metrics(tmp_path / "rloo"):  # the monitor scored the same responses: here exactly −reward
+        if "reward" in m:
+            assert m["monitor"] == pytest.approx(-m["reward"], abs=1e-6), m
     AutoModelForCausalLM.from_pretrained(tmp_path / "rloo")
 
 

@@ -36,9 +36,10 @@ def frontier_plot(results: dict, path: str | Path) -> None:
 
 
 def curves_plot(runs: dict[str, Path], path: str | Path) -> None:
-    """Training curves from each run's metrics.jsonl: loss for offline methods, reward and KL for online ones."""
+    """Training curves from each run's metrics.jsonl: loss for offline methods; for online ones the reward, the KL and,
+    when the run logged one (`--monitor-reward`), the monitor score of its rollouts."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), dpi=110)
+    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), dpi=110)
     for name, run in runs.items():
         f = Path(run) / "metrics.jsonl"
         if not f.exists():
@@ -49,10 +50,13 @@ def curves_plot(runs: dict[str, Path], path: str | Path) -> None:
         if train and "reward" in train[0]:
             axes[1].plot(steps, [m["reward"] for m in train], label=name)
             axes[2].plot(steps, [m["kl"] for m in train], label=name)
+            if "monitor" in train[0]:
+                axes[3].plot(steps, [m["monitor"] for m in train], label=name)
         elif train:
             axes[0].plot(steps, [m["loss"] for m in train], label=name)
-    for ax, title in zip(axes, ("offline methods: training loss", "online: reward-model score", "online: KL"),
-                         strict=True):
+    titles = ("offline methods: training loss", "online: reward-model score", "online: KL",
+              "online: monitor (gold) score, not trained on")
+    for ax, title in zip(axes, titles, strict=True):
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -30,7 +30,6 @@ from alignkit.rollout.engine import (
 )
 from alignkit.rollout.rewards import CallableReward, ModelReward
 
-
 RM_GAPS = (0.3, 0.6)  # gold gaps at which the reward model's accuracy is also reported
 
 

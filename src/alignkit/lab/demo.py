@@ -10,9 +10,10 @@ Stages (a stage whose folder holds a `DONE` marker is skipped when the demo is r
   gold     imdb only: the gold classifier, with its test-split accuracy
   prompts  training and held-out prompts (held-out ones: other phrasings, subjects and titles; imdb: the test split)
   samples  K responses per training prompt from the reference, with their gold scores
-  labels   a simulated annotator panel votes on pairs -> votes.jsonl (hard + soft labels)
-  rm       a reward model trained on the votes
-  <method> ppo, rloo (against the reward model), dpo, cdpo, ipo, gdpo (soft labels), coh (from the votes)
+  labels   a simulated annotator panel votes on every pair of a prompt's samples -> all_votes.jsonl, and its
+           best-vs-worst pair per prompt -> votes.jsonl (hard + soft labels)
+  rm       a reward model trained on every pair's votes (soft labels, a prompt's responses scored once)
+  <method> ppo, rloo (against the reward model), dpo, cdpo, ipo, gdpo (soft labels), coh (from votes.jsonl)
   eval     every policy and the reference on held-out prompts: gold score, win rate, KL, RM accuracy
 """
 
@@ -214,7 +215,8 @@ def _common(cfg: DemoConfig, out: Path) -> dict:
     return dict(output_dir=str(out), seed=cfg.seed, progress=cfg.progress, lora=cfg.lora)
 
 
-def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: str, train_prompts: str, rm: str) -> str:
+def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: str, train_prompts: str, rm: str,
+                gold: str) -> str:
     from alignkit import (
         CoHConfig,
         DPOConfig,
@@ -237,7 +239,7 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
                    warmup_ratio=0.1, **_common(cfg, out))
     online = dict(model=reference, prompts=train_prompts, reward_model=rm, max_steps=cfg.rl_steps, batch_size=8,
                   mini_batch_size=4, warmup_ratio=0.1, learning_rate=cfg.rl_learning_rate, max_new_tokens=cfg.max_new_tokens,
-                  beta=cfg.beta * 0.5, eval_samples=0, max_length=256, max_prompt_length=128,
+                  beta=cfg.beta * 0.5, eval_samples=0, max_length=256, max_prompt_length=128, monitor_reward=gold,
                   reference="lora-disabled" if cfg.lora else "copy", **_common(cfg, out))
     if name == "rm":
         # every pair's votes, grouped by prompt: a batch of 2 prompts is 8 responses and 12 pairs
@@ -299,9 +301,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     gold = timed("gold", stage_gold, cfg, run)
     train_prompts, heldout = timed("prompts", stage_prompts, cfg, run, reference)
     votes = timed("samples+labels", stage_samples_and_labels, cfg, run, reference, train_prompts, gold)
-    rm = timed("rm", stage_train, cfg, run, "rm", reference, votes, train_prompts, "")
+    rm = timed("rm", stage_train, cfg, run, "rm", reference, votes, train_prompts, "", gold)
     methods = cfg.methods.split(",")
-    policies = {m: timed(m, stage_train, cfg, run, m, reference, votes, train_prompts, rm) for m in methods}
+    policies = {m: timed(m, stage_train, cfg, run, m, reference, votes, train_prompts, rm, gold) for m in methods}
     prompts, _ = load_prompts(heldout)
     settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, samples=4 if cfg.quick else 2, seed=cfg.seed + 99,
                             batch_size=64)

@@ -194,6 +194,10 @@ class RLConfig(RunConfig):
     reward_model: str | None = Field(None, description="reward model folder written by `alignkit rm`")
     reward: str | None = Field(None, description="reward function module:function or file.py:function, called as f(prompts, responses) -> scores; or vader, or sklearn:PATH")
     missing_eos_penalty: float | None = Field(None, description="added to the score of a response that never reached EOS (e.g. -1.0)")
+    monitor_reward: str | None = Field(None, description="a second scorer (module:function, file.py:function, vader or "
+                                       "sklearn:PATH), logged as `monitor` for every rollout batch and never trained "
+                                       "on: with a gold scorer, it shows when the policy starts to over-optimise the "
+                                       "reward model")
     batch_size: int = Field(16, gt=0, description="prompts per rollout batch")
     mini_batch_size: int = Field(8, gt=0, description="sequences per optimizer update")
     ppo_epochs: int = Field(2, gt=0, description="passes over each rollout batch")

@@ -24,7 +24,7 @@ from alignkit.rollout.engine import (
     decode_responses,
     score_in_chunks,
 )
-from alignkit.rollout.rewards import reward_source
+from alignkit.rollout.rewards import CallableReward, reward_source
 from alignkit.train.common import make_encoder, policy_and_tokenizer
 from alignkit.train.config import RLConfig
 from alignkit.train.inputs import load_inputs
@@ -96,6 +96,7 @@ class Sampler:
                                      top_p=cfg.top_p, top_k=cfg.top_k)
         self.reward = reward_source(cfg.reward_model, cfg.reward, max_length=cfg.max_length,
                                     max_prompt_length=cfg.max_prompt_length, chat_template=cfg.chat_template)
+        self.monitor = CallableReward(cfg.monitor_reward) if cfg.monitor_reward else None
 
     def generator(self, policy, stream: int) -> torch.Generator:
         """A sampling RNG seeded by (seed, stream): rollout batch n uses stream n, so sampling does not depend on
@@ -158,6 +159,8 @@ class Sampler:
             "no_eos_share": float((~ro.finished).float().mean()),
             "gen_tokens_per_s": n_tokens / max(ro.seconds, 1e-9),
         }
+        if self.monitor is not None:
+            metrics["monitor"] = float(self.monitor(prompts, texts).float().mean())
         return Scored(ro, prompts, texts, scores, logp, ref_logp, entropy, metrics)
 
     def packed_score(self, model, ro: Rollout) -> torch.Tensor | None:
@@ -205,7 +208,7 @@ def collate_prompts(items: list[dict]) -> dict:
 
 
 def make_eval(cfg: RLConfig, sampler: Sampler, items: list[dict]):
-    """Held-out evaluation: mean reward and sequence KL on up to --eval-samples prompts (fixed sample), sampled
+    """Held-out evaluation: mean reward (and `monitor` score) and sequence KL on up to --eval-samples prompts (fixed sample), sampled
     in batches of prompts of similar length (sorted by length: less left padding)."""
     chosen = sorted(items[: cfg.eval_samples], key=lambda it: len(it["prompt_ids"]))
 
@@ -219,7 +222,7 @@ def make_eval(cfg: RLConfig, sampler: Sampler, items: list[dict]):
             part = chosen[i : i + cfg.batch_size]
             s = sampler.sample(policy, [it["prompt_ids"] for it in part], [it["prompt"] for it in part], gen)
             results.append((s.metrics, len(part)))
-        keys = ("reward", "kl", "kl_k3", "response_length", "no_eos_share")
+        keys = ("reward", "kl", "kl_k3", "response_length", "no_eos_share") + (("monitor",) if sampler.monitor else ())
         total = sum(n for _, n in results)
         return {k: sum(m[k] * n for m, n in results) / total for k in keys}
 
