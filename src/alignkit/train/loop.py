@@ -107,17 +107,25 @@ def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = F
         return {}
     from tqdm.auto import tqdm
 
+    from accelerate.utils import send_to_device
+
     was_training = model.training
     model.eval()
     acc: dict[str, list[tuple[float, int]]] = {}
-    loader = accelerator.prepare(_loader(task.eval_items, batch_size, task.collate, seed=None))
+    # each process scores its own share of the items, none twice (a prepared loader would repeat items to even
+    # out the shares, and the repeats would weigh in the mean); with fewer items than processes, every process
+    # scores them all and keeps its own result
+    world = accelerator.num_processes
+    shard = world > 1 and len(task.eval_items) >= world
+    items = task.eval_items[accelerator.process_index :: world] if shard else task.eval_items
     with torch.no_grad(), accelerator.autocast():
-        for batch in tqdm(loader, desc="eval", leave=False, disable=not progress):
-            loss, metrics = task.loss(model, batch)
+        for batch in tqdm(_loader(items, batch_size, task.collate, seed=None), desc="eval", leave=False,
+                          disable=not progress):
+            loss, metrics = task.loss(model, send_to_device(batch, accelerator.device))
             for k, v in {"loss": loss, **metrics}.items():
                 acc.setdefault(k, []).append((_scalar(v), batch["n"]))
     model.train(was_training)
-    if accelerator.num_processes == 1:
+    if not shard:
         return {k: _mean(v) for k, v in acc.items()}
     keys = sorted(acc)  # every process has the same keys: weighted sums and counts, summed over processes
     sums = torch.tensor([[sum(v * n for v, n in acc[k]), sum(n for _, n in acc[k])] for k in keys],
