@@ -105,9 +105,8 @@ def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = F
             return task.eval_fn(accelerator.unwrap_model(model))
     if not task.eval_items:
         return {}
-    from tqdm.auto import tqdm
-
     from accelerate.utils import send_to_device
+    from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
