@@ -144,6 +144,9 @@ def test_scores_match_the_full_backbone(arch, impl, layout):
 
 
 def _grads(model, batch):
+    """Bradley-Terry loss and gradients of a pairs batch (sequence i chosen, sequence B + i its rejected one)."""
+    b = n_sequences(batch) // 2
+    batch = {**batch, "pair_chosen": torch.arange(b), "pair_rejected": torch.arange(b, 2 * b)}
     model.zero_grad()
     loss, _ = pair_step(model, batch)
     loss.backward()

@@ -40,15 +40,10 @@ def batch_scores(model, batch) -> torch.Tensor:
 
 
 def pair_step(model, batch):
-    """Bradley-Terry over the batch's pairs: `pair_chosen`/`pair_rejected` index the scored sequences (grouped
-    pairs), or without them the first half of the sequences are the chosen responses and the second half the
-    rejected ones (`collate_pairs`)."""
+    """Bradley-Terry over the batch's pairs: `pair_chosen`/`pair_rejected` index the scored sequences
+    (`with_pair_index`)."""
     r = batch_scores(model, batch)
-    if "pair_chosen" in batch:
-        rc, rr = r[batch["pair_chosen"]], r[batch["pair_rejected"]]
-    else:
-        b = r.shape[0] // 2
-        rc, rr = r[:b], r[b:]
+    rc, rr = r[batch["pair_chosen"]], r[batch["pair_rejected"]]
     loss = bradley_terry_loss(rc, rr, margin=batch["margin"], label=batch["label"]).mean()
     return loss, {"accuracy": (rc > rr).float().mean(), "reward_chosen": rc.mean(), "reward_rejected": rr.mean(),
                   "margin": (rc - rr).mean()}
