@@ -89,12 +89,11 @@ def group_pairs(items: list[dict]) -> list[dict]:
                 parent[root(n)] = root(seen[key])
             else:
                 seen[key] = n
-    members: dict[int, list[int]] = {}
+    members: dict[int, list[int]] = {}  # in order of each group's first pair
     for n in range(len(items)):
         members.setdefault(root(n), []).append(n)
-    first = sorted(members.values(), key=lambda m: m[0])
     groups = []
-    for m in first:
+    for m in members.values():
         for c in range(0, len(m), GROUP_PAIRS):
             g: dict = {"prompt": items[m[c]]["prompt"], "responses": [], "pairs": []}
             at: dict[tuple[int, ...], int] = {}
@@ -114,8 +113,8 @@ def group_pairs(items: list[dict]) -> list[dict]:
 def with_pair_index(batch: dict[str, torch.Tensor], items: list[dict]) -> dict[str, torch.Tensor]:
     """Adds the pairs of grouped items (`group_pairs`) to their rankings batch: `pair_chosen`/`pair_rejected`
     (the sequence numbers of each pair's responses, from `rank_index`), `label` and `margin`."""
-    index = batch["rank_index"]
-    pairs = [(int(index[b, i]), int(index[b, j]), lab, m) for b, it in enumerate(items) for i, j, lab, m in it["pairs"]]
+    index = batch["rank_index"].tolist()
+    pairs = [(index[b][i], index[b][j], lab, m) for b, it in enumerate(items) for i, j, lab, m in it["pairs"]]
     batch["pair_chosen"] = torch.tensor([p[0] for p in pairs], dtype=torch.long)
     batch["pair_rejected"] = torch.tensor([p[1] for p in pairs], dtype=torch.long)
     batch["label"] = torch.tensor([p[2] for p in pairs], dtype=torch.float32)
