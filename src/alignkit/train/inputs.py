@@ -66,16 +66,17 @@ def load_split(cfg, load: Callable[..., tuple[list, LoadReport]], data: str, eva
     order = list(range(len(records)))
     random.Random(cfg.seed).shuffle(order)
     n_eval = max(1, round(cfg.eval_fraction * len(records)))
+    keys = [_prompt_key(r, i) for i, r in enumerate(records)]
     by_prompt: dict[str, list[int]] = {}
     for i in order:
-        by_prompt.setdefault(_prompt_key(records[i], i), []).append(i)
+        by_prompt.setdefault(keys[i], []).append(i)
     held: list[int] = []
     taken: set[int] = set()
     for i in order:  # whole prompts, in shuffled order, until the held-out share is reached
         if len(held) >= n_eval:
             break
         if i not in taken:
-            group = by_prompt[_prompt_key(records[i], i)]
+            group = by_prompt[keys[i]]
             held += group
             taken.update(group)
     if len(held) == len(records):  # a single prompt: no split by prompt possible
