@@ -1,7 +1,7 @@
 """Reward-model recipes on the sentiment demo's data, against two baselines, on the same held-out pairs.
 
     python benchmarks/rm_recipe.py --run runs/demo                 # every recipe and both baselines
-    python benchmarks/rm_recipe.py --run runs/demo --recipe all-pairs --recipe best-worst
+    python benchmarks/rm_recipe.py --run runs/demo --recipe all-pairs-b2-2ep --recipe best-worst
 
 `--run` is a finished (or partly finished) `alignkit demo` folder: its `labels/` hold the reference's K samples
 per training prompt with their gold scores (`samples.jsonl`), the panel's best-vs-worst pairs (`votes.jsonl`)
@@ -13,7 +13,7 @@ VADER; every within-prompt pair whose gold differs counts, and accuracy is also 
 Recipes train SmolLM2 as the demo's reward stage does (full fine-tune, warm-up 10%), varying the data, learning
 rate, epochs and batch size (the votes on every pair are grouped by prompt, so there a batch of 2 is 2 prompts,
 8 responses and 12 pairs). Baselines: a bag-of-words logistic regression on the response text, trained on the
-same pairs as the recipe `all-pairs` (the difference of the two responses' word counts), and logistic-regression
+same pairs as the `all-pairs-*` recipes (the difference of the two responses' word counts), and logistic-regression
 probes on the frozen reference's features (the last token's final hidden state, and the mean over the response
 tokens). Prints one JSON line per recipe or baseline.
 """
@@ -86,14 +86,11 @@ def train_recipe(name: str, labels: Path, work: Path, model: str, rows: list[dic
 
 
 def _pair_rows(labels: Path) -> list[tuple[object, str, str]]:
-    """(prompt, preferred, other) for every voted pair (majority; ties skipped)."""
-    out = []
-    for line in (labels / "all_votes.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        a, b = r["votes"].count("a"), r["votes"].count("b")
-        if a != b:
-            out.append((r["prompt"], *((r["response_a"], r["response_b"]) if a > b else (r["response_b"], r["response_a"]))))
-    return out
+    """(prompt, preferred, other) for every voted pair: the votes loader's majority orientation; ties skipped."""
+    from alignkit.data import load_pairs
+
+    pairs, _ = load_pairs(str(labels / "all_votes.jsonl"), format="votes")
+    return [(p.prompt, p.chosen, p.rejected) for p in pairs if p.label > 0.5]
 
 
 def _fit_pairs(x_win, x_lose, c: float):
