@@ -35,6 +35,7 @@ from alignkit.train.config import comma_choices
 
 METHODS = ("ppo", "rloo", "dpo", "cdpo", "ipo", "gdpo", "coh")
 IMDB_HUB_ID = imdb.HUB_ID
+ALL_VOTES = "all_votes.jsonl"  # beside votes.jsonl in labels/: the panel's votes on every pair
 
 
 class DemoConfig(BaseModel):
@@ -205,7 +206,7 @@ def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_p
     if skipped:
         say(f"{skipped} prompts skipped: fewer than two distinct non-empty responses")
     _jsonl(votes, records)
-    _jsonl(stage / "all_votes.jsonl", every)
+    _jsonl(stage / ALL_VOTES, every)
     _mark(stage, {"samples": len(sm.responses), "pairs": len(records), "all_pairs": len(every), "prompts_skipped": skipped,
                   "seconds": time.perf_counter() - t0})
     return str(votes)
@@ -243,7 +244,7 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
                   reference="lora-disabled" if cfg.lora else "copy", **_common(cfg, out))
     if name == "rm":
         # every pair's votes, grouped by prompt: a batch of 2 prompts is 8 responses and 12 pairs
-        run_reward(RewardConfig(**{**offline, "data": str(Path(votes).with_name("all_votes.jsonl")), "batch_size": 2,
+        run_reward(RewardConfig(**{**offline, "data": str(Path(votes).with_name(ALL_VOTES)), "batch_size": 2,
                                    "learning_rate": cfg.learning_rate * 2, "epochs": cfg.rm_epochs}))
     elif name in ("dpo", "cdpo", "ipo", "gdpo"):
         beta = cfg.ipo_beta if name == "ipo" else cfg.beta
