@@ -1,6 +1,7 @@
 """Evaluate policies against their reference on held-out prompts: gold score (mean and 95% CI), the paired
-difference from the reference (per prompt, mean and 95% CI), win rate against the reference by gold score, sampled sequence KL to the reference, response length, the reward
-model's score, and the reward model's accuracy against gold preferences.
+difference from the reference (per prompt, mean and 95% CI), win rate against the reference by gold score,
+sampled sequence KL to the reference, response length, the reward model's score, and the reward model's
+accuracy against gold preferences (all pairs, and pairs whose gold gap is at least each of `RM_GAPS`).
 
 Every policy answers the same prompts with the same sampling noise (a generator seeded per batch; prompts are
 grouped into batches by length, the same grouping for every policy), so the comparison is paired.
