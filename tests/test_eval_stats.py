@@ -30,9 +30,12 @@ def test_pairwise_agreement():
     assert n == 3 and acc == pytest.approx(2 / 3)
     acc, n = pairwise_agreement([1, 2], [0.5, 0.5], [0, 0])
     assert n == 0 and math.isnan(acc)
-    # min_gap: only pairs whose gold differs by >= 0.4 count -> (a,b) gap 0.4 ok, (a,c) gap 0.8 ok; (b,c) 0.4 wrong
+    # min_gap 0.41: only (a,c), gap 0.8, counts (ordered right); (a,b) and (b,c), gap 0.4, drop out
     acc, n = pairwise_agreement([3, 1, 2, 5, 4], [0.9, 0.5, 0.1, 0.3, 0.3], [0, 0, 0, 1, 1], min_gap=0.41)
     assert n == 1 and acc == 1.0
+    # min_gap 0.3: all three pairs count again, and the wrongly ordered (b,c) with them
+    acc, n = pairwise_agreement([3, 1, 2, 5, 4], [0.9, 0.5, 0.1, 0.3, 0.3], [0, 0, 0, 1, 1], min_gap=0.3)
+    assert n == 3 and acc == pytest.approx(2 / 3)
 
 
 def test_paired_difference_hand_values():

@@ -72,7 +72,9 @@ def test_grouped_loss_is_the_mean_over_pairs_scored_alone(tiny_model, layout):
     else:
         batch = pack_rankings(groups, pad_id=PAD, pack_tokens=64, shared_prompt=layout == "packed-shared")
     batch = with_pair_index(batch, groups)
-    assert batch["pair_chosen"].numel() == 18 and batch["input_ids"].numel() > 0
+    assert batch["pair_chosen"].numel() == 18
+    n_scored = batch["last_index"].numel() if "segment" in batch else batch["input_ids"].shape[0]
+    assert n_scored == 12  # each of the 3 × 4 responses scored once, not once per pair (36)
     with torch.no_grad():
         loss, metrics = pair_step(model, batch)
 
@@ -120,3 +122,15 @@ def test_reward_model_learns_from_every_pair(tiny_model, tmp_path):
     assert info["records"]["train"] + info["records"]["eval"] == len({r["prompt"] for r in rows})
     assert res.first_eval["accuracy"] < 0.75
     assert res.eval["accuracy"] >= 0.85, res.eval
+    # independently of the training step's own accuracy: the saved model, scored through ModelReward on new
+    # prompts, ranks a response with more positive words above one with fewer
+    from alignkit.evaluate.stats import pairwise_agreement
+    from alignkit.rollout.rewards import ModelReward
+
+    fresh = [r for r in graded_votes(16, 2) if r["prompt"].endswith(("3:", "7:", "11:"))]
+    texts = sorted({(r["prompt"], t) for r in fresh for t in (r["response_a"], r["response_b"])})
+    scores = ModelReward(str(out))([p for p, _ in texts], [t for _, t in texts]).tolist()
+    good = [sum(w.strip(".") in GOOD for w in t.split()) for _, t in texts]
+    prompts = sorted({p for p, _ in texts})
+    acc, n = pairwise_agreement(scores, good, [prompts.index(p) for p, _ in texts])
+    assert n >= 12 and acc >= 0.8, (acc, n)
