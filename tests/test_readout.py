@@ -283,7 +283,7 @@ def test_reward_training_same_with_and_without_readout(arch, packing, tiny_model
     assert curves["fast"] == pytest.approx(curves["full"], abs=1e-5, rel=1e-5)
     assert offsets["fast"] == pytest.approx(offsets["full"], abs=1e-5)
 
-    reward = ModelReward(str(tmp_path / "fast"), batch_size=3)
+    reward = ModelReward(str(tmp_path / "fast"), batch_size=3, packed=False)
     prompts = ["Review of Alpha:", "Review of Bravo:", "Review of Comet:", "Review of Delta:"]
     responses = [" great.", " awful boring dull.", " lovely moving charming superb.", ""]
     n_calls = len(calls)

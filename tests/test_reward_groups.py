@@ -129,7 +129,14 @@ def test_reward_model_learns_from_every_pair(tiny_model, tmp_path):
 
     fresh = [r for r in graded_votes(16, 2) if r["prompt"].endswith(("3:", "7:", "11:"))]
     texts = sorted({(r["prompt"], t) for r in fresh for t in (r["response_a"], r["response_b"])})
-    scores = ModelReward(str(out))([p for p, _ in texts], [t for _, t in texts]).tolist()
+    reward = ModelReward(str(out))
+    assert reward.packed  # each prompt laid out once for its responses
+    scores = reward([p for p, _ in texts], [t for _, t in texts])
+    # the padded path (one sequence per row) gives the same scores up to float rounding
+    padded = ModelReward(str(out), packed=False, batch_size=5)([p for p, _ in texts], [t for _, t in texts])
+    assert len(texts) > 5 and not torch.equal(scores, torch.zeros_like(scores))
+    torch.testing.assert_close(scores, padded, atol=1e-4, rtol=1e-4)
+    scores = scores.tolist()
     good = [sum(w.strip(".") in GOOD for w in t.split()) for _, t in texts]
     prompts = sorted({p for p, _ in texts})
     acc, n = pairwise_agreement(scores, good, [prompts.index(p) for p, _ in texts])

@@ -28,7 +28,7 @@ from typing import Protocol
 import torch
 from transformers.cache_utils import DynamicCache, DynamicLayer
 
-from alignkit.data.collate import pad_rows
+from alignkit.data.collate import pack_responses, pad_rows
 from alignkit.losses import entropy_from_logprobs
 from alignkit.models.compat import cache_keyword, fast_paths, output_cache
 from alignkit.models.decode import decode_step
@@ -339,6 +339,28 @@ def budget_chunks(prompt_lengths: torch.Tensor, response_lengths: torch.Tensor, 
     if cur:
         chunks.append(cur)
     return [torch.tensor(c, dtype=torch.long) for c in chunks]
+
+
+def score_by_prompt(fn, prompts: list[list[int]], responses: list[list[int]], pad_id: int, *,
+                    max_tokens: int = SCORE_TOKEN_BUDGET, varlen: bool = True) -> torch.Tensor:
+    """One value per row from `fn(batch)` -> (S,) over packed batches (`data.collate.pack_responses`: rows with
+    the same prompt share one copy of it), in chunks of whole prompt groups of at most `max_tokens` real
+    tokens (a larger group alone); returns (N,) float32 on the CPU in row order. Prompts must be non-empty."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(tuple(p), []).append(i)
+    out = torch.zeros(len(prompts), dtype=torch.float32)
+    chunk: list[int] = []
+    size = 0
+    for p, rows in [*groups.items(), ((), [])]:  # the empty sentinel flushes the last chunk
+        n = len(p) + sum(len(responses[i]) for i in rows)
+        if chunk and (not rows or size + n > max_tokens):
+            batch = pack_responses([prompts[i] for i in chunk], [responses[i] for i in chunk], pad_id, varlen=varlen)
+            out[chunk] = fn(batch).detach().float().cpu()
+            chunk, size = [], 0
+        chunk += rows
+        size += n
+    return out
 
 
 def score_in_chunks(fn, rollout: Rollout, max_tokens: int = SCORE_TOKEN_BUDGET):

@@ -5,6 +5,8 @@ responses (EOS removed), and returns one float score per response.
 
 - `ModelReward(path)`: scores with the reward model's own tokenizer (prompt + response + EOS, exactly as in
   `alignkit rm` training), minus the stored `alignkit_reward_offset` (mean 0 on its training responses).
+  Batches are packed padding-free with each distinct prompt laid out once for all its responses
+  (`rollout.engine.score_by_prompt`) where the model computes packed rows exactly; padded otherwise.
 - `CallableReward("module:function")` or `"path/to/file.py:function"`: `function(prompts, responses)` returns
   a list of numbers (a gold scorer, a rule, a judge).
 - Built-in names for `--reward`: "vader", the VADER sentiment compound score in [-1, 1] (`vaderSentiment`
@@ -23,35 +25,45 @@ import math
 from pathlib import Path
 
 import torch
+from accelerate.utils import send_to_device
 
 from alignkit.data.collate import pad_rows
 from alignkit.data.records import Text
 from alignkit.data.tokenize import Encoder
 from alignkit.errors import AlignkitError, ConfigError
 from alignkit.models.load import load_reward_model, load_tokenizer
-from alignkit.models.logprobs import reward_scores
+from alignkit.models.logprobs import packed_reward_scores, packing_supported, reward_scores
+from alignkit.rollout.engine import score_by_prompt
 
 OFFSET_KEY = "alignkit_reward_offset"
 
 
 class ModelReward:
     def __init__(self, path: str, *, batch_size: int = 16, max_length: int = 1024, max_prompt_length: int = 512,
-                 chat_template: bool = False, dtype: str = "float32"):
+                 chat_template: bool = False, dtype: str = "float32", packed: bool = True):
         self.model = load_reward_model(path, dtype=dtype).eval()
         self.model.requires_grad_(False)
         self.encoder = Encoder(load_tokenizer(path), max_length=max_length, max_prompt_length=max_prompt_length,
                                chat_template=chat_template)
         self.offset = float(getattr(self.model.config, OFFSET_KEY, 0.0) or 0.0)
         self.batch_size = batch_size
+        self.packed = packed and packing_supported(self.model) is None
         self.name = path
 
     @torch.no_grad()
     def __call__(self, prompts: list[Text], responses: list[str]) -> torch.Tensor:
         rows = [self.encoder.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
         dev = next(self.model.parameters()).device
+        pad = self.encoder.tok.pad_token_id
+        if self.packed:  # padding-free, each distinct prompt laid out once for all its responses
+            cut = [mask.index(1) if 1 in mask else len(mask) for _, mask in rows]
+            scores = score_by_prompt(lambda b: packed_reward_scores(self.model, send_to_device(b, dev)),
+                                     [ids[:k] for (ids, _), k in zip(rows, cut, strict=True)],
+                                     [ids[k:] for (ids, _), k in zip(rows, cut, strict=True)], pad)
+            return scores - self.offset
         scores = []
         for i in range(0, len(rows), self.batch_size):
-            b = pad_rows(rows[i : i + self.batch_size], self.encoder.tok.pad_token_id)
+            b = pad_rows(rows[i : i + self.batch_size], pad)
             scores.append(reward_scores(self.model, b["input_ids"].to(dev), b["attention_mask"].to(dev)).cpu())
         return torch.cat(scores) - self.offset
 
