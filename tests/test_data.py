@@ -757,3 +757,28 @@ def test_load_sft_shapes_and_errors():
         load_sft([{"prompt": "x", "completion": ""}])
     examples, report = load_sft(records + [{"prompt": "x"}], skip_invalid=True)
     assert len(examples) == 3 and report.skipped == 1 and isinstance(report, LoadReport)
+
+
+# ---- Chain of Hindsight sequences ---------------------------------------------------------------------------
+
+def test_coh_prompt_ends_the_user_turn_and_leaves_the_input_alone():
+    from alignkit.data.coh import coh_prompt
+
+    assert coh_prompt("Review a film.", " A helpful answer:") == "Review a film. A helpful answer:"
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Review a film."}]
+    out = coh_prompt(chat, " A helpful answer:")
+    assert out[3] == {"role": "user", "content": "Review a film. A helpful answer:"}
+    assert out[:3] == chat[:3]
+    assert chat[3]["content"] == "Review a film."  # the caller's messages are not changed
+
+
+def test_coh_sequences_by_hand():
+    from alignkit.data.coh import coh_sequences
+
+    seqs = coh_sequences("good", "bad", positive="+", negative="-", forms=["single", "chained"])
+    assert seqs == [("+", [("good", True)]), ("-", [("bad", True)]),
+                    ("-", [("bad", True), ("+", False), ("good", True)]),
+                    ("+", [("good", True), ("-", False), ("bad", True)])]
+    with pytest.raises(ValueError, match="triple"):
+        coh_sequences("good", "bad", positive="+", negative="-", forms=["triple"])

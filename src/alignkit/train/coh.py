@@ -8,7 +8,7 @@ import json
 import torch
 
 from alignkit.console import say
-from alignkit.data.coh import coh_segments
+from alignkit.data.coh import coh_prompt, coh_sequences
 from alignkit.data.collate import pack_units, pad_rows
 from alignkit.data.tokenize import Encoder
 from alignkit.losses import coh_loss, sft_loss
@@ -36,11 +36,11 @@ def _text(t) -> str:
 
 def encode_coh(enc: Encoder, pair, cfg: CoHConfig) -> dict:
     """Token rows (ids, trained-mask) for every CoH sequence of a pair, plus the plain SFT row."""
-    prompt = enc.truncate_prompt(enc.prompt_ids(pair.prompt))
     rows = []
     forms = cfg.forms.split(",")
-    for segs in coh_segments(_text(pair.chosen), _text(pair.rejected), positive=cfg.positive,
-                             negative=cfg.negative, forms=forms):
+    for phrase, segs in coh_sequences(_text(pair.chosen), _text(pair.rejected), positive=cfg.positive,
+                                      negative=cfg.negative, forms=forms):
+        prompt = enc.truncate_prompt(enc.prompt_ids(coh_prompt(pair.prompt, phrase)))
         ids, mask = list(prompt), [0] * len(prompt)
         for text, trained in segs:
             t = enc.text_ids(text)
