@@ -48,7 +48,7 @@ def heldout(work: Path, reference: str, n: int, k: int, max_new_tokens: int, see
 
     prompts = [[{"role": "user", "content": p}] for p in review_prompts(n, split="heldout", seed=seed + 1000)]
     s = EvalSettings(max_new_tokens=max_new_tokens, samples=k, seed=seed + 5, batch_size=64)
-    sm = sample_policy(reference, None, load_tokenizer(reference), prompts, s)
+    sm = sample_policy(reference, load_tokenizer(reference), prompts, s)
     gold = CallableReward("vader")(sm.prompts, sm.responses).tolist()
     rows = [{"prompt": p, "group": g, "response": r, "gold": v}
             for p, g, r, v in zip(sm.prompts, sm.prompt_index, sm.responses, gold, strict=True)]

@@ -1,8 +1,10 @@
 """Evaluation statistics against hand-computed values."""
 
+import json
 import math
 
 import pytest
+import torch
 
 from alignkit.evaluate.stats import mean_ci, paired_difference, pairwise_agreement, win_rate
 
@@ -77,3 +79,43 @@ def test_eval_samples_are_reused_only_while_nothing_changed(tiny_model, tmp_path
     for changed in (run(ps=prompts[:1]), run(ps=prompts[:1], seed=3)):  # other prompts, then another seed
         assert changed["p.json"] != again["p.json"] and changed["reference.json"] != again["reference.json"]
         again = changed
+
+
+def test_eval_kl_is_to_the_reference_on_the_plain_prompt(tiny_model, tmp_path):
+    """The sampler's log-probs and the packed reference pass, against fresh single-row forward passes: a copy of
+    the reference has KL 0; a Chain of Hindsight policy samples after its phrase and is compared with the
+    reference answering the plain prompt."""
+    import shutil
+
+    from alignkit.evaluate.run import EvalSettings, _encoder, evaluate_policies, reference_logps, sample_policy
+    from alignkit.models.load import load_causal_lm, load_tokenizer
+
+    same, coh = tmp_path / "same", tmp_path / "coh"
+    for p in (same, coh):
+        shutil.copytree(tiny_model, p)
+    (coh / "alignkit_coh.json").write_text(json.dumps({"positive": " Great answer:", "negative": " Bad answer:"}))
+    prompts = ["Write about the river", "Write about the old city", "Say"]
+    s = EvalSettings(max_new_tokens=6, samples=2, seed=1)
+    tok, model = load_tokenizer(tiny_model), load_causal_lm(tiny_model).eval()
+    enc = _encoder(tok, s)
+
+    def by_hand(prompt: str, response: list[int]) -> float:
+        ids = enc.prompt_ids(prompt)
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([ids + response])).logits[0, len(ids) - 1 : -1]
+        return float(torch.log_softmax(logits.float(), -1).gather(-1, torch.tensor(response)[:, None]).sum())
+
+    sm = sample_policy(str(coh), tok, prompts, s)
+    assert len(sm.response_ids) == 6 and all(sm.response_ids)
+    for p, r, lp in zip(sm.prompts, sm.response_ids, sm.logp, strict=True):
+        assert lp == pytest.approx(by_hand(p + " Great answer:", r), abs=1e-3)  # sampled after the phrase
+    plain = [enc.prompt_ids(p) for p in sm.prompts]
+    ref = reference_logps(model, plain, sm.response_ids, tok.pad_token_id, 1.0)
+    expected = [by_hand(p, r) for p, r in zip(sm.prompts, sm.response_ids, strict=True)]
+    assert ref == pytest.approx(expected, abs=1e-3)
+    gap = [a - b for a, b in zip(sm.logp, expected, strict=True)]
+    assert max(abs(g) for g in gap) > 0.05  # the phrase changes what the model says
+
+    res = evaluate_policies({"same": str(same), "coh": str(coh)}, tiny_model, prompts, "vader", settings=s)
+    assert res["models"]["same"]["kl"] == pytest.approx(0.0, abs=1e-3)
+    assert res["models"]["coh"]["kl"] == pytest.approx(sum(gap) / len(gap), abs=1e-3)

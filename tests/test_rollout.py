@@ -770,3 +770,4 @@ def test_decode_responses_cuts_at_eos_and_padding(tiny_model):
                  prompt_width=1, response_mask=torch.tensor(masks), logprobs=torch.zeros(2, width),
                  finished=torch.tensor([True, False]))
     assert decode_responses(tok, ro) == [tok.decode(words[0]), tok.decode(words[1])]
+

@@ -57,7 +57,7 @@ def run_sample(args) -> int:
     settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             samples=args.k, batch_size=args.batch_size, chat_template=args.chat_template,
                             seed=args.seed)
-    samples = sample_policy(args.model, None, load_tokenizer(args.model), prompts, settings)
+    samples = sample_policy(args.model, load_tokenizer(args.model), prompts, settings)
     per_prompt: list[list[str]] = [[] for _ in prompts]
     for i, response in zip(samples.prompt_index, samples.responses, strict=True):
         per_prompt[i].append(response)

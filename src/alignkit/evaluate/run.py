@@ -6,7 +6,8 @@ accuracy against gold preferences (all pairs, and pairs whose gold gap is at lea
 Every policy answers the same prompts with the same sampling noise (a generator seeded per batch; prompts are
 grouped into batches by length, the same grouping for every policy), so the comparison is paired.
 KL(π‖π_ref) is estimated per sample as Σ_t logπ(y_t) − logπ_ref(y_t) over responses sampled from π, both at
-the sampling temperature; the mean over samples is unbiased.
+the sampling temperature (the sampler's own log-probs for π, one packed reference pass over every policy's
+responses for π_ref); the mean over samples is unbiased.
 """
 
 from __future__ import annotations
@@ -18,20 +19,24 @@ from pathlib import Path
 
 import torch
 
+from alignkit.data.coh import coh_prompt
+from alignkit.data.collate import pad_rows
 from alignkit.data.tokenize import Encoder
 from alignkit.evaluate.stats import mean_ci, paired_difference, pairwise_agreement, win_rate
 from alignkit.models.load import load_causal_lm, load_tokenizer
-from alignkit.models.logprobs import response_logprobs
+from alignkit.models.logprobs import packed_sequence_logprobs, packing_supported, sequence_logprobs
 from alignkit.rollout.engine import (
     HFBackend,
     SamplingParams,
     decode_responses,
     generate_many,
-    score_in_chunks,
+    score_by_prompt,
 )
 from alignkit.rollout.rewards import CallableReward, ModelReward
 
 RM_GAPS = (0.3, 0.6)  # gold gaps at which the reward model's accuracy is also reported
+PADDED_ROWS = 16  # rows per reference forward when it cannot be packed
+SAMPLES_VERSION = 2  # part of the sample cache's key: bump when PolicySamples changes
 
 
 @dataclass
@@ -51,8 +56,10 @@ class PolicySamples:
     prompts: list  # one entry per sample
     prompt_index: list[int]
     responses: list[str] = field(default_factory=list)
-    kl: list[float] = field(default_factory=list)
+    kl: list[float] = field(default_factory=list)  # filled by `evaluate_policies` (0 for the reference)
     lengths: list[int] = field(default_factory=list)
+    response_ids: list[list[int]] = field(default_factory=list)  # sampled tokens, EOS included
+    logp: list[float] = field(default_factory=list)  # the policy's summed log-prob of each response
 
 
 def prompt_suffix(path: str) -> str:
@@ -61,30 +68,49 @@ def prompt_suffix(path: str) -> str:
     return json.loads(coh.read_text())["positive"] if coh.exists() else ""
 
 
-def sample_policy(path: str, reference, tok, prompts: list, s: EvalSettings) -> PolicySamples:
-    """Sample `s.samples` responses per prompt from the policy at `path`, with per-sample KL to `reference`
-    (None: the policy is the reference). A Chain of Hindsight policy gets its positive phrase after the
-    prompt (the KL is then measured on that same input)."""
+def _encoder(tok, s: EvalSettings) -> Encoder:
+    return Encoder(tok, max_length=s.max_prompt_length + s.max_new_tokens + 1, max_prompt_length=s.max_prompt_length,
+                   chat_template=s.chat_template)
+
+
+def sample_policy(path: str, tok, prompts: list, s: EvalSettings) -> PolicySamples:
+    """Sample `s.samples` responses per prompt from the policy at `path`, with their summed log-probs at the
+    sampling temperature. A Chain of Hindsight policy gets its positive phrase at the end of the prompt
+    (`data.coh.coh_prompt`)."""
     policy = load_causal_lm(path).eval()
     suffix = prompt_suffix(path)
-    enc = Encoder(tok, max_length=s.max_prompt_length + s.max_new_tokens + 1, max_prompt_length=s.max_prompt_length,
-                  chat_template=s.chat_template)
+    enc = _encoder(tok, s)
     expanded = [(i, p) for i, p in enumerate(prompts) for _ in range(s.samples)]
     out = PolicySamples([p for _, p in expanded], [i for i, _ in expanded])
     params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
-    ids = [enc.truncate_prompt(enc.prompt_ids(p)) + (enc.text_ids(suffix) if suffix else []) for _, p in expanded]
+    ids = [enc.truncate_prompt(enc.prompt_ids(coh_prompt(p, suffix) if suffix else p)) for _, p in expanded]
     ro = generate_many(HFBackend(), policy, ids, params, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
                        batch_size=s.batch_size,
                        generator_for=lambda b: torch.Generator().manual_seed(s.seed * 1_000_003 + b))
-    if reference is None:
-        kl = torch.zeros(len(expanded))
-    else:  # the sampler's own log-probs are the policy's; only the reference needs a forward pass
-        with torch.no_grad():
-            ref = score_in_chunks(lambda *a: response_logprobs(reference, *a, temperature=s.temperature), ro)
-        kl = ((ro.logprobs - ref) * ro.response_mask).sum(-1)
     out.responses = decode_responses(tok, ro)
     out.lengths = ro.lengths.tolist()
-    out.kl = kl.tolist()
+    out.response_ids = [row[:n] for row, n in zip(ro.responses.tolist(), out.lengths, strict=True)]
+    out.logp = (ro.logprobs * ro.response_mask).sum(-1).tolist()
+    out.kl = [0.0] * len(expanded)
+    return out
+
+
+@torch.no_grad()
+def reference_logps(reference, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
+                    temperature: float) -> list[float]:
+    """Summed log-probs of each response after its prompt under `reference`: packed with each distinct prompt
+    laid out once for all its responses (`rollout.engine.score_by_prompt`), or padded in row chunks where the
+    model does not compute packed rows exactly."""
+    if packing_supported(reference) is None and all(prompt_ids):
+        return score_by_prompt(lambda b: packed_sequence_logprobs(reference, b, temperature=temperature),
+                               prompt_ids, response_ids, pad_id).tolist()
+    out: list[float] = []
+    for i in range(0, len(prompt_ids), PADDED_ROWS):
+        b = pad_rows([(p + r, [0] * len(p) + [1] * len(r)) for p, r in zip(prompt_ids[i : i + PADDED_ROWS],
+                                                                           response_ids[i : i + PADDED_ROWS],
+                                                                           strict=True)], pad_id)
+        out += sequence_logprobs(reference, b["input_ids"], b["attention_mask"], b["response_mask"],
+                                 temperature=temperature).tolist()
     return out
 
 
@@ -97,19 +123,18 @@ def _folder_stamp(path: str) -> list:
                                             for f in folder.iterdir() if f.is_file())
 
 
-def _cached_samples(cache: Path | None, name: str, path: str, reference, tok, prompts: list, s: EvalSettings, *,
-                    reference_path: str | None = None) -> PolicySamples:
-    """`sample_policy`, reusing `cache/<name>.json` when the policy, reference, prompts and settings match."""
+def _cached_samples(cache: Path | None, name: str, path: str, tok, prompts: list, s: EvalSettings) -> PolicySamples:
+    """`sample_policy`, reusing `cache/<name>.json` when the policy, prompts and settings match."""
     if cache is None:
-        return sample_policy(path, reference, tok, prompts, s)
-    key = hashlib.blake2b(json.dumps([_folder_stamp(path), reference_path and _folder_stamp(reference_path),
-                                      prompts, vars(s)]).encode(), digest_size=16).hexdigest()
+        return sample_policy(path, tok, prompts, s)
+    key = hashlib.blake2b(json.dumps([SAMPLES_VERSION, _folder_stamp(path), prompts, vars(s)]).encode(),
+                          digest_size=16).hexdigest()
     file = cache / f"{name}.json"
     if file.exists():
         stored = json.loads(file.read_text())
         if stored.get("key") == key:
             return PolicySamples(**stored["samples"])
-    sm = sample_policy(path, reference, tok, prompts, s)
+    sm = sample_policy(path, tok, prompts, s)
     cache.mkdir(parents=True, exist_ok=True)
     tmp = file.with_suffix(".tmp")
     tmp.write_text(json.dumps({"key": key, "samples": asdict(sm)}))
@@ -123,16 +148,36 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
     """Evaluate each named policy folder and the reference; returns (and writes `results.json`) a dict with one
     entry per model, plus the reward model's accuracy against gold when `reward_model` is given. With an
     `output_dir`, each model's samples are kept in `output_dir/samples/` and reused while the model folder,
-    the reference, the prompts and the settings are unchanged."""
+    the prompts and the settings are unchanged. The reference scores every policy's responses in one pass,
+    each prompt laid out once (the KL of a Chain of Hindsight policy is to the reference answering the plain
+    prompt: the phrase is part of how that policy is used, not of what the reference is asked)."""
     s = settings or EvalSettings()
     tok = load_tokenizer(reference)
-    ref_model = load_causal_lm(reference).eval()
     gold_fn = CallableReward(gold)
-    rm = ModelReward(reward_model, chat_template=s.chat_template) if reward_model else None
     cache = Path(output_dir) / "samples" if output_dir is not None else None
-    samples = {"reference": _cached_samples(cache, "reference", reference, None, tok, prompts, s)}
+    samples = {"reference": _cached_samples(cache, "reference", reference, tok, prompts, s)}
     for name, path in policies.items():
-        samples[name] = _cached_samples(cache, name, path, ref_model, tok, prompts, s, reference_path=reference)
+        samples[name] = _cached_samples(cache, name, path, tok, prompts, s)
+    enc = _encoder(tok, s)
+    plain = [enc.truncate_prompt(enc.prompt_ids(p)) for p in prompts]
+    scored = [sm for name, sm in samples.items() if name != "reference"]
+    if scored:
+        ref_model = load_causal_lm(reference).eval()
+        ref = reference_logps(ref_model, [plain[i] for sm in scored for i in sm.prompt_index],
+                              [r for sm in scored for r in sm.response_ids], tok.pad_token_id, s.temperature)
+        del ref_model
+        at = 0
+        for sm in scored:
+            sm.kl = [lp - rl for lp, rl in zip(sm.logp, ref[at : at + len(sm.logp)], strict=True)]
+            at += len(sm.logp)
+    rm = ModelReward(reward_model, chat_template=s.chat_template) if reward_model else None
+    rm_scores: dict[str, list[float]] = {}
+    if rm is not None:  # every model's samples in one call: each prompt laid out once for all of them
+        flat = rm([p for sm in samples.values() for p in sm.prompts],
+                  [r for sm in samples.values() for r in sm.responses]).tolist()
+        at = 0
+        for name, sm in samples.items():
+            rm_scores[name], at = flat[at : at + len(sm.responses)], at + len(sm.responses)
 
     def per_prompt(values: list[float], index: list[int]) -> list[float]:
         sums = [0.0] * len(prompts)
@@ -158,7 +203,7 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
                         for p, r, gs in zip(sm.prompts, sm.responses, g, strict=True)],
         }
         if rm is not None:
-            scores = rm(sm.prompts, sm.responses).tolist()
+            scores = rm_scores[name]
             entry["rm_mean"] = sum(scores) / len(scores)
             all_rm += scores
             all_gold += g

@@ -195,7 +195,7 @@ def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_p
     prompts, _ = load_prompts(train_prompts)
     settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, samples=cfg.k, seed=cfg.seed + 7, batch_size=64)
     t0 = time.perf_counter()
-    sm = sample_policy(reference, None, load_tokenizer(reference), prompts, settings)
+    sm = sample_policy(reference, load_tokenizer(reference), prompts, settings)
     gold = CallableReward(gold_spec)(sm.prompts, sm.responses).tolist()
     _jsonl(stage / "samples.jsonl", [{"prompt": p, "response": r, "gold": g}
                                      for p, r, g in zip(sm.prompts, sm.responses, gold, strict=True)])
