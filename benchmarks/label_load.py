@@ -63,7 +63,8 @@ def start_server(db: str, port: int) -> subprocess.Popen:
 def annotator(base: str, token: str, n_votes: int, seed: int, latencies: list, errors: list, counts: dict) -> None:
     rng = random.Random(seed)
     with httpx.Client(base_url=base, timeout=120) as client:
-        client.get("/login", params={"token": token})
+        page = client.get("/login", params={"token": token}).text  # the link shows a confirmation form
+        client.post("/login", data={"token": token, "csrf": CSRF.search(page).group(1)})
         for i in range(n_votes):
             page = client.get("/").text
             nonce, csrf = NONCE.search(page), CSRF.search(page)

@@ -7,6 +7,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 import uuid
 
@@ -153,6 +158,36 @@ def test_import_skip_invalid_counts(tmp_path, capsys):
     engine = open_db(db)
     assert store.status(engine)["items"] == 3
     engine.dispose()
+
+
+GOOD_PAIR = '{"prompt": "p", "chosen": "a", "rejected": "b"}'
+
+
+@pytest.mark.parametrize("bad, expected", [
+    ('{"prompt": "p", "chosen": "x\\ud800y", "rejected": "b"}',
+     r"bad\.jsonl:2: field 'chosen': text holds a lone surrogate \\ud800 at character 2, which is not valid Unicode$"),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "label": ' + "1" * 5000 + "}",
+     r"bad\.jsonl:2: invalid JSON: a number has more than 4300 digits$"),
+    ('{"prompt": "p", "chosen": "a", "rejected": "b", "rejected": "c"}', r"bad\.jsonl:2: field 'rejected' appears twice$"),
+    (None, r"data file '/dev/zero' is not a regular file"),
+], ids=["lone-surrogate", "5000-digits", "duplicate-key", "dev-zero"])
+def test_import_bad_file_creates_no_database(bad, expected, tmp_path, capsys):
+    """Issue 18: every file is read and checked before the database is opened, so a bad one (here after a good
+    file) leaves no database behind."""
+    import re
+
+    (tmp_path / "good.jsonl").write_text(GOOD_PAIR + "\n")
+    path = "/dev/zero"
+    if bad is not None:
+        path = str(tmp_path / "bad.jsonl")
+        (tmp_path / "bad.jsonl").write_text(GOOD_PAIR + "\n" + bad + "\n")
+    db = tmp_path / "l.db"
+    code = main(["label", "import", str(tmp_path / "good.jsonl"), path, "--db", str(db)])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and re.search(expected, errors[0]), err
+    assert not db.exists()
 
 
 @pytest.mark.parametrize("db, expected", [
@@ -461,6 +496,205 @@ def test_cli_invite_prints_a_working_link(db_url, capsys):
     engine = open_db(db_url)
     assert store.annotator_by_token(engine, link.split("token=")[1]).name == "zoe"
     engine.dispose()
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the web app through HTTP, in process (test_label_web.py runs the real server and a browser)
+
+
+def browser(engine, **app_options):
+    """A browser of the app on `engine`: a test client that keeps cookies."""
+    from fastapi.testclient import TestClient
+
+    from alignkit.label.app import create_app
+
+    return TestClient(create_app(engine, **app_options), follow_redirects=False)
+
+
+def sign_in(client, token: str) -> None:
+    """The sign-in as a person does it: open the personal link, then press "Sign in" on the page it shows."""
+    page = client.get("/login", params={"token": token})
+    assert page.status_code == 200, page.text
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+    r = client.post("/login", data={"token": token, "csrf": csrf})
+    assert r.status_code == 303 and "alignkit_label" in client.cookies, r.text
+
+
+def test_http_admin_page_shows_the_item_count(engine, tmp_path):
+    """Issue 18, item 15: the progress line showed `<built-in method items of dict object at 0x...>`."""
+    add(engine, tmp_path, sets(3), replicas=2)
+    admin = browser(engine)
+    sign_in(admin, store.invite(engine, "boss", admin=True))
+    page = admin.get("/admin")
+    assert page.status_code == 200
+    assert "0 of 3 items complete (3 pairs, 0 rankings, 0 gold)" in page.text
+    assert "built-in method" not in page.text and "0x" not in page.text
+
+
+def test_http_invite_links_come_only_from_the_configured_url(engine):
+    """Issue 18, item 16: the admin page's invite link was built from the request's Host header."""
+    boss = store.invite(engine, "boss", admin=True)
+    evil = {"host": "evil.example"}
+    for base_url, name in [("https://labels.example/app/", "carol"), (None, "dave")]:
+        admin = browser(engine, base_url=base_url)
+        sign_in(admin, boss)
+        page = admin.get("/admin", headers=evil).text
+        csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+        invited = admin.post("/admin/invite", data={"csrf": csrf, "name": name}, headers=evil)
+        assert invited.status_code == 200 and "evil.example" not in invited.text
+        token = re.search(r'<code class="token">([^<]+)</code>', invited.text).group(1)
+        assert store.annotator_by_token(engine, token).name == name
+        links = re.findall(r'<code class="link">([^<]+)</code>', invited.text)
+        if base_url:
+            assert links == [f"https://labels.example/app/login?token={token}"]
+            assert "<code>https://labels.example/app</code>" in page
+        else:  # no address configured: no link, and the page says why
+            assert links == [] and "No link was made: no address is configured for this app." in invited.text
+            assert "No address is configured for this app" in page and "evil.example" not in page
+    with pytest.raises(AlignkitError, match=r"--url 'ftp://labels.example': expected the app's address"):
+        browser(engine, base_url="ftp://labels.example")
+
+
+def test_http_a_link_signs_in_only_after_confirming_by_post(engine):
+    """Issue 18, item 17 (login CSRF): GET /login?token= only shows a confirmation page; signing in is a POST
+    whose CSRF token is bound to a pre-sign-in cookie of the same browser, so another site can not sign a
+    visitor in as its own annotator (by a link, an image, or a form posted to /login)."""
+    alice, mallory = store.invite(engine, "alice"), store.invite(engine, "mallory")
+    victim = browser(engine)
+    page = victim.get("/login", params={"token": mallory})  # a link planted by mallory
+    assert page.status_code == 200 and "Sign in as mallory?" in page.text
+    assert "alignkit_label" not in victim.cookies  # nobody is signed in yet
+    assert 'method="post" action="/login"' in page.text and f'name="token" value="{mallory}"' in page.text
+    assert "Sign in" in victim.get("/").text  # still signed out
+    # a form posted from another site: without the browser's pre-sign-in cookie, or with mallory's own form
+    # values (she can load the confirmation page herself), it is refused and signs nobody in
+    attacker = browser(engine)
+    forged = re.search(r'name="csrf" value="([^"]+)"', attacker.get("/login", params={"token": mallory}).text).group(1)
+    for client, form in [(browser(engine), {"token": mallory, "csrf": forged}),
+                         (victim, {"token": mallory, "csrf": forged}),
+                         (victim, {"token": mallory}),
+                         (victim, {"token": mallory, "csrf": "0" * 64})]:
+        r = client.post("/login", data=form)
+        assert r.status_code == 403 and "security token is not valid" in r.text
+        assert "alignkit_label" not in client.cookies
+    # alice's own link, confirmed on its page: signed in as alice
+    sign_in(victim, alice)
+    assert "Sign in" not in victim.get("/").text and "alice" in victim.get("/").text
+    assert victim.get("/login", params={"token": alice}).status_code == 303  # already alice: straight on
+    # signed in as alice, mallory's link asks first and says who is signed in; alice stays signed in
+    page = victim.get("/login", params={"token": mallory})
+    assert "Sign in as mallory?" in page.text and "signed in as <strong>alice</strong> now" in page.text
+    assert store.annotator_by_token(engine, victim.cookies["alignkit_label"]).name == "alice"
+    # the token pasted into the sign-in form of / works the same way, with that page's CSRF token
+    paste = browser(engine)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', paste.get("/").text).group(1)
+    assert paste.post("/login", data={"token": f" {alice} ", "csrf": csrf}).status_code == 303
+    assert store.annotator_by_token(engine, paste.cookies["alignkit_label"]).name == "alice"
+    # a bad token: refused on the link and in the form
+    assert victim.get("/login", params={"token": "not-a-token"}).status_code == 403
+    bad = browser(engine)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', bad.get("/").text).group(1)
+    r = bad.post("/login", data={"token": "not-a-token", "csrf": csrf})
+    assert r.status_code == 403 and "alignkit_label" not in bad.cookies
+
+
+def test_http_head_is_answered_like_get(engine, tmp_path):
+    """Issue 18, item 20: HEAD / answered 405."""
+    add(engine, tmp_path, sets(1), replicas=1)
+    client = browser(engine)
+    client.get("/")  # the pre-sign-in cookie, so that both answers carry the same form
+    for path in ["/", "/healthz", "/static/label.css", "/login?token=x"]:
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code != 405, path
+        assert head.content == b"" and head.headers["content-type"] == get.headers["content-type"], path
+        assert head.headers["content-length"] == str(len(get.content)), path
+        assert head.headers["content-security-policy"] == get.headers["content-security-policy"], path
+    sign_in(client, store.invite(engine, "ann"))
+    assert client.head("/").status_code == 200 and client.head("/vote").status_code == 405
+
+
+# ----------------------------------------------------------------------------------------------------------
+# `label serve`: the port, the address, --url
+
+
+def serve_cli(*args: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "alignkit.cli.main", "label", "serve", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, **popen)
+
+
+def files_in(folder) -> dict:
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_serve_on_a_port_in_use_is_one_line_exit_2(db_url, tmp_path):
+    """Issue 18, item 18: the banner, then uvicorn's "address already in use", then exit 3. Now the port is
+    taken before the database is opened or anything is printed."""
+    engine = open_db(db_url, create=True)
+    add(engine, tmp_path, sets(1))
+    engine.dispose()
+    before = files_in(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = serve_cli("--db", db_url, "--port", str(port))
+        out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2, err
+    assert out == "" and err.splitlines() == [
+        f"alignkit label: error: port {port} on 127.0.0.1 is already in use (another `alignkit label serve`?); "
+        "stop that program or choose another --port"]
+    assert files_in(tmp_path) == before  # nothing written
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--host", "0.0.0.0"], ["alignkit label serve: warning: --host 0.0.0.0 is reachable from other machines"]),
+    (["--host", "0.0.0.0", "--secure-cookies"], []),
+    (["--host", "127.0.0.1"], []),
+], ids=["all-addresses", "secure-cookies", "loopback"])
+def test_serve_beyond_loopback_without_secure_cookies_warns(args, expected, tmp_path):
+    """Issue 18, item 19: `--host 0.0.0.0` without --secure-cookies gave no warning that tokens and cookies
+    cross the network in clear. One warning line on stderr, before the banner; the app still runs."""
+    import httpx
+
+    db = str(tmp_path / "label.db")
+    engine = open_db(db, create=True)
+    add(engine, tmp_path, sets(1))
+    engine.dispose()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = serve_cli("--db", db, "--port", str(port), *args)
+    try:
+        banner = proc.stdout.readline()  # printed after the warning, once the app is built
+        assert banner.startswith(f"labeling app on http://{args[1]}:{port} "), banner
+        assert "no --url: invites on the admin page give tokens, not links" in banner
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=30).text == "ok"
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode in (0, -signal.SIGTERM), err  # uvicorn ends by raising the signal it caught again
+    lines = err.splitlines()
+    assert len(lines) == len(expected) and all(line.startswith(e) for line, e in zip(lines, expected, strict=True)), err
+    if expected:
+        assert "in clear" in lines[0] and "--secure-cookies" in lines[0]
+
+
+@pytest.mark.parametrize("command", ["serve", "invite"])
+@pytest.mark.parametrize("url, expected", [
+    ("labels.example", "expected the app's address as annotators reach it"),
+    ("http://labels.example/?x=1", "give only the address"),
+    ("http://labels.example:99999", "not a valid address"),
+])
+def test_bad_url_is_refused_while_parsing(command, url, expected, tmp_path, capsys):
+    db = tmp_path / "label.db"
+    args = ["label", command, *(["ann"] if command == "invite" else []), "--db", str(db), "--url", url]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback" not in err
+    (line,) = [ln for ln in err.splitlines() if "error:" in ln]
+    assert line.startswith(f"alignkit label {command}: error: argument --url: ") and expected in line, err
+    assert not db.exists()
 
 
 # ----------------------------------------------------------------------------------------------------------

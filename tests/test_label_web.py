@@ -48,8 +48,11 @@ class Client:
 
     def __init__(self, base: str, token: str | None = None):
         self.http = httpx.Client(base_url=base, timeout=60)
-        if token is not None:
-            r = self.http.get("/login", params={"token": token})
+        if token is not None:  # the personal link shows a confirmation page; its "Sign in" button POSTs
+            page = self.http.get("/login", params={"token": token})
+            assert page.status_code == 200 and "alignkit_label" not in self.http.cookies
+            csrf = re.search(r'name="csrf" value="([^"]+)"', page.text).group(1)
+            r = self.post("/login", token=token, csrf=csrf)
             assert r.status_code == 303 and "alignkit_label" in r.cookies
 
     def task(self) -> dict:
@@ -126,8 +129,11 @@ def test_http_escaping_ownership_csrf_admin_and_limits(db_url, tmp_path):  # noq
         assert admin.post("/admin/invite", csrf=a["csrf"], name="carol").status_code == 403  # someone else's CSRF
         invited = admin.post("/admin/invite", csrf=admin_csrf, name="<b>carol</b>")
         assert invited.status_code == 200 and "&lt;b&gt;carol&lt;/b&gt;" in invited.text
-        link = re.search(r'<code class="link">([^<]+)</code>', invited.text).group(1)
-        carol = Client(base, link.split("token=")[1])
+        spoofed = admin.http.post("/admin/invite", data={"csrf": admin_csrf, "name": "dave"}, headers={"host": "evil"})
+        assert spoofed.status_code == 200 and "evil" not in spoofed.text
+        # served without --url: no link (never one built from the request's Host), the token to paste
+        assert "No link was made" in invited.text and '<code class="link">' not in invited.text
+        carol = Client(base, re.search(r'<code class="token">([^<]+)</code>', invited.text).group(1))
         assert "<b>carol</b>" not in carol.http.get("/").text
     engine = open_db(db_url)
     with engine.connect() as conn:
@@ -203,6 +209,8 @@ def test_browser_labels_pairs_and_export_holds_exactly_those_votes(db_url, tmp_p
         dialogs = []
         page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
         page.goto(link.format(base))
+        assert page.inner_text("h1") == "Sign in as browser?"  # the link signs in only when confirmed
+        page.click("#sign-in")
 
         def shown() -> tuple[str, str, str]:
             return (page.inner_text(".prompt .text"), page.inner_text("#response-left .text"),

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import ipaddress
 import json
+import socket
 import sys
 
 from alignkit.cli.args import float_in, int_at_least
@@ -18,10 +21,34 @@ EXAMPLES = """examples:
   alignkit label import checks.jsonl --gold              (known answers: chosen is right)
   alignkit label invite alice --url http://127.0.0.1:8000
   alignkit label invite boss --admin
-  alignkit label serve --port 8000
+  alignkit label serve --port 8000 --url http://127.0.0.1:8000
   alignkit label status
   alignkit label export --output-dir labels/ && alignkit dpo --loss gdpo --data labels/soft_pairs.jsonl ...
 """
+
+
+def base_url(text: str) -> str:
+    """--url: the app's address as annotators reach it (http or https, a host, optional port and path)."""
+    from alignkit.errors import ConfigError
+    from alignkit.label import check_base_url
+
+    try:
+        return check_base_url(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--url {text!r}: ")) from None
+
+
+base_url.__name__ = "URL"
+
+
+def port_number(text: str) -> int:
+    value = int_at_least(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"must be at most 65535, got {value}")
+    return value
+
+
+port_number.__name__ = "int"
 
 
 def add_label_parser(sub) -> None:
@@ -56,22 +83,30 @@ def add_label_parser(sub) -> None:
     inv.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     inv.add_argument("--admin", action="store_true", help="may open the admin page and invite others")
     inv.add_argument("--new-token", action="store_true", help="replace an existing annotator's token")
-    inv.add_argument("--url", default="http://127.0.0.1:8000",
+    inv.add_argument("--url", type=base_url, default="http://127.0.0.1:8000",
                      help="the app's address as annotators reach it, for the link (default: http://127.0.0.1:8000)")
 
     srv = cmds.add_parser("serve", help="run the labeling web app",
-                          description="Run the labeling web app. Annotators open their personal link; the admin "
-                                      "page is /admin. Every accepted vote is committed before the reply.")
+                          description="Run the labeling web app. Annotators open their personal link and confirm "
+                                      "the sign-in; the admin page is /admin. Every accepted vote is committed "
+                                      "before the reply. The port is taken before anything else is done: a port "
+                                      "in use is one error line (exit 2).")
     srv.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
-    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    srv.add_argument("--port", type=int_at_least(0), default=8000, help="port to listen on (default: 8000)")
+    srv.add_argument("--host", default="127.0.0.1",
+                     help="address to listen on (default: 127.0.0.1, this machine only; any other address warns "
+                          "unless --secure-cookies)")
+    srv.add_argument("--port", type=port_number, default=8000, help="port to listen on (default: 8000; 0: any free port)")
+    srv.add_argument("--url", type=base_url, default=None,
+                     help="the app's address as annotators reach it (e.g. https://labels.example), for the links "
+                          "of invites made on the admin page; links are never built from a request's Host header, "
+                          "so without --url the admin page gives tokens, not links")
     srv.add_argument("--task-timeout", type=float_in(0), default=3600, metavar="SECONDS",
                      help="how long an unanswered task keeps its place before the item may go to someone else "
                           "(default: 3600)")
     srv.add_argument("--max-request-bytes", type=int_at_least(1024), default=64 * 1024,
                      help="refuse larger request bodies (default: 65536)")
     srv.add_argument("--secure-cookies", action="store_true",
-                     help="mark the sign-in cookie Secure (set this when the app is served over HTTPS)")
+                     help="mark the sign-in cookies Secure (set this when the app is served over HTTPS)")
 
     st = cmds.add_parser("status", help="progress, per-annotator counts, gold scores and agreement",
                          description="Show progress (items complete, votes, skips), per-annotator counts with "
@@ -98,17 +133,18 @@ def run_label(args) -> int:
     from alignkit.label.db import open_db
 
     cmd = args.label_command
+    if cmd == "serve":
+        return _serve(args)
+    imports = _read_imports(args) if cmd == "import" else []  # every file checked before the database is touched
     engine = open_db(args.db, create=cmd in ("import", "invite"))
     try:
         if cmd == "import":
-            return _import(engine, args)
+            return _import(engine, args, imports)
         if cmd == "invite":
             token = store.invite(engine, args.name, admin=args.admin, new_token=args.new_token)
-            print(f"{'admin' if args.admin else 'annotator'} {args.name.strip()}: {args.url.rstrip('/')}/login?token={token}")
+            print(f"{'admin' if args.admin else 'annotator'} {args.name.strip()}: {args.url}/login?token={token}")
             print(f"token (shown only now): {token}")
             return 0
-        if cmd == "serve":
-            return _serve(engine, args)
         if cmd == "status":
             report = store.status(engine)
             print(json.dumps(report, indent=2) if args.json else _status_text(report))
@@ -124,12 +160,17 @@ def run_label(args) -> int:
         engine.dispose()
 
 
-def _import(engine, args) -> int:
+def _read_imports(args) -> list:
+    """(path, items, report) of every file to import: a bad file stops the import before anything is written."""
     from alignkit.label.importer import read_items
+
+    return [(path, *read_items(path, gold=args.gold, skip_invalid=args.skip_invalid)) for path in args.files]
+
+
+def _import(engine, args, imports: list) -> int:
     from alignkit.label.store import add_items
 
-    for path in args.files:
-        new, report = read_items(path, gold=args.gold, skip_invalid=args.skip_invalid)
+    for path, new, report in imports:
         counts = add_items(engine, new, args.per_item)
         print(report.summary(), file=sys.stderr)
         for error in report.errors[:5]:
@@ -140,17 +181,68 @@ def _import(engine, args) -> int:
     return 0
 
 
-def _serve(engine, args) -> int:
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port (and listening), or one error line: the port is checked before the
+    database is opened or anything is printed."""
+    from alignkit.errors import AlignkitError
+
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: a socket in TIME_WAIT is no obstacle
+        sock.bind((host, port))
+        sock.listen(2048)
+    except socket.gaierror as e:
+        sock.close()
+        raise AlignkitError(f"--host {host}: cannot resolve this host name ({e.strerror})") from None
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise AlignkitError(f"port {port} on {host} is already in use (another `alignkit label serve`?); "
+                                "stop that program or choose another --port") from None
+        if e.errno == errno.EACCES:
+            raise AlignkitError(f"cannot listen on {where}: permission denied (ports below 1024 need privileges); "
+                                "choose another --port") from None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise AlignkitError(f"cannot listen on {where}: {host} is not an address of this machine") from None
+        raise AlignkitError(f"cannot listen on {where}: {e.strerror or e}") from None
+    return sock
+
+
+def _loopback(sock: socket.socket) -> bool:
+    return ipaddress.ip_address(sock.getsockname()[0]).is_loopback
+
+
+def _serve(args) -> int:
     import uvicorn
 
     from alignkit.label.app import create_app
+    from alignkit.label.db import open_db
 
-    app = create_app(engine, timeout_s=args.task_timeout, max_request_bytes=args.max_request_bytes,
-                     secure_cookies=args.secure_cookies)
-    print(f"labeling app on http://{args.host}:{args.port} (annotators: the links from `alignkit label invite`; "
-          "admin page: /admin)", flush=True)
-    # no access log: sign-in links carry the token in their query string
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    sock = _listen(args.host, args.port)
+    try:
+        engine = open_db(args.db)
+        try:
+            app = create_app(engine, timeout_s=args.task_timeout, max_request_bytes=args.max_request_bytes,
+                             secure_cookies=args.secure_cookies, base_url=args.url)
+            if not _loopback(sock) and not args.secure_cookies:
+                print(f"alignkit label serve: warning: --host {args.host} is reachable from other machines and "
+                      "this app speaks plain HTTP: sign-in tokens, links and cookies cross the network in clear. "
+                      "Put it behind an HTTPS proxy and pass --secure-cookies, or keep --host 127.0.0.1",
+                      file=sys.stderr, flush=True)
+            host, port = sock.getsockname()[:2]
+            address = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+            links = (f"invite links: {args.url}/login?token=..." if args.url else
+                     "no --url: invites on the admin page give tokens, not links")
+            print(f"labeling app on {address} (annotators: the links from `alignkit label invite`; admin page: "
+                  f"/admin; {links})", flush=True)
+            # no access log: sign-in links carry the token in their query string
+            config = uvicorn.Config(app, log_level="warning", access_log=False)
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            engine.dispose()
+    finally:
+        sock.close()
     return 0
 
 

@@ -1,22 +1,28 @@
 """The labeling web app (FastAPI, server-rendered pages). `create_app(engine)` builds it; `alignkit label serve`
 runs it with uvicorn.
 
-Pages: `/login?token=...` (an annotator's personal link: sets an HttpOnly cookie holding the token and
-redirects to the task page), `/` (the next task: a pair or a ranking), `POST /vote`, `POST /skip`, `/admin`
-(progress, annotators, agreement; admins only) and `POST /admin/invite`.
+Pages: `/login?token=...` (an annotator's personal link: a confirmation page, "Sign in as NAME?", whose form
+POSTs the token to `/login`; that sets an HttpOnly cookie holding the token and redirects to the task page),
+`/` (the next task: a pair or a ranking; the sign-in form when signed out), `POST /vote`, `POST /skip`,
+`/admin` (progress, annotators, agreement; admins only) and `POST /admin/invite`. HEAD is answered like GET.
 
 Security. A request's annotator is the one whose token hash matches the cookie; forms carry no annotator,
 so nobody can vote as someone else, and a vote for a task given to another annotator is refused (403).
-Every form carries a CSRF token (an HMAC of the annotator's token hash under the database's secret) that is
-checked in constant time, and the cookie is SameSite=Lax. Model text goes through Jinja2 with autoescaping,
-so a response is shown as the text it is; the Content-Security-Policy allows scripts only from /static
-as a second line of defence. Request bodies over `max_request_bytes` are refused (413) before parsing.
+Every form carries a CSRF token (an HMAC under the database's secret) that is checked in constant time: of
+the annotator's token hash for the signed-in forms, and of a random pre-sign-in cookie (SameSite=Strict) for
+the sign-in forms, so another site can not sign a browser in as its own annotator (login CSRF): a link only
+ever shows the confirmation page, and signing in is a POST from a page of this app. The sign-in cookie is
+SameSite=Lax. Invite links are built only from the configured base URL (`serve --url`), never from the
+request's Host header. Model text goes through Jinja2 with autoescaping, so a response is shown as the text
+it is; the Content-Security-Policy allows scripts only from /static as a second line of defence. Request
+bodies over `max_request_bytes` are refused (413) before parsing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import secrets
 from pathlib import Path
 
 from fastapi import FastAPI, Form, Request
@@ -28,10 +34,11 @@ from sqlalchemy.engine import Engine
 from starlette.exceptions import HTTPException
 
 from alignkit.errors import AlignkitError
-from alignkit.label import store
+from alignkit.label import check_base_url, store
 from alignkit.label.db import setting
 
 COOKIE = "alignkit_label"
+LOGIN_COOKIE = "alignkit_label_login"  # the random value the sign-in forms' CSRF token is bound to
 HERE = Path(__file__).parent
 SECURITY_HEADERS = [
     (b"content-security-policy", b"default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -91,16 +98,38 @@ async def _too_large(send, max_bytes: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class HeadAsGet:
+    """ASGI middleware: answer HEAD like GET (the same status and headers), without the body."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 def create_app(engine: Engine, *, timeout_s: float = store.DEFAULT_TIMEOUT_S, max_request_bytes: int = 64 * 1024,
-               secure_cookies: bool = False):
+               secure_cookies: bool = False, base_url: str | None = None):
     """The labeling app on `engine` (see the module docstring). `timeout_s`: how long an open task keeps its
-    place; `secure_cookies`: mark the cookie Secure (when served over HTTPS)."""
+    place; `secure_cookies`: mark the cookies Secure (when served over HTTPS); `base_url`: the app's address
+    as annotators reach it, for the links of invites made on the admin page (without it, the page gives the
+    token and says that no address is configured)."""
+    base_url = check_base_url(base_url) if base_url else None
     with engine.connect() as conn:
         secret = setting(conn, "csrf_secret").encode()
     templates = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=True)
     app = FastAPI(title="alignkit label", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     app.add_middleware(Limits, max_bytes=max_request_bytes)
+    app.add_middleware(HeadAsGet)
 
     def page(template: str, code: int = 200, **context) -> HTMLResponse:
         return HTMLResponse(templates.get_template(template).render(**context), status_code=code)
@@ -139,28 +168,58 @@ def create_app(engine: Engine, *, timeout_s: float = store.DEFAULT_TIMEOUT_S, ma
     def healthz():
         return "ok"
 
-    def login(token: str):
-        person = store.annotator_by_token(engine, token)
-        if person is None:
-            raise store.Refused(403, "This link is not valid (it may have been replaced by a new one).")
-        response = RedirectResponse("/admin" if person.is_admin else "/", status_code=303)
-        response.set_cookie(COOKIE, token, max_age=90 * 24 * 3600, httponly=True, samesite="lax",
+    def sign_in_form(request: Request, template: str, code: int = 200, **context) -> HTMLResponse:
+        """A page with a sign-in form: its CSRF token is bound to a random pre-sign-in cookie (kept when the
+        browser has one, so that two open sign-in pages both work), which another site can neither read nor
+        send along with a cross-site POST (SameSite=Strict)."""
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        if len(nonce) != 64 or any(c not in "0123456789abcdef" for c in nonce):
+            nonce = secrets.token_hex(32)
+        response = page(template, code, csrf=login_csrf_for(nonce), **context)
+        response.set_cookie(LOGIN_COOKIE, nonce, max_age=24 * 3600, path="/", httponly=True, samesite="strict",
                             secure=secure_cookies)
         return response
 
+    def login_csrf_for(nonce: str) -> str:
+        return hmac.new(secret, b"login:" + nonce.encode(), hashlib.sha256).hexdigest()
+
+    def home(person) -> str:
+        return "/admin" if person.is_admin else "/"
+
     @app.get("/login")
-    def login_link(token: str = ""):
-        return login(token)
+    def login_link(request: Request, token: str = ""):
+        """A personal link: shows whose link it is and a button that signs in (a POST). It signs nobody in by
+        itself, so a link planted by another site can not swap the browser's annotator."""
+        person = store.annotator_by_token(engine, token)
+        if person is None:
+            raise store.Refused(403, "This link is not valid (it may have been replaced by a new one).")
+        current = store.annotator_by_token(engine, request.cookies.get(COOKIE))
+        if current is not None and current.id == person.id:  # signed in already as this link's annotator
+            return RedirectResponse(home(person), status_code=303)
+        return sign_in_form(request, "confirm.html", title="Sign in", name=person.name, token=token,
+                            current=None if current is None else current.name)
 
     @app.post("/login")
-    def login_form(token: str = Form("")):
-        return login(token.strip())
+    def login_form(request: Request, token: str = Form(""), csrf: str = Form("")):
+        nonce = request.cookies.get(LOGIN_COOKIE, "")
+        if not nonce or not hmac.compare_digest(csrf.encode(), login_csrf_for(nonce).encode()):
+            raise store.Refused(403, "This sign-in form's security token is not valid (or the form did not come "
+                                     "from this site); open your personal link again, or reload the sign-in page.")
+        token = token.strip()
+        person = store.annotator_by_token(engine, token)
+        if person is None:
+            raise store.Refused(403, "This token is not valid (it may have been replaced by a new one).")
+        response = RedirectResponse(home(person), status_code=303)
+        response.set_cookie(COOKIE, token, max_age=90 * 24 * 3600, httponly=True, samesite="lax",
+                            secure=secure_cookies)
+        response.delete_cookie(LOGIN_COOKIE, path="/", httponly=True, samesite="strict", secure=secure_cookies)
+        return response
 
     @app.get("/", response_class=HTMLResponse)
     def task_page(request: Request):
         person = store.annotator_by_token(engine, request.cookies.get(COOKIE))
         if person is None:
-            return page("login.html", title="Sign in", expired=COOKIE in request.cookies)
+            return sign_in_form(request, "login.html", title="Sign in", expired=COOKIE in request.cookies)
         task = store.next_task(engine, person.id, timeout_s)
         progress = store.progress(engine, person.id, timeout_s)
         context = {"person": person, "progress": progress, "csrf": csrf_for(request.cookies[COOKIE]), "task": task,
@@ -189,7 +248,7 @@ def create_app(engine: Engine, *, timeout_s: float = store.DEFAULT_TIMEOUT_S, ma
     def admin(request: Request):
         person = annotator(request, admin=True)
         return page("admin.html", title="Admin", person=person, status=store.status(engine),
-                    csrf=csrf_for(request.cookies[COOKIE]))
+                    csrf=csrf_for(request.cookies[COOKIE]), base_url=base_url)
 
     @app.post("/admin/invite", response_class=HTMLResponse)
     def admin_invite(request: Request, csrf: str = Form(), name: str = Form(), admin: str = Form("")):
@@ -198,7 +257,8 @@ def create_app(engine: Engine, *, timeout_s: float = store.DEFAULT_TIMEOUT_S, ma
             token = store.invite(engine, name, admin=admin == "on")
         except AlignkitError as e:
             raise store.Refused(400, str(e)) from None
-        link = f"{str(request.base_url).rstrip('/')}/login?token={token}"
-        return page("invited.html", title="Invited", person=person, name=name.strip(), link=link)
+        # the link is built from the configured address only: the request's Host header is the client's to choose
+        link = f"{base_url}/login?token={token}" if base_url else None
+        return page("invited.html", title="Invited", person=person, name=name.strip(), link=link, token=token)
 
     return app
