@@ -87,7 +87,13 @@ def test_eval_kl_is_to_the_reference_on_the_plain_prompt(tiny_model, tmp_path):
     reference answering the plain prompt."""
     import shutil
 
-    from alignkit.evaluate.run import EvalSettings, _encoder, evaluate_policies, reference_logps, sample_policy
+    from alignkit.evaluate.run import (
+        EvalSettings,
+        _encoder,
+        evaluate_policies,
+        reference_logps,
+        sample_policy,
+    )
     from alignkit.models.load import load_causal_lm, load_tokenizer
 
     same, coh = tmp_path / "same", tmp_path / "coh"
