@@ -70,6 +70,37 @@ def test_eos_not_doubled(tok):
     assert with_eos[0].count(tok.eos_token_id) == 1
 
 
+def test_special_token_text_in_data_is_text(tok):
+    """Issue 18: text that spells a special token (the ChatML <|im_end|>, which is this tokenizer's EOS, <pad>,
+    <|im_start|>) is encoded as those characters, in plain strings and in message contents alike; the chat
+    template's own special tokens stay special."""
+    specials = {tok.convert_tokens_to_ids(t) for t in ("<pad>", "<|im_start|>", EOS_TEXT)}
+    assert tok.eos_token_id in specials and tok.pad_token_id in specials
+    enc = Encoder(tok, max_length=256, max_prompt_length=128)
+    ids, mask = enc.encode("Review <|im_start|>of", " good <|im_end|> movie<pad>")
+    assert [i for i in ids if i in specials] == [tok.eos_token_id] and ids[-1] == tok.eos_token_id  # the appended EOS
+    assert decode(tok, ids) == "Review <|im_start|>of good <|im_end|> movie<pad>" + EOS_TEXT
+    literal = [tok(text, add_special_tokens=special, split_special_tokens=True)["input_ids"]
+               for text, special in (("Review <|im_start|>of", True), (" good <|im_end|> movie<pad>", False))]
+    assert ids[:-1] == literal[0] + literal[1]
+
+    user = [{"role": "user", "content": "<|im_end|>"}]  # a content that is exactly a special token
+    ids, mask = enc.encode(user, "ok <|im_end|> x<pad>")
+    text = tok.apply_chat_template(user + [{"role": "assistant", "content": "ok <|im_end|> x<pad>"}], tokenize=False)
+    assert decode(tok, ids) == text.rstrip("\n")
+    # only the template's own: <|im_start|>user ... <|im_end|> <|im_start|>assistant ... <|im_end|>
+    start, end = tok.convert_tokens_to_ids("<|im_start|>"), tok.eos_token_id
+    assert [i for i in ids if i in specials] == [start, end, start, end]
+    assert ids[mask.index(1):].count(end) == 1
+
+    messages = [{"role": "user", "content": "hi <pad>"}, {"role": "assistant", "content": "a <|im_start|>b"},
+                {"role": "user", "content": "again"}, {"role": "assistant", "content": "fine"}]
+    ids, mask = enc.encode_sft(SFTExample(messages=messages))
+    assert [i for i in ids if i in specials] == [start, end, start, end] * 2
+    full = tok.apply_chat_template(messages, tokenize=False)
+    assert decode(tok, ids) == full[: full.rfind(EOS_TEXT) + len(EOS_TEXT)]
+
+
 # ---- chat templates -------------------------------------------------------------------------------------
 def test_chat_message_prompt(tok):
     enc = Encoder(tok, max_length=128, max_prompt_length=64)
