@@ -75,6 +75,17 @@ def test_skip_invalid_counts_and_reports(tiny_model, tmp_path):
     assert info["skipped"] == 2 and any(":5: field 'rejected'" in e for e in info["errors"])
 
 
+def test_eval_data_that_is_the_training_file_is_warned_about(tiny_model, tmp_path):
+    """Issue 18: --eval-data naming the --data file (here by another path) runs, with one warning line."""
+    data = write_jsonl(tmp_path / "pairs.jsonl", synthetic_pairs(8, 5))
+    r = run_cli("dpo", "--model", tiny_model, "--data", data, "--eval-data", str(tmp_path / "." / "pairs.jsonl"),
+                "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    warnings = [ln for ln in r.stderr.splitlines() if "warning:" in ln]
+    assert warnings == ["warning: --eval-data is the same file as --data: the held-out metrics will be measured on "
+                        "the training data"], r.stderr
+
+
 @pytest.mark.parametrize(
     "args, expected",
     [

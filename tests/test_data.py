@@ -108,6 +108,36 @@ def test_missing_file_is_neither_file_nor_hub_id(tmp_path):
         iter_raw(tmp_path)
 
 
+def test_pipe_or_device_is_not_read(tmp_path):
+    """Issue 18: a FIFO (reading would wait for a writer) or /dev/zero (never ends) is refused at once."""
+    import os
+
+    fifo = tmp_path / "pairs.jsonl"
+    os.mkfifo(fifo)
+    for path in (fifo, "/dev/zero"):
+        with pytest.raises(AlignkitError, match=r"^data file '.*' is not a regular file"):
+            load_pairs(path)
+
+
+def test_json_a_key_twice_and_numbers_python_will_not_convert(tmp_path):
+    """Issue 18: json would keep the last of two equal keys silently, and refuses integers of over 4,300 digits
+    with a ValueError of its own; each is one DataError naming the line (JSON lines) or the file (.json)."""
+    twice = '{"prompt": "p", "chosen": "a", "chosen": "c", "rejected": "b"}'
+    long = '{"prompt": "p", "chosen": "a", "rejected": "b", "label": ' + "9" * 4400 + "}"
+    (tmp_path / "d.jsonl").write_text(json.dumps(RECORDS[0]) + "\n" + twice + "\n" + long + "\n")
+    with pytest.raises(DataError, match=r"d\.jsonl:2: field 'chosen' appears twice$"):
+        load_pairs(tmp_path / "d.jsonl")
+    pairs, report = load_pairs(tmp_path / "d.jsonl", skip_invalid=True)
+    assert len(pairs) == 1 and report.errors == [f"{tmp_path}/d.jsonl:2: field 'chosen' appears twice",
+                                                 f"{tmp_path}/d.jsonl:3: invalid JSON: a number has more than 4300 digits"]
+    (tmp_path / "d.json").write_text(f"[{json.dumps(RECORDS[0])}, {twice}]")
+    with pytest.raises(DataError, match=r"d\.json: field 'chosen' appears twice$"):
+        load_pairs(tmp_path / "d.json")
+    with pytest.raises(DataError, match=r"<memory>:1: field 'margin': margin must be a finite number, got an integer "
+                                        r"too large for a float$"):
+        load_pairs([{**RECORDS[0], "margin": 10**400}])
+
+
 def test_hub_id_loads_with_datasets(monkeypatch):
     import datasets
 
@@ -432,7 +462,7 @@ def test_chat_pairs_from_whole_conversations():
                 "rejected": [msg("assistant", "b")],
             },
             "chosen",
-            "must have a string 'content', got NoneType",
+            r"message 1 \(assistant\): required field 'content' is missing",
         ),
         (
             {

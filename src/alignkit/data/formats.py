@@ -61,10 +61,11 @@ in an assistant turn).
 
 Validation. Every rejected record raises `DataError(file, line, field, message)`: a required field
 missing or null, a wrong type ("expected a string or a list of messages, got int"), empty or
-whitespace-only text, chosen identical to rejected, a label that is not a number, NaN or outside [0, 1], a
-margin that is not finite. With `skip_invalid=False` (default) the first invalid record raises; with
-`skip_invalid=True` invalid records (unreadable lines included) are skipped, counted in `report.skipped`,
-and the first 20 messages kept in `report.errors`; if no record at all is valid, DataError is raised.
+whitespace-only text, text that is not valid Unicode (a lone surrogate), chosen identical to rejected, a
+label that is not a number, NaN or outside [0, 1], a margin that is not finite. With `skip_invalid=False`
+(default) the first invalid record raises; with `skip_invalid=True` invalid records (unreadable lines
+included) are skipped, counted in `report.skipped`, and the first 20 messages kept in `report.errors`; if no
+record at all is valid, DataError is raised.
 `report.read` counts records read (valid or not), `report.loaded` records returned.
 """
 
@@ -132,14 +133,28 @@ class _Record:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(key, f"{what} must be a number, got {_kind(value)}")
-        if not math.isfinite(value):
+        try:
+            number = float(value)
+        except OverflowError:  # an integer of hundreds of digits
+            raise self.error(key, f"{what} must be a finite number, got an integer too large for a float") from None
+        if not math.isfinite(number):
             raise self.error(key, f"{what} must be a finite number, got {value}")
-        return float(value)
+        return number
 
 
 def _kind(value: Any) -> str:
     """A short type name for messages: 'int', 'list', 'dict', ..."""
     return type(value).__name__
+
+
+def _surrogate(text: str) -> str | None:
+    """What is wrong with a string that cannot be written as UTF-8 (a lone surrogate, from JSON such as
+    "\\ud800"), or None: no tokenizer, database or file takes such a string."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"text holds a lone surrogate \\u{ord(text[e.start]):04x} at character {e.start + 1}, which is not valid Unicode"
+    return None
 
 
 def _check_text(rec: _Record, field: str, value: Any, what: str = "") -> Text:
@@ -150,6 +165,8 @@ def _check_text(rec: _Record, field: str, value: Any, what: str = "") -> Text:
             raise rec.error(field, f"{prefix}text is empty")
         if not value.strip():
             raise rec.error(field, f"{prefix}text is only whitespace")
+        if problem := _surrogate(value):
+            raise rec.error(field, f"{prefix}{problem}")
         return value
     if isinstance(value, list):
         return _check_messages(rec, field, value, prefix)
@@ -172,12 +189,17 @@ def _check_messages(rec: _Record, field: str, value: Any, prefix: str = "") -> l
             raise rec.error(
                 field, f"{prefix}message {i} has role {role!r}; expected one of {', '.join(ROLES)}"
             )
+        if content is None:
+            missing = "is null" if "content" in m else "is missing"
+            raise rec.error(field, f"{prefix}message {i} ({role}): required field 'content' {missing}")
         if not isinstance(content, str):
             raise rec.error(
                 field, f"{prefix}message {i} ({role}) must have a string 'content', got {_kind(content)}"
             )
         if role != "system" and not content.strip():
             raise rec.error(field, f"{prefix}message {i} ({role}) has empty content")
+        if problem := _surrogate(content):
+            raise rec.error(field, f"{prefix}message {i} ({role}): {problem}")
         messages.append({"role": role, "content": content})
     return messages
 
@@ -275,7 +297,7 @@ def _split_conversations(
             raise rec.error(
                 field, f"{field} ends with the {k} leading message(s) it shares with the other one"
             )
-        _check_assistant_ends(rec, field, conversation[k:], f"after the {k} shared leading message(s)")
+        _check_assistant_ends(rec, field, conversation[k:], f"after the {k} shared leading message(s): ")
     return chosen[:k], chosen[k:], rejected[k:]
 
 

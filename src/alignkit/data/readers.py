@@ -15,11 +15,11 @@ bad record came from. A source is one of:
 - a Hugging Face hub id `org/name` or `org/name:split` (only when no local path of that name exists),
   loaded with `datasets.load_dataset(name, split=split or "train")`.
 
-Problems with the whole source (missing file, empty file, unreadable gzip or Parquet, a `.json` document
-that does not parse) raise at once. Problems with one record (a line that is not valid JSON, not UTF-8, not
-an object, or longer than `max_record_bytes`) raise `DataError` naming the line; loaders in `formats` can
-instead skip such records (`skip_invalid=True`), using `read_records`, which yields the error in place of
-the record and carries on with the next line.
+Problems with the whole source (missing file, a pipe or device, empty file, unreadable gzip or Parquet, a
+`.json` document that does not parse) raise at once. Problems with one record (a line that is not valid JSON,
+not UTF-8, not an object, an object that gives a key twice, or longer than `max_record_bytes`) raise
+`DataError` naming the line; loaders in `formats` can instead skip such records (`skip_invalid=True`), using
+`read_records`, which yields the error in place of the record and carries on with the next line.
 
 `max_record_bytes` guards against a file that is not really line-delimited (a JSON-lines file with no
 newlines would otherwise be read into memory whole). It applies to JSON-lines lines only.
@@ -104,6 +104,8 @@ def _resolve_path(source: str | os.PathLike, max_record_bytes: int) -> tuple[str
         raise AlignkitError(f"'{name}' is a folder, not a data file (expected one of {', '.join(SUFFIXES)})")
     if path.is_file():
         return name, _read_file(path, name, max_record_bytes)
+    if path.exists():  # a FIFO, a device such as /dev/zero, a socket: reading may block, or never end
+        raise AlignkitError(f"data file '{name}' is not a regular file (a pipe, device or socket is not read)")
     match = _HUB_ID.match(name) if isinstance(source, str) else None
     if match and _suffix(name) is None:
         hub_name, split = match.group(1), match.group(2) or "train"
@@ -212,14 +214,42 @@ def _parse_line(raw: bytes, name: str, lineno: int) -> dict | DataError:
             f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of the line)",
         )
     try:
-        value = json.loads(text.rstrip("\r\n"))
+        value = _loads(text.rstrip("\r\n"))
     except json.JSONDecodeError as e:
         return DataError(name, lineno, None, f"invalid JSON: {e.msg} at column {e.pos + 1}")
+    except ValueError as e:  # a repeated key, a number of too many digits
+        return DataError(name, lineno, None, str(e))
     except RecursionError:
         return DataError(name, lineno, None, "invalid JSON: nested too deeply")
     if not isinstance(value, dict):
         return DataError(name, lineno, None, f"expected a JSON object, got {_json_kind(value)}")
     return value
+
+
+class _RepeatedKey(ValueError):
+    """A JSON object that gives one key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict:
+    """A JSON object as a dict; a key given twice is an error (json.loads would keep the last value silently)."""
+    record = dict(pairs)
+    if len(record) < len(pairs):
+        seen = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _RepeatedKey(f"field '{key}' appears twice")
+            seen.add(key)
+    return record
+
+
+def _loads(text: str) -> Any:
+    """json.loads that refuses a repeated key; a problem other than bad syntax is a ValueError saying what it is."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except (json.JSONDecodeError, _RepeatedKey):
+        raise
+    except ValueError:  # Python converts integers of at most sys.get_int_max_str_digits() digits
+        raise ValueError(f"invalid JSON: a number has more than {sys.get_int_max_str_digits()} digits") from None
 
 
 def _read_json(path: Path, name: str, *, gzipped: bool) -> Iterator[RawItem]:
@@ -240,12 +270,14 @@ def _read_json(path: Path, name: str, *, gzipped: bool) -> Iterator[RawItem]:
             name, None, None, f"not valid UTF-8 (byte 0x{data[e.start]:02x} on line {line})"
         ) from e
     try:
-        document = json.loads(text)
+        document = _loads(text)
     except json.JSONDecodeError as e:
         hint = " (is this a JSON-lines file? name it .jsonl)" if e.msg == "Extra data" else ""
         raise DataError(
             name, None, None, f"invalid JSON at line {e.lineno} column {e.colno}: {e.msg}{hint}"
         ) from e
+    except ValueError as e:
+        raise DataError(name, None, None, str(e)) from None
     records = _records_in_document(document, name)
     if not records:
         raise DataError(name, None, None, "no records: the list of records is empty")
