@@ -109,14 +109,24 @@ def load_causal_lm(name: str, *, dtype: str = "float32"):
     return model
 
 
-def load_reward_model(name: str, *, dtype: str = "float32"):
+def load_reward_model(name: str, *, dtype: str = "float32", trained_head: bool = False):
     """Backbone + scalar head (`AutoModelForSequenceClassification`, num_labels=1).
 
     From a causal LM checkpoint the head is new (randomly initialised); from a reward model folder written by
-    `alignkit rm` it is the trained head."""
+    `alignkit rm` it is the trained head. `trained_head`: refuse a checkpoint that lacks any of the model's
+    weights (a plain causal LM has no score head), as a reward source must score with trained weights."""
     from transformers import AutoModelForSequenceClassification
 
-    model = _from_pretrained(AutoModelForSequenceClassification, name, num_labels=1, dtype=_DTYPES[dtype])
+    model = _from_pretrained(AutoModelForSequenceClassification, name, num_labels=1, dtype=_DTYPES[dtype],
+                             output_loading_info=trained_head)
+    if trained_head:
+        model, info = model
+        if info["missing_keys"]:
+            lacks = ", ".join(sorted(info["missing_keys"])[:3])
+            if getattr(model.config, "alignkit_reward_offset", None) is None:
+                lacks += ", and its config.json has no alignkit_reward_offset"
+            raise AlignkitError(f"reward model '{name}' has no trained score head (its checkpoint lacks {lacks}): "
+                                "is it a plain causal LM? Give a reward model trained by `alignkit rm`")
     tok_pad = model.config.pad_token_id
     if tok_pad is None:
         model.config.pad_token_id = model.config.eos_token_id

@@ -8,7 +8,10 @@ responses (EOS removed), and returns one float score per response.
   Batches are packed padding-free with each distinct prompt laid out once for all its responses
   (`rollout.engine.score_by_prompt`) where the model computes packed rows exactly; padded otherwise.
 - `CallableReward("module:function")` or `"path/to/file.py:function"`: `function(prompts, responses)` returns
-  a list of numbers (a gold scorer, a rule, a judge).
+  a list of numbers (a gold scorer, a rule, a judge): a list or tuple of ints and floats (not bools, not
+  strings) or a 1-D numpy array or tensor, one per response. It runs in a thread and may take at most
+  `timeout` seconds per batch (`--reward-timeout`); an exception, an `exit()` or a hang inside it stops the
+  run with one AlignkitError naming the function and the batch.
 - Built-in names for `--reward`: "vader", the VADER sentiment compound score in [-1, 1] (`vaderSentiment`
   package; a lexicon and rules, runs offline; Hutto & Gilbert 2014).
 - `"sklearn:PATH"`: a scikit-learn text classifier saved with joblib (e.g. the IMDb demo's gold); the score is
@@ -22,8 +25,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import math
+import numbers
+import threading
 from pathlib import Path
 
+import numpy as np
 import torch
 from accelerate.utils import send_to_device
 
@@ -41,7 +47,7 @@ OFFSET_KEY = "alignkit_reward_offset"
 class ModelReward:
     def __init__(self, path: str, *, batch_size: int = 16, max_length: int = 1024, max_prompt_length: int = 512,
                  chat_template: bool = False, dtype: str = "float32", packed: bool = True):
-        self.model = load_reward_model(path, dtype=dtype).eval()
+        self.model = load_reward_model(path, dtype=dtype, trained_head=True).eval()
         self.model.requires_grad_(False)
         self.encoder = Encoder(load_tokenizer(path), max_length=max_length, max_prompt_length=max_prompt_length,
                                chat_template=chat_template)
@@ -68,16 +74,22 @@ class ModelReward:
         return torch.cat(scores) - self.offset
 
 
+def _describe(e: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+
+
 def _import_function(spec: str):
     if ":" not in spec:
         raise ConfigError(f"--reward '{spec}': expected module:function, path/to/file.py:function or a built-in "
                           f"name ({', '.join(BUILTIN_REWARDS)})")
     module_name, func_name = spec.rsplit(":", 1)
+    if module_name.endswith(".py") and not Path(module_name).is_file():
+        raise ConfigError(f"--reward '{spec}': file {module_name} not found")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
-            if not path.exists():
-                raise ConfigError(f"--reward '{spec}': file {module_name} not found")
             mspec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(mspec)
             mspec.loader.exec_module(module)
@@ -85,28 +97,86 @@ def _import_function(spec: str):
             module = importlib.import_module(module_name)
     except ImportError as e:
         raise ConfigError(f"--reward '{spec}': cannot import {module_name}: {e}") from e
+    except (Exception, SystemExit) as e:  # the user's module raised, or called exit(), while being imported
+        raise ConfigError(f"--reward '{spec}': importing {module_name} failed: {_describe(e)}") from e
     fn = getattr(module, func_name, None)
     if not callable(fn):
         raise ConfigError(f"--reward '{spec}': {module_name} has no function {func_name}")
     return fn
 
 
+def _real(v) -> bool:
+    """An int or float (numpy's too), not a bool (numpy's bool is no numbers.Real)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _scores(values, n: int, name: str) -> list[float]:
+    """The scores a reward function returned, checked: a list or tuple of real numbers (not bools or strings)
+    or a 1-D numpy array or tensor of them, `n` long."""
+    if isinstance(values, np.ndarray | torch.Tensor):
+        numeric = (values.dtype.kind in "iuf" if isinstance(values, np.ndarray)
+                   else values.dtype != torch.bool and not values.dtype.is_complex)
+        if values.ndim != 1 or not numeric:
+            raise AlignkitError(f"reward function {name} returned an array of shape {tuple(values.shape)} and dtype "
+                                f"{values.dtype}; expected a 1-D array of numbers, one per response")
+        values = values.tolist()
+    elif not isinstance(values, list | tuple):
+        raise AlignkitError(f"reward function {name} must return a list of numbers, one per response; got "
+                            f"{type(values).__name__}")
+    bad = next((i for i, v in enumerate(values) if not _real(v)), None)
+    if bad is not None:
+        raise AlignkitError(f"reward function {name} returned {values[bad]!r} ({type(values[bad]).__name__}) for "
+                            f"response {bad}; expected a number")
+    if len(values) != n:
+        raise AlignkitError(f"reward function {name} returned {len(values)} scores for {n} responses")
+    try:
+        return [float(v) for v in values]
+    except OverflowError as e:
+        raise AlignkitError(f"reward function {name} returned an integer too large for a float") from e
+
+
+def _call_with_timeout(fn, args: tuple, timeout: float):
+    """`fn(*args)` in a daemon thread, with the caller's grad mode: (True, result), (False, the exception it
+    raised, SystemExit included), or None when it has not returned after `timeout` seconds (the thread is left
+    running: Python cannot stop it)."""
+    outcome: list = []
+    grad = torch.is_grad_enabled()
+
+    def target():
+        try:
+            with torch.set_grad_enabled(grad):
+                outcome.append((True, fn(*args)))
+        except BaseException as e:  # noqa: BLE001 - reported to the caller, whatever it was
+            outcome.append((False, e))
+
+    thread = threading.Thread(target=target, name="alignkit-reward", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else None
+
+
 class CallableReward:
-    def __init__(self, spec: str):
+    def __init__(self, spec: str, *, timeout: float = 600.0):
         if spec.startswith(SKLEARN_PREFIX):
             self.fn = TextClassifierScore(spec[len(SKLEARN_PREFIX):])
         else:
             self.fn = BUILTIN_REWARDS[spec] if spec in BUILTIN_REWARDS else _import_function(spec)
         self.name = spec
+        self.timeout = timeout
+        self.calls = 0  # batches scored so far (named in errors)
 
     def __call__(self, prompts: list[Text], responses: list[str]) -> torch.Tensor:
-        values = self.fn(list(prompts), list(responses))
-        try:
-            scores = [float(v) for v in values]
-        except (TypeError, ValueError) as e:
-            raise AlignkitError(f"reward function {self.name} must return a list of numbers: {e}") from e
-        if len(scores) != len(responses):
-            raise AlignkitError(f"reward function {self.name} returned {len(scores)} scores for {len(responses)} responses")
+        self.calls += 1
+        outcome = _call_with_timeout(self.fn, (list(prompts), list(responses)), self.timeout)
+        if outcome is None:
+            raise AlignkitError(f"reward {self.name} timed out on batch {self.calls}: no result after "
+                                f"{self.timeout:g} s (--reward-timeout)")
+        ok, values = outcome
+        if not ok:
+            if isinstance(values, AlignkitError):
+                raise values
+            raise AlignkitError(f"reward {self.name} failed on batch {self.calls}: {_describe(values)}") from values
+        scores = _scores(values, len(responses), self.name)
         bad = [i for i, s in enumerate(scores) if not math.isfinite(s)]
         if bad:
             raise AlignkitError(f"reward function {self.name} returned a non-finite score for response {bad[0]}: "
@@ -147,8 +217,9 @@ class TextClassifierScore:
         return self.model.predict_proba(texts)[:, -1].tolist()
 
 
-def reward_source(reward_model: str | None, reward: str | None, **model_kwargs):
-    """The source named by `--reward-model PATH` or `--reward module:function` (exactly one)."""
+def reward_source(reward_model: str | None, reward: str | None, *, timeout: float = 600.0, **model_kwargs):
+    """The source named by `--reward-model PATH` or `--reward module:function` (exactly one); `timeout`: seconds a
+    reward function may take per batch."""
     if bool(reward_model) == bool(reward):
         raise ConfigError("give exactly one of --reward-model PATH or --reward module:function")
-    return ModelReward(reward_model, **model_kwargs) if reward_model else CallableReward(reward)
+    return ModelReward(reward_model, **model_kwargs) if reward_model else CallableReward(reward, timeout=timeout)
