@@ -10,6 +10,7 @@ two in step.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -56,10 +57,47 @@ class Case:
     message: str  # a regular expression the one error line must match (re.search)
     files: dict[str, bytes | str] = field(default_factory=dict)
     code: int = EXIT_USER_ERROR
+    env: dict[str, str] = field(default_factory=dict)  # environment variables of the run (placeholders allowed)
 
 
 TRAIN = ["--model", "{model}", "--output-dir", "{out}", "--max-steps", "1", "--no-progress"]
 ONLINE = [*TRAIN, "--reward", "vader", "--max-new-tokens", "4", "--batch-size", "2"]
+# issue 18: an RLOO run scored by the user's code in scorer.py, whose functions raise, exit, hang or return junk
+RL = ["rloo", *TRAIN, "--prompts", "{dir}/prompts.jsonl", "--max-new-tokens", "4", "--batch-size", "2", "--k", "2"]
+SCORER = """import time
+
+import numpy as np
+
+
+def raises(prompts, responses):
+    raise ValueError("no score for this one")
+
+
+def exits(prompts, responses):
+    raise SystemExit(0)
+
+
+def hangs(prompts, responses):
+    time.sleep(3600)
+
+
+def strings(prompts, responses):
+    return ["1.5" for _ in responses]
+
+
+def boolean(prompts, responses):
+    return True
+
+
+def generator(prompts, responses):
+    return (1.0 for _ in responses)
+
+
+def matrix(prompts, responses):
+    return np.zeros((len(responses), 1))
+"""
+RL_FILES = {"prompts.jsonl": lines(*(json.dumps({"prompt": p["prompt"]}) for p in synthetic_pairs(8, 5))),
+            "scorer.py": SCORER}
 
 CASES = [
     # ---- data files: one record wrong, named by file, line and field -----------------------------------
@@ -180,10 +218,99 @@ CASES = [
          r"options: the sentiment task has at most 67584 training and 50688 held-out prompts; asked for 1000000 training"),
 ]
 
+CASES += [  # issue 18: data files
+    # text no tokenizer or database takes, numbers Python will not convert, a key given twice, a data path that is
+    # not a regular file, pairs with no preference under a loss that ignores labels, two clearer messages
+    Case("lone-surrogate-chosen", ["dpo", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:2: field 'chosen': text holds a lone surrogate \\ud800 at character 2, which is not valid "
+         r"Unicode$", {"bad.jsonl": lines(GOOD[0], pair(chosen="x\ud800y"))}),  # json.dumps writes "x\ud800y"
+    Case("lone-surrogate-in-message", ["sft", *TRAIN, "--data", "{dir}/chat.jsonl"],
+         r"chat\.jsonl:1: field 'messages': message 1 \(user\): text holds a lone surrogate \\udc00 at character 4",
+         {"chat.jsonl": lines(json.dumps({"messages": [{"role": "user", "content": "hi \udc00"},
+                                                       {"role": "assistant", "content": "hello"}]}))}),
+    Case("label-5000-digits", ["dpo", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:2: invalid JSON: a number has more than 4300 digits$",
+         {"bad.jsonl": lines(GOOD[0], pair()[:-1] + ', "label": ' + "1" * 5000 + "}")}),
+    Case("label-400-digits", ["dpo", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:2: field 'label': soft label must be a finite number, got an integer too large for a float$",
+         {"bad.jsonl": lines(GOOD[0], pair()[:-1] + ', "label": ' + "1" * 400 + "}")}),
+    Case("duplicate-key", ["dpo", *TRAIN, "--data", "{dir}/bad.jsonl"],
+         r"bad\.jsonl:2: field 'chosen' appears twice$",
+         {"bad.jsonl": lines(GOOD[0], '{"prompt": "p", "chosen": " great.", "chosen": " fine.", "rejected": " dull."}')}),
+    Case("data-is-dev-zero", ["dpo", *TRAIN, "--data", "/dev/zero"],
+         r"data file '/dev/zero' is not a regular file \(a pipe, device or socket is not read\)$"),
+    Case("labels-all-half-dpo", ["dpo", *TRAIN, "--data", "{dir}/ties.jsonl"],
+         r"every training pair in '.*ties\.jsonl' has label 0\.5: the pairs carry no preference, and --loss dpo "
+         r"ignores labels, so it would learn to prefer whichever response is written as chosen",
+         {"ties.jsonl": lines(*(json.dumps({**p, "label": 0.5}) for p in synthetic_pairs(6, 11)))}),
+    Case("message-without-content", ["sft", *TRAIN, "--data", "{dir}/chat.jsonl"],
+         r"chat\.jsonl:1: field 'messages': message 2 \(assistant\): required field 'content' is missing$",
+         {"chat.jsonl": lines('{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant"}]}')}),
+    Case("conversation-ends-with-user", ["dpo", *TRAIN, "--data", "{dir}/chat.jsonl"],
+         r"chat\.jsonl:1: field 'chosen': after the 1 shared leading message\(s\): a response must end with an "
+         r"assistant message, got 'user'$",
+         {"chat.jsonl": lines(json.dumps({
+             "chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"},
+                        {"role": "user", "content": "x"}],
+             "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]}))}),
+]
 
-def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+CASES += [  # issue 18: output folders, checkpoints, cache
+    # --output-dir overlapping a model folder the run reads (model/ is a copy of the tiny model, which must stay
+    # as it is), and ALIGNKIT_CACHE where the reference log-probs cannot be cached; damaged checkpoints under
+    # --resume need a first run: tests/test_kill_resume.py
+    Case("output-dir-is-the-model", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl", "--model", "{dir}/model",
+                                     "--output-dir", "{dir}/model"],
+         r"--output-dir '.*model' is the --model folder '.*model'; choose an output folder apart from the models "
+         r"the run reads$", {"d.jsonl": lines(*GOOD), "model/notes.txt": "my model\n"}),
+    Case("output-dir-inside-the-reference", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl", "--reference-model",
+                                             "{dir}/model", "--output-dir", "{dir}/model/dpo"],
+         r"--output-dir '.*model/dpo' is inside the --reference-model folder '.*model'; choose an output folder",
+         {"d.jsonl": lines(*GOOD), "model/notes.txt": "my model\n"}),
+    Case("output-dir-holds-the-value-model", ["ppo", *ONLINE, "--prompts", "{dir}/d.jsonl", "--value-model",
+                                              "{dir}/model", "--output-dir", "{dir}"],
+         r"--output-dir '.*' contains the --value-model folder '.*model'; choose an output folder",
+         {"d.jsonl": lines(*GOOD), "model/notes.txt": "my model\n"}),
+    Case("cache-is-a-file", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl"],
+         r"ALIGNKIT_CACHE '.*notes\.txt' is a file, not a folder; point ALIGNKIT_CACHE at a folder alignkit may "
+         r"write$", {"d.jsonl": lines(*GOOD), "notes.txt": "my notes\n"}, env={"ALIGNKIT_CACHE": "{dir}/notes.txt"}),
+    Case("cache-inside-a-file", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl"],
+         r"ALIGNKIT_CACHE '.*notes\.txt/cache' is inside '.*notes\.txt', which is a file, not a folder",
+         {"d.jsonl": lines(*GOOD), "notes.txt": "my notes\n"}, env={"ALIGNKIT_CACHE": "{dir}/notes.txt/cache"}),
+]
+
+CASES += [  # issue 18: reward sources
+    # a plain causal LM as --reward-model (its score head would be random), and user reward code that raises,
+    # exits, hangs or returns something that is not one number per response; batch 1 is the first evaluation
+    Case("reward-model-plain-lm", [*RL, "--reward-model", "{model}"],
+         r"reward model '.*' has no trained score head \(its checkpoint lacks score\.weight, and its config\.json "
+         r"has no alignkit_reward_offset\): is it a plain causal LM\? Give a reward model trained by `alignkit rm`$",
+         RL_FILES),
+    Case("reward-raises", [*RL, "--reward", "{dir}/scorer.py:raises"],
+         r"reward .*scorer\.py:raises failed on batch 1: ValueError: no score for this one$", RL_FILES),
+    Case("reward-exits-0", [*RL, "--reward", "{dir}/scorer.py:exits"],
+         r"reward .*scorer\.py:exits failed on batch 1: SystemExit: 0$", RL_FILES),
+    Case("reward-exits-on-import", [*RL, "--reward", "{dir}/exits.py:score"],
+         r"--reward '.*exits\.py:score': importing .*exits\.py failed: SystemExit: 0$",
+         {**RL_FILES, "exits.py": "import sys\nsys.exit(0)\n"}),
+    Case("reward-hangs", [*RL, "--reward", "{dir}/scorer.py:hangs", "--reward-timeout", "1"],
+         r"reward .*scorer\.py:hangs timed out on batch 1: no result after 1 s \(--reward-timeout\)$", RL_FILES),
+    Case("reward-returns-strings", [*RL, "--reward", "{dir}/scorer.py:strings"],
+         r"reward function .*scorer\.py:strings returned '1\.5' \(str\) for response 0; expected a number$", RL_FILES),
+    Case("reward-returns-bool", [*RL, "--reward", "{dir}/scorer.py:boolean"],
+         r"reward function .*scorer\.py:boolean must return a list of numbers, one per response; got bool$", RL_FILES),
+    Case("reward-returns-generator", [*RL, "--reward", "{dir}/scorer.py:generator"],
+         r"reward function .*scorer\.py:generator must return a list of numbers, one per response; got generator$",
+         RL_FILES),
+    Case("reward-returns-2d-array", [*RL, "--reward", "{dir}/scorer.py:matrix"],
+         r"reward function .*scorer\.py:matrix returned an array of shape \(\d+, 1\) and dtype float64; expected a 1-D "
+         r"array of numbers, one per response$", RL_FILES),
+]
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "alignkit.cli.main", *args], capture_output=True, text=True,
-                          timeout=300, cwd=REPO)
+                          timeout=300, cwd=REPO, env={**os.environ, **env} if env else None)
 
 
 def fill(text: str, values: dict[str, str]) -> str:
@@ -206,7 +333,7 @@ def test_bad_input_one_clear_message(case: Case, tiny_model, tmp_path):
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
 
     t0 = time.perf_counter()
-    r = run_cli([fill(a, values) for a in case.args])
+    r = run_cli([fill(a, values) for a in case.args], {k: fill(v, values) for k, v in case.env.items()})
     elapsed = time.perf_counter() - t0
 
     assert r.returncode == case.code, (r.returncode, r.stderr[-3000:])
@@ -236,6 +363,25 @@ def test_long_prompt_is_cut_and_counted(tiny_model, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "1 prompts over --max-prompt-length were cut (their end kept)" in r.stdout
     assert json.loads((out / "run_info.json").read_text())["truncation"] == {"prompt_truncated": 1}
+
+
+def test_reward_failing_after_a_step_marks_the_folder(tiny_model, tmp_path):
+    """Issue 18: a reward that fails once a step is trained keeps the folder (its metrics), marked FAILED.txt with
+    the one-line error; a later run into the folder that succeeds removes the mark."""
+    (tmp_path / "late.py").write_text("calls = []\n\n\ndef score(prompts, responses):\n    calls.append(1)\n"
+                                      "    if len(calls) == 2:\n        raise RuntimeError('judge went away')\n"
+                                      "    return [0.5] * len(responses)\n")
+    (tmp_path / "prompts.jsonl").write_bytes(RL_FILES["prompts.jsonl"])
+    out = tmp_path / "out"
+    args = [fill(a, {"model": str(tiny_model), "out": str(out), "dir": str(tmp_path)}) for a in RL]
+    r = run_cli([*args, "--reward", str(tmp_path / "late.py:score"), "--eval-samples", "0", "--max-steps", "2"])
+    assert r.returncode == EXIT_USER_ERROR and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1].endswith("late.py:score failed on batch 2: RuntimeError: judge went away")
+    assert (out / "FAILED.txt").read_text().startswith("this run stopped before it finished: reward ")
+    assert (out / "metrics.jsonl").exists() and not (out / "model.safetensors").exists()
+    r = run_cli([*args, "--reward", "vader", "--eval-samples", "0"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert not (out / "FAILED.txt").exists() and (out / "model.safetensors").exists()
 
 
 def test_docs_list_every_case():

@@ -51,7 +51,8 @@ class RunConfig(BaseModel):
     eval_every: int = Field(0, ge=0, description="evaluate every N steps (0 = only at the end)")
     save_every: int = Field(0, ge=0, description="write a checkpoint every N steps (0 = only at the end)")
     keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
-    resume: bool = Field(False, description="continue from the latest complete checkpoint in --output-dir")
+    resume: bool = Field(False, description="continue from the newest intact checkpoint in --output-dir (a damaged "
+                         "newer one is skipped; a changed run length rebuilds the learning-rate schedule)")
     seed: int = Field(42, description="random seed (data order, initialisation)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype to load model weights in")
     mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision (accelerate)")
@@ -198,6 +199,8 @@ class RLConfig(RunConfig):
                                        "sklearn:PATH), logged as `monitor` for every rollout batch and never trained "
                                        "on: with a gold scorer, it shows when the policy starts to over-optimise the "
                                        "reward model")
+    reward_timeout: float = Field(600.0, gt=0, description="seconds a reward function (--reward, --monitor-reward) "
+                                  "may take to score one batch; past it the run stops with an error (a hung scorer)")
     batch_size: int = Field(16, gt=0, description="prompts per rollout batch")
     mini_batch_size: int = Field(8, gt=0, description="sequences per optimizer update")
     ppo_epochs: int = Field(2, gt=0, description="passes over each rollout batch")

@@ -13,7 +13,9 @@ from pathlib import Path
 
 from alignkit.console import say
 from alignkit.data.records import LoadReport
-from alignkit.models.names import check_context, check_model
+from alignkit.errors import AlignkitError
+from alignkit.models.names import BUILTIN_MODELS, builtin_folder, check_cache, check_context, check_model
+from alignkit.train.checkpoints import resume_checkpoint
 from alignkit.train.config import RLConfig, RunConfig
 
 _read_ahead: dict[tuple, tuple[list, list, dict]] = {}  # preflight's records, taken by the run of the same config
@@ -22,14 +24,44 @@ _read_ahead: dict[tuple, tuple[list, list, dict]] = {}  # preflight's records, t
 def preflight(cfg: RunConfig) -> None:
     """Refuse a run whose models or data are bad, before any model is loaded: every model name is checked
     (`check_model`), sequence lengths against the models' contexts, and the data files are read and validated
-    (the run then reuses them)."""
+    (the run then reuses them). Also refused: an output folder that is, holds or lies in a model folder, a
+    reference cache that cannot be written, and a --resume whose checkpoints are all damaged."""
     for name in _model_names(cfg):
         check_model(name)
+    _check_output_dir(cfg)
+    if getattr(cfg, "reference", None) == "precomputed":  # reference log-probs are cached
+        check_cache()
+    if cfg.resume:
+        resume_checkpoint(cfg.output_dir)
     _check_lengths(cfg)
     key = _key(cfg)
     if key not in _read_ahead:  # checked already (the CLI checks before it sets up the model libraries)
         _read_ahead.clear()
         _read_ahead[key] = _read(cfg)
+        _check_data_use(cfg, _read_ahead[key][0])
+
+
+def _same_file(a: str, b: str) -> bool:
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.samefile(pb) if pa.exists() and pb.exists() else a == b
+
+
+def _check_data_use(cfg: RunConfig, records: list) -> None:
+    """Data that is valid but would mislead the run: held-out data that is the training file (warned), and
+    pairs that all carry no preference (label 0.5) under a loss that ignores labels (refused)."""
+    for train, held in (("data", "eval_data"), ("prompts", "eval_prompts")):
+        a, b = getattr(cfg, train, None), getattr(cfg, held, None)
+        if a and b and _same_file(a, b):
+            say(f"warning: --{held.replace('_', '-')} is the same file as --{train}: the held-out metrics will be "
+                "measured on the training data")
+    loss = getattr(cfg, "loss", None)
+    soft = loss in ("gdpo", "gipo") or (loss == "cdpo" and cfg.label_smoothing == 0)  # as train/preference.py
+    if loss is None or soft:
+        return
+    if records and all(getattr(r, "label", None) == 0.5 for r in records):
+        raise AlignkitError(f"every training pair in '{cfg.data}' has label 0.5: the pairs carry no preference, "
+                            f"and --loss {loss} ignores labels, so it would learn to prefer whichever response is "
+                            "written as chosen; train on pairs with a preference (label above 0.5)")
 
 
 def load_inputs(cfg: RunConfig) -> tuple[list, list, dict]:
@@ -121,12 +153,31 @@ def _key(cfg: RunConfig) -> tuple:
     return type(cfg).__name__, cfg.model_dump_json(), tuple(files)
 
 
+_MODEL_FIELDS = ("model", "reference_model", "reward_model", "value_model")
+
+
 def _model_names(cfg: RunConfig) -> list[str]:
-    names = [cfg.model]
-    for field in ("reference_model", "reward_model", "value_model"):
-        if value := getattr(cfg, field, None):
-            names.append(value)
-    return names
+    return [value for field in _MODEL_FIELDS if (value := getattr(cfg, field, None))]
+
+
+def _check_output_dir(cfg: RunConfig) -> None:
+    """The run writes its model, checkpoints and metrics into --output-dir: refuse one that is a model folder the
+    run reads, lies inside one, or holds one, rather than overwrite the model it starts from."""
+    out = Path(cfg.output_dir).expanduser().resolve()
+    for field in _MODEL_FIELDS:
+        name = getattr(cfg, field, None)
+        if not name:
+            continue
+        folder = builtin_folder(name) if name in BUILTIN_MODELS else Path(name).expanduser()
+        if not folder.is_dir():
+            continue  # a hub id, or a built-in model not converted yet
+        folder = folder.resolve()
+        flag = "--" + field.replace("_", "-")
+        where = ("is" if out == folder else "is inside" if folder in out.parents
+                 else "contains" if out in folder.parents else None)
+        if where:
+            raise AlignkitError(f"--output-dir '{cfg.output_dir}' {where} the {flag} folder '{name}'; choose an "
+                                "output folder apart from the models the run reads")
 
 
 def _check_lengths(cfg: RunConfig) -> None:

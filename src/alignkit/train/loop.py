@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from alignkit.train.card import write_card
+from alignkit.train.checkpoints import CHECKPOINT_NAME, latest_checkpoint, resume_checkpoint  # noqa: F401 (callers)
 from alignkit.train.config import RunConfig, save_config
 from alignkit.train.trackers import Tracker, finish_trackers, start_trackers
 
@@ -58,18 +58,6 @@ class TrainResult:
     train: dict  # last logged training metrics
     eval: dict  # last evaluation metrics (empty without held-out data)
     first_eval: dict  # evaluation before the first step (empty without held-out data)
-
-
-_CKPT = re.compile(r"^checkpoint-(\d+)$")
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint (a half-written `.tmp` folder or one without state is ignored)."""
-    out = Path(output_dir)
-    if not out.is_dir():
-        return None
-    done = [(int(m.group(1)), p) for p in out.iterdir() if (m := _CKPT.match(p.name)) and (p / "trainer_state.json").exists()]
-    return max(done)[1] if done else None
 
 
 def _sized(collate):
@@ -174,7 +162,7 @@ def _save_checkpoint(accelerator, task: Task, model, out: Path, state: dict, kee
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "task_state": task.state}, indent=2))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)  # a checkpoint is complete or absent, never half-written
-        done = sorted((int(m.group(1)), p) for p in out.iterdir() if (m := _CKPT.match(p.name)))
+        done = sorted((int(m.group(1)), p) for p in out.iterdir() if (m := CHECKPOINT_NAME.match(p.name)))
         for _, old in done[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
@@ -227,6 +215,31 @@ def _reduce_metrics(accelerator, metrics: dict, speed: list[float]) -> tuple[dic
     return {**metrics, **dict(zip(keys, means.tolist(), strict=True))}, sums.tolist()
 
 
+def _load_checkpoint(accelerator, ckpt: Path) -> None:
+    """Restore model, optimizer, scheduler and RNG states; a file that passed `checkpoints.damage` and still
+    cannot be loaded (corrupt inside, or written for another model) ends the run with one line."""
+    from alignkit.errors import AlignkitError
+
+    try:
+        accelerator.load_state(str(ckpt / "state"))
+    except Exception as e:  # any failure to load is reported with the checkpoint's name
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise AlignkitError(f"cannot resume from {ckpt}: its state does not load ({type(e).__name__}: {first})") from e
+
+
+def _follow_schedule(scheduler) -> float:
+    """Set the optimizer's learning rate to the schedule's value at the restored step, and return it. The lr
+    restored with the optimizer is the one of the schedule that wrote the checkpoint: when the run's length has
+    changed since (a finished run extended with a larger --max-steps), that schedule may have ended at 0,
+    while the scheduler itself (built for this run's length) takes over only after the next step."""
+    sched = getattr(scheduler, "scheduler", scheduler)  # accelerate's wrapper, or the LambdaLR itself
+    lrs = [base * f(sched.last_epoch) for f, base in zip(sched.lr_lambdas, sched.base_lrs, strict=True)]
+    for group, lr in zip(sched.optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+    sched._last_lr = lrs
+    return lrs[0]
+
+
 def _forget_other_precision(mixed_precision: str) -> None:
     """accelerate keeps one process-wide state and refuses an Accelerator with another mixed precision; a run in
     the same Python process as an earlier one with another precision (one process, nothing distributed) drops
@@ -238,16 +251,47 @@ def _forget_other_precision(mixed_precision: str) -> None:
         AcceleratorState._reset_state()
 
 
+FAILED_MARK = "FAILED.txt"  # in an output folder: the run that last wrote there stopped on an error
+_START_FILES = {"config.yaml", "run_info.json", "metrics.jsonl"}  # what a run writes before its first step
+
+
+def _listing(out: Path) -> dict[str, int] | None:
+    return {p.name: p.stat().st_mtime_ns for p in out.iterdir()} if out.is_dir() else None
+
+
+def _after_failure(out: Path, before: dict[str, int] | None, error: BaseException) -> None:
+    """A run stopped by an error (or an interrupt): a folder it created and that holds nothing of value (no step
+    trained, no checkpoint, tracker log or saved batch) is removed, so it is as before the run; any other folder
+    the run wrote to gets FAILED.txt, saying why (its checkpoints stay complete: resume with --resume)."""
+    from accelerate import PartialState
+
+    now = _listing(out)
+    if now is None or now == before or not PartialState().is_main_process:
+        return  # nothing written
+    metrics = out / "metrics.jsonl"
+    trained = metrics.is_file() and '"split": "train"' in metrics.read_text()
+    if before is None and set(now) <= _START_FILES and not trained:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    why = str(error).strip() or type(error).__name__
+    (out / FAILED_MARK).write_text(f"this run stopped before it finished: {why}\n")
+
+
 def train(task: Task, cfg: RunConfig) -> TrainResult:
     """Run the optimisation described by `cfg` on `task`; save the final model into `cfg.output_dir`, with its
-    model card. The trackers of `--report-to` are finished whatever happens, so what they were sent is kept."""
+    model card. The trackers of `--report-to` are finished whatever happens, so what they were sent is kept.
+    A run that fails leaves its output folder as it was, or marked with FAILED.txt (`_after_failure`)."""
     trackers: list[Tracker] = []  # filled by _train (main process), once the run knows where it resumes
-    ok = False
+    out = Path(cfg.output_dir)
+    before = _listing(out)
     try:
         result = _train(task, cfg, trackers)
-        ok = True
-    finally:
-        finish_trackers(trackers, ok=ok)
+    except BaseException as e:
+        finish_trackers(trackers, ok=False)
+        _after_failure(out, before, e)
+        raise
+    finish_trackers(trackers, ok=True)
+    (out / FAILED_MARK).unlink(missing_ok=True)  # an earlier failed run's mark
     return result
 
 
@@ -258,6 +302,8 @@ def _train(task: Task, cfg: RunConfig, trackers: list[Tracker]) -> TrainResult:
     from transformers import get_scheduler
 
     out = Path(cfg.output_dir)
+    # checked before anything is written: the newest intact checkpoint, and the damaged newer ones it replaces
+    ckpt, damaged = resume_checkpoint(out) if cfg.resume else (None, [])
     _forget_other_precision(cfg.mixed_precision)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
@@ -297,13 +343,22 @@ def _train(task: Task, cfg: RunConfig, trackers: list[Tracker]) -> TrainResult:
 
     state = {"step": 0, "epoch": 0, "micro_in_epoch": 0}
     resume_step = None
-    if cfg.resume and (ckpt := latest_checkpoint(out)) is not None:
-        accelerator.load_state(str(ckpt / "state"))
+    if ckpt is not None:
+        if main:
+            for why in damaged:
+                print(f"skipping a damaged checkpoint: {why}")
+        _load_checkpoint(accelerator, ckpt)
         state = json.loads((ckpt / "trainer_state.json").read_text())
         task.state.update(state.pop("task_state", {}))
         resume_step = state["step"]
+        planned = state.pop("total", None)  # the steps of the run that wrote the checkpoint (older ones: absent)
+        lr = _follow_schedule(scheduler)
         if main:
             print(f"resuming from {ckpt} (step {resume_step})")
+            if isinstance(planned, int) and planned != total:
+                print(f"the run now has {total} steps, not {planned}: the {cfg.lr_scheduler} learning-rate "
+                      f"schedule is rebuilt for {total} steps and continues at lr {lr:.3g}")
+    state["total"] = total
     log = MetricsLog(out, resume_step=resume_step, enabled=main, trackers=trackers)
     if main:
         trackers += start_trackers(cfg.report_to, out.resolve().name, {"method": task.name, **cfg.model_dump()}, out,
