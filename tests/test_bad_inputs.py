@@ -58,6 +58,7 @@ class Case:
     files: dict[str, bytes | str] = field(default_factory=dict)
     code: int = EXIT_USER_ERROR
     env: dict[str, str] = field(default_factory=dict)  # environment variables of the run (placeholders allowed)
+    links: dict[str, str] = field(default_factory=dict)  # symbolic links made in the case's folder: name -> target
 
 
 TRAIN = ["--model", "{model}", "--output-dir", "{out}", "--max-steps", "1", "--no-progress"]
@@ -308,6 +309,59 @@ CASES += [  # issue 18: reward sources
 ]
 
 
+DEEP = 100_000  # levels of nesting: past Python's recursion limit in json and PyYAML
+
+CASES += [  # issue 18: own round
+    # JSON and YAML nested past the recursion limit, a message with no role, a prompt that ends with the assistant,
+    # the second reward option named in its error, command-line bytes that are not UTF-8, config files that are
+    # not text, not a file, or hold a setting twice or a number Python will not convert, symbolic links that lead
+    # nowhere, a truncated weights file
+    Case("json-nested-too-deep", ["dpo", *TRAIN, "--data", "{dir}/deep.json"],
+         r"deep\.json: invalid JSON: nested too deeply$", {"deep.json": "[" + '{"x": ' * DEEP + "1" + "}" * DEEP + "]"}),
+    Case("jsonl-nested-too-deep", ["dpo", *TRAIN, "--data", "{dir}/deep.jsonl"],
+         r"deep\.jsonl:2: invalid JSON: nested too deeply$",
+         {"deep.jsonl": lines(GOOD[0], '{"x": ' * DEEP + "1" + "}" * DEEP)}),
+    Case("message-without-role", ["sft", *TRAIN, "--data", "{dir}/chat.jsonl"],
+         r"chat\.jsonl:1: field 'messages': message 1: required field 'role' is missing$",
+         {"chat.jsonl": lines('{"messages": [{"content": "hi"}, {"role": "assistant", "content": "hello"}]}')}),
+    Case("prompt-ends-with-assistant", ["dpo", *TRAIN, "--data", "{dir}/chat.jsonl"],
+         r"chat\.jsonl:1: field 'prompt': message 2, the last, is from the assistant; a prompt must end with a user "
+         r"or system message",
+         {"chat.jsonl": lines(json.dumps({"prompt": [{"role": "user", "content": "q"},
+                                                     {"role": "assistant", "content": "a"}],
+                                          "chosen": [{"role": "assistant", "content": "x"}],
+                                          "rejected": [{"role": "assistant", "content": "y"}]}))}),
+    Case("monitor-reward-not-found", [*RL, "--reward", "vader", "--monitor-reward", "{dir}/nope.py:score"],
+         r"--monitor-reward '.*nope\.py:score': file .*nope\.py not found$", RL_FILES),
+    Case("argument-not-utf8", ["dpo", *TRAIN, "--data", "{dir}/d\udcff.jsonl"],  # the byte 0xff in the path
+         r"--data: not valid UTF-8 \(byte 0xff at character \d+\); give text and paths in UTF-8$"),
+    Case("config-setting-twice", ["dpo", "--config", "{dir}/run.yaml"],
+         r"run\.yaml:4: not valid YAML: setting 'beta' appears twice \(first on line 3\)$",
+         {"run.yaml": b"model: {model}\noutput_dir: {out}\nbeta: 0.1\nbeta: 0.5\n"}),
+    Case("config-5000-digits", ["dpo", "--config", "{dir}/run.yaml"],
+         r"run\.yaml:1: not valid YAML: a number has more than 4300 digits$",
+         {"run.yaml": config(batch_size="1" * 5000)}),
+    Case("config-not-utf8", ["dpo", "--config", "{dir}/run.yml"],
+         r"run\.yml:2: not valid UTF-8 \(byte 0xe9\); a config file is YAML text$",
+         {"run.yml": b"beta: 0.1\nmodel: caf\xe9\n"}),
+    Case("config-lone-surrogate", ["dpo", "--config", "{dir}/run.yaml"],
+         r"run\.yaml: field 'model': text holds a lone surrogate \\ud800, which is not valid Unicode$",
+         {"run.yaml": b'model: "\\ud800"\n'}),
+    Case("config-nested-too-deep", ["dpo", "--config", "{dir}/run.yaml"],
+         r"run\.yaml: not valid YAML: nested too deeply$", {"run.yaml": ("x: " + "[" * DEEP + "]" * DEEP).encode()}),
+    Case("config-is-a-folder", ["dpo", "--config", "{dir}"], r"config file .* is not a regular file$"),
+    Case("data-broken-link", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl"],
+         r"data file '.*d\.jsonl' is a symbolic link that leads nowhere \(its target is missing, or the links form a "
+         r"loop\)$", links={"d.jsonl": "moved.jsonl"}),
+    Case("output-dir-broken-link", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl", "--output-dir", "{dir}/run"],
+         r"options: field 'output_dir': '.*run' is a symbolic link that leads nowhere", {"d.jsonl": lines(*GOOD)},
+         links={"run": "run"}),
+    Case("model-weights-truncated", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl", "--model", "{dir}/model"],
+         r"could not load model '.*model': .*model\.safetensors: truncated or not a safetensors file \(1000 bytes\)$",
+         {"d.jsonl": lines(*GOOD), "model/model.safetensors": b"\0" * 1000}),
+]
+
+
 def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "alignkit.cli.main", *args], capture_output=True, text=True,
                           timeout=300, cwd=REPO, env={**os.environ, **env} if env else None)
@@ -330,6 +384,8 @@ def test_bad_input_one_clear_message(case: Case, tiny_model, tmp_path):
         if isinstance(content, str) or name.endswith(".yaml"):  # text with placeholders
             content = fill(content if isinstance(content, str) else content.decode(), values).encode()
         path.write_bytes(content)
+    for name, target in case.links.items():
+        (tmp_path / name).symlink_to(target)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
 
     t0 = time.perf_counter()
@@ -394,3 +450,21 @@ def test_docs_list_every_case():
             rows[m.group(1)] = int(m.group(2))
     assert rows == {c.id: c.code for c in CASES}
     assert "docs/errors.md" in (REPO / "README.md").read_text()
+
+
+def test_config_json_the_weights_do_not_fit(tiny_model, tmp_path):
+    """Issue 18, own round: a model folder whose config.json gives other shapes than its weights (a config copied
+    from another model) ends in one line, not transformers' size-mismatch traceback."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["hidden_size"] *= 2
+    (model / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "d.jsonl").write_bytes(lines(*GOOD))
+    r = run_cli(["dpo", *[fill(a, {"model": str(model), "out": str(tmp_path / "out")}) for a in TRAIN],
+                 "--data", str(tmp_path / "d.jsonl")])
+    assert r.returncode == EXIT_USER_ERROR and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.stderr.strip().splitlines()[-1].endswith(
+        "could not load model '" + str(model) + "': its weights do not have the shapes its config.json gives (is "
+        "config.json from another model?)")
+    assert not (tmp_path / "out").exists()

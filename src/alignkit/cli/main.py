@@ -11,7 +11,7 @@ import typing
 from typing import Literal
 
 from alignkit import __version__  # noqa: I001
-from alignkit.cli.args import float_in, int_at_least
+from alignkit.cli.args import check_utf8, float_in, int_at_least
 from alignkit.console import quiet_model_libraries
 from alignkit.errors import AlignkitError
 from alignkit.train import run_coh, run_dpo, run_ppo, run_reward, run_rloo, run_sft
@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
+        return 2
+    if problem := check_utf8(parser, args):
+        print(f"alignkit {args.command}: error: {problem}", file=sys.stderr)
         return 2
     try:
         if args.command == "make-tiny-model":

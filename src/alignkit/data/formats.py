@@ -51,7 +51,8 @@ harmless-base test) and counted in `counts["hh_empty_response"]`.
 
 Chat form. Text is either a string or a list of messages, each `{"role": "system" | "user" | "assistant",
 "content": str}` (other keys are dropped; user and assistant content must not be blank). A response given
-as messages must start and end with an assistant message, and within one record the prompt and its
+as messages must start and end with an assistant message, a prompt given as messages must not end with
+one (the model writes the reply), and within one record the prompt and its
 responses must be both strings or both message lists. For pairs, `chosen`/`rejected` may also be whole
 conversations (message lists that do not start with an assistant message, with or without a `prompt`,
 which is then ignored, as in UltraFeedback-binarized): the prompt is their longest common run of leading
@@ -119,6 +120,15 @@ class _Record:
         """A required string or message list."""
         return _check_text(self, key, self.required(key))
 
+    def prompt(self) -> Text:
+        """The required `prompt`: given as messages, it ends where the model's reply starts, so not with an
+        assistant message (the reply would be a second assistant turn in a row)."""
+        prompt = self.text("prompt")
+        if isinstance(prompt, list) and prompt[-1]["role"] == "assistant":
+            raise self.error("prompt", f"message {len(prompt)}, the last, is from the assistant; a prompt must end "
+                                       "with a user or system message, since the model writes the reply")
+        return prompt
+
     def string(self, key: str) -> str:
         """A required non-blank string (formats that have no chat form)."""
         value = self.required(key)
@@ -185,6 +195,9 @@ def _check_messages(rec: _Record, field: str, value: Any, prefix: str = "") -> l
                 field, f"{prefix}message {i} must be an object with 'role' and 'content', got {_kind(m)}"
             )
         role, content = m.get("role"), m.get("content")
+        if role is None:
+            missing = "is null" if "role" in m else "is missing"
+            raise rec.error(field, f"{prefix}message {i}: required field 'role' {missing}")
         if role not in ROLES:
             raise rec.error(
                 field, f"{prefix}message {i} has role {role!r}; expected one of {', '.join(ROLES)}"
@@ -261,7 +274,7 @@ def _pair_from_pairs(rec: _Record, notes: Counter) -> list[PreferencePair]:
     ):
         prompt, chosen, rejected = _split_conversations(rec, chosen, rejected)
     else:
-        prompt = rec.text("prompt")
+        prompt = rec.prompt()
         chosen = _check_response(rec, "chosen", prompt, chosen)
         rejected = _check_response(rec, "rejected", prompt, rejected)
         if chosen == rejected:
@@ -354,7 +367,7 @@ def _pair_from_alpaca_eval(rec: _Record, notes: Counter) -> list[PreferencePair]
 def _pair_from_votes(
     rec: _Record, notes: Counter, tie_policy: str, smoothing: float, voted: list[list[str]]
 ) -> list[PreferencePair]:
-    prompt = rec.text("prompt")
+    prompt = rec.prompt()
     response_a = _check_response(rec, "response_a", prompt, rec.required("response_a"))
     response_b = _check_response(rec, "response_b", prompt, rec.required("response_b"))
     if response_a == response_b:
@@ -379,7 +392,7 @@ def _pair_from_votes(
 
 
 def _ranking(rec: _Record) -> Ranking:
-    prompt = rec.text("prompt")
+    prompt = rec.prompt()
     responses = rec.required("responses")
     if not isinstance(responses, list):
         raise rec.error("responses", f"expected a list of responses (best first), got {_kind(responses)}")
@@ -414,7 +427,7 @@ def _sft(rec: _Record) -> SFTExample:
             "messages",
             "required field is missing (an SFT record needs 'messages', or 'prompt' and 'completion')",
         )
-    prompt = rec.text("prompt")
+    prompt = rec.prompt()
     completion = _check_response(rec, "completion", prompt, rec.required("completion"))
     return SFTExample(prompt=prompt, completion=completion, where=rec.where)
 
@@ -571,5 +584,5 @@ def load_prompts(
     """Load prompts for sampling (RL, evaluation): records with `prompt`, a string or a list of messages.
     Other keys are ignored, so preference or SFT files also serve as prompt files."""
     return _load(
-        source, lambda rec, notes: [rec.text("prompt")], skip_invalid=skip_invalid, max_record_bytes=max_record_bytes
+        source, lambda rec, notes: [rec.prompt()], skip_invalid=skip_invalid, max_record_bytes=max_record_bytes
     )

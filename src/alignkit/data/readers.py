@@ -106,6 +106,9 @@ def _resolve_path(source: str | os.PathLike, max_record_bytes: int) -> tuple[str
         return name, _read_file(path, name, max_record_bytes)
     if path.exists():  # a FIFO, a device such as /dev/zero, a socket: reading may block, or never end
         raise AlignkitError(f"data file '{name}' is not a regular file (a pipe, device or socket is not read)")
+    if path.is_symlink():
+        raise AlignkitError(f"data file '{name}' is a symbolic link that leads nowhere (its target is missing, or "
+                            "the links form a loop)")
     match = _HUB_ID.match(name) if isinstance(source, str) else None
     if match and _suffix(name) is None:
         hub_name, split = match.group(1), match.group(2) or "train"
@@ -278,6 +281,8 @@ def _read_json(path: Path, name: str, *, gzipped: bool) -> Iterator[RawItem]:
         ) from e
     except ValueError as e:
         raise DataError(name, None, None, str(e)) from None
+    except RecursionError:
+        raise DataError(name, None, None, "invalid JSON: nested too deeply") from None
     records = _records_in_document(document, name)
     if not records:
         raise DataError(name, None, None, "no records: the list of records is empty")

@@ -63,8 +63,10 @@ def _from_pretrained(loader, name: str, **kwargs):
     path = resolve_model(name)
     try:
         return loader.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RuntimeError) as e:  # RuntimeError: a config.json the weights do not fit
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "ignore_mismatched_sizes" in first:
+            first = "its weights do not have the shapes its config.json gives (is config.json from another model?)"
         raise AlignkitError(f"could not load model '{name}': {first}") from e
 
 

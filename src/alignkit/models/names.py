@@ -8,6 +8,8 @@ import importlib.util
 import json
 import os
 import re
+import struct
+import zipfile
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
@@ -66,7 +68,9 @@ def builtin_folder(name: str) -> Path:
 
 def check_model(name: str) -> str:
     """What `name` is ("builtin", "folder" or "hub"), checked without loading it. Raises AlignkitError for a
-    name that is none of them, a folder that is no model folder, or a config.json that is not a JSON object."""
+    name that is none of them, a folder that is no model folder, a config.json that is not a JSON object, or a
+    weights file that is truncated (a safetensors file whose size does not match its header, a torch file that is
+    not a whole zip archive)."""
     if name in BUILTIN_MODELS:
         if not (builtin_folder(name) / "config.json").exists():  # converted into the cache on first use
             check_cache()
@@ -85,6 +89,9 @@ def check_model(name: str) -> str:
             if not isinstance(loaded, dict):
                 raise AlignkitError(f"could not load model '{name}': {config} holds {type(loaded).__name__}, "
                                     "not a JSON object")
+        for weights in sorted([*p.glob("*.safetensors"), *p.glob("*.bin")]):
+            if weights.is_file() and (why := weights_damage(weights)):
+                raise AlignkitError(f"could not load model '{name}': {weights}: {why}")
         return "folder"
     if HUB_ID.match(name):
         return "hub"  # transformers downloads it when online
@@ -128,3 +135,32 @@ def check_context(name: str, needed: int, what: str) -> None:
             f"{what} is longer than the context of model '{name}' ({n} positions: {key} in its config.json); "
             f"use at most {n}"
         )
+
+
+def weights_damage(path: Path) -> str | None:
+    """What is wrong with a weights file (empty; a safetensors file whose size does not match its header; a torch
+    zip archive that does not open), or None. Reads only the header, so it is cheap on large files."""
+    size = path.stat().st_size
+    if size == 0:
+        return "file is empty"
+    with path.open("rb") as f:
+        head = f.read(8)
+        if path.suffix == ".safetensors":  # 8-byte header length, JSON header, then the tensors' bytes
+            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+            if not 2 <= n <= size - 8:
+                return f"truncated or not a safetensors file ({size} bytes)"
+            try:
+                header = json.loads(f.read(n))
+                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+                return "not a safetensors file (unreadable header)"
+            if size != 8 + n + end:
+                return f"truncated: {size} bytes, {8 + n + end} expected"
+            return None
+    if head.startswith(b"PK"):  # torch.save writes a zip archive
+        try:
+            with zipfile.ZipFile(path) as z:
+                z.infolist()
+        except (zipfile.BadZipFile, OSError, ValueError):
+            return f"truncated or corrupt archive ({size} bytes)"
+    return None

@@ -80,13 +80,13 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
 
 
-def _import_function(spec: str):
+def _import_function(spec: str, option: str = "--reward"):
     if ":" not in spec:
-        raise ConfigError(f"--reward '{spec}': expected module:function, path/to/file.py:function or a built-in "
+        raise ConfigError(f"{option} '{spec}': expected module:function, path/to/file.py:function or a built-in "
                           f"name ({', '.join(BUILTIN_REWARDS)})")
     module_name, func_name = spec.rsplit(":", 1)
     if module_name.endswith(".py") and not Path(module_name).is_file():
-        raise ConfigError(f"--reward '{spec}': file {module_name} not found")
+        raise ConfigError(f"{option} '{spec}': file {module_name} not found")
     try:
         if module_name.endswith(".py"):
             path = Path(module_name)
@@ -96,12 +96,12 @@ def _import_function(spec: str):
         else:
             module = importlib.import_module(module_name)
     except ImportError as e:
-        raise ConfigError(f"--reward '{spec}': cannot import {module_name}: {e}") from e
+        raise ConfigError(f"{option} '{spec}': cannot import {module_name}: {e}") from e
     except (Exception, SystemExit) as e:  # the user's module raised, or called exit(), while being imported
-        raise ConfigError(f"--reward '{spec}': importing {module_name} failed: {_describe(e)}") from e
+        raise ConfigError(f"{option} '{spec}': importing {module_name} failed: {_describe(e)}") from e
     fn = getattr(module, func_name, None)
     if not callable(fn):
-        raise ConfigError(f"--reward '{spec}': {module_name} has no function {func_name}")
+        raise ConfigError(f"{option} '{spec}': {module_name} has no function {func_name}")
     return fn
 
 
@@ -156,11 +156,11 @@ def _call_with_timeout(fn, args: tuple, timeout: float):
 
 
 class CallableReward:
-    def __init__(self, spec: str, *, timeout: float = 600.0):
+    def __init__(self, spec: str, *, timeout: float = 600.0, option: str = "--reward"):
         if spec.startswith(SKLEARN_PREFIX):
-            self.fn = TextClassifierScore(spec[len(SKLEARN_PREFIX):])
+            self.fn = TextClassifierScore(spec[len(SKLEARN_PREFIX):], option)
         else:
-            self.fn = BUILTIN_REWARDS[spec] if spec in BUILTIN_REWARDS else _import_function(spec)
+            self.fn = BUILTIN_REWARDS[spec] if spec in BUILTIN_REWARDS else _import_function(spec, option)
         self.name = spec
         self.timeout = timeout
         self.calls = 0  # batches scored so far (named in errors)
@@ -201,16 +201,16 @@ SKLEARN_PREFIX = "sklearn:"
 class TextClassifierScore:
     """P(last class) of a joblib-saved scikit-learn text classifier (see the module docstring)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, option: str = "--reward"):
         if not Path(path).is_file():
-            raise ConfigError(f"--reward {SKLEARN_PREFIX}{path}: file not found")
+            raise ConfigError(f"{option} {SKLEARN_PREFIX}{path}: file not found")
         try:
             import joblib
         except ImportError as e:
             raise ConfigError("an sklearn: reward needs scikit-learn: pip install scikit-learn") from e
         self.model = joblib.load(path)
         if not hasattr(self.model, "predict_proba"):
-            raise ConfigError(f"--reward {SKLEARN_PREFIX}{path}: the saved object has no predict_proba")
+            raise ConfigError(f"{option} {SKLEARN_PREFIX}{path}: the saved object has no predict_proba")
 
     def __call__(self, prompts: list[Text], responses: list[str]) -> list[float]:
         texts = [p + r if isinstance(p, str) else r for p, r in zip(prompts, responses, strict=True)]

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import re
-import struct
-import zipfile
 from pathlib import Path
 
 from alignkit.errors import AlignkitError
+from alignkit.models.names import weights_damage
 
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
 
@@ -55,35 +54,8 @@ def damage(ckpt: Path) -> str | None:
     if not files:
         return f"{ckpt / 'state'}: missing or empty"
     for p in files:
-        if why := _file_damage(p):
+        if why := weights_damage(p):
             return f"{p}: {why}"
-    return None
-
-
-def _file_damage(path: Path) -> str | None:
-    size = path.stat().st_size
-    if size == 0:
-        return "file is empty"
-    with path.open("rb") as f:
-        head = f.read(8)
-        if path.suffix == ".safetensors":  # 8-byte header length, JSON header, then the tensors' bytes
-            n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-            if not 2 <= n <= size - 8:
-                return f"truncated or not a safetensors file ({size} bytes)"
-            try:
-                header = json.loads(f.read(n))
-                end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
-            except (ValueError, TypeError, KeyError, IndexError, AttributeError):
-                return "not a safetensors file (unreadable header)"
-            if size != 8 + n + end:
-                return f"truncated: {size} bytes, {8 + n + end} expected"
-            return None
-    if head.startswith(b"PK"):  # torch.save writes a zip archive
-        try:
-            with zipfile.ZipFile(path) as z:
-                z.infolist()
-        except (zipfile.BadZipFile, OSError, ValueError):
-            return f"truncated or corrupt archive ({size} bytes)"
     return None
 
 

@@ -68,10 +68,14 @@ class RunConfig(BaseModel):
     @field_validator("output_dir")
     @classmethod
     def _output_dir(cls, value: str) -> str:
-        """Refuse at once an output folder that cannot be created (a file in its place or above it), rather than
-        failing after data loading and model setup."""
+        """Refuse at once an output folder that cannot be created (a file or a broken symbolic link in its place or
+        above it), rather than failing after data loading and model setup."""
         path = Path(value).expanduser()
         for p in (path, *path.parents):
+            if p.is_symlink() and not p.exists():  # mkdir would fail on it, resolve() loop on it
+                what = "is" if p == path else f"is inside '{p}', which is"
+                raise ValueError(f"'{value}' {what} a symbolic link that leads nowhere (its target is missing, or "
+                                 "the links form a loop)")
             if p.exists():
                 if not p.is_dir():
                     what = "is an existing file" if p == path else f"is inside '{p}', which is a file"
@@ -277,19 +281,36 @@ def load_config(cls: type[BaseModel], *, file: str | None = None, overrides: dic
 
         where = file
         try:
-            text = Path(file).read_text()
+            if Path(file).exists() and not Path(file).is_file():  # a folder, a pipe, /dev/zero: never read
+                raise ConfigError(f"config file {file} is not a regular file")
+            data = Path(file).read_bytes()
         except OSError as e:
             raise ConfigError(f"cannot read config file {file}: {e.strerror}") from e
         try:
-            loaded = yaml.safe_load(text)
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise ConfigError(f"{file}:{line}: not valid UTF-8 (byte 0x{data[e.start]:02x}); a config file is "
+                              "YAML text") from None
+        try:
+            loaded = yaml.load(text, Loader=_config_loader())  # noqa: S506 - a SafeLoader (below)
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             line = f":{mark.line + 1}" if mark else ""
             raise ConfigError(f"{file}{line}: not valid YAML: {getattr(e, 'problem', e)}") from e
+        except RecursionError:
+            raise ConfigError(f"{file}: not valid YAML: nested too deeply") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{file}: a config file must hold a mapping of settings, not {type(loaded).__name__}")
+        for k, v in loaded.items():  # "\ud800" in YAML: text no tokenizer, JSON or YAML writer takes
+            if not isinstance(k, str):
+                raise ConfigError(f"{file}: setting names are text, got {k!r} ({type(k).__name__})")
+            for text in (k, v):
+                if isinstance(text, str) and (bad := next((c for c in text if "\ud800" <= c <= "\udfff"), None)):
+                    raise ConfigError(f"{file}: field '{k!s}': text holds a lone surrogate \\u{ord(bad):04x}, which "
+                                      "is not valid Unicode")
         loaded.pop("method", None)  # written by save_config: the command already says which method
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     values.update(overrides or {})
@@ -297,6 +318,36 @@ def load_config(cls: type[BaseModel], *, file: str | None = None, overrides: dic
         return cls(**values)
     except ValidationError as e:
         raise ConfigError(_format_validation(e, where if file else "options")) from e
+
+
+def _config_loader():
+    """PyYAML's SafeLoader, stricter where a config file would otherwise go wrong quietly or with a traceback: a
+    setting given twice (the last would win), an integer too long for Python to convert."""
+    import yaml
+    from yaml.constructor import ConstructorError
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen: dict = {}
+            for key, _ in node.value:
+                if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                    if key.value in seen:
+                        raise ConstructorError(None, None, f"setting '{key.value}' appears twice (first on line "
+                                               f"{seen[key.value] + 1})", key.start_mark)
+                    seen[key.value] = key.start_mark.line
+            return super().construct_mapping(node, deep=deep)
+
+        def construct_yaml_int(self, node):
+            try:
+                return super().construct_yaml_int(node)
+            except ValueError:  # Python converts integers of at most sys.get_int_max_str_digits() digits
+                import sys
+
+                raise ConstructorError(None, None, f"a number has more than {sys.get_int_max_str_digits()} digits",
+                                       node.start_mark) from None
+
+    Loader.add_constructor("tag:yaml.org,2002:int", Loader.construct_yaml_int)
+    return Loader
 
 
 def save_config(cfg: RunConfig, path: str | Path, *, method: str) -> None:

@@ -97,7 +97,8 @@ class Sampler:
         self.reward = reward_source(cfg.reward_model, cfg.reward, timeout=cfg.reward_timeout,
                                     max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
                                     chat_template=cfg.chat_template)
-        self.monitor = CallableReward(cfg.monitor_reward, timeout=cfg.reward_timeout) if cfg.monitor_reward else None
+        self.monitor = (CallableReward(cfg.monitor_reward, timeout=cfg.reward_timeout, option="--monitor-reward")
+                        if cfg.monitor_reward else None)
 
     def generator(self, policy, stream: int) -> torch.Generator:
         """A sampling RNG seeded by (seed, stream): rollout batch n uses stream n, so sampling does not depend on
