@@ -212,6 +212,11 @@ def test_browser_labels_pairs_and_export_holds_exactly_those_votes(db_url, tmp_p
         assert page.inner_text("h1") == "Sign in as browser?"  # the link signs in only when confirmed
         page.click("#sign-in")
 
+        def shown_after(selector: str) -> None:
+            """Wait for the next page and its script: keys pressed before label.js runs do nothing."""
+            page.wait_for_selector(selector)
+            page.wait_for_load_state("load")
+
         def shown() -> tuple[str, str, str]:
             return (page.inner_text(".prompt .text"), page.inner_text("#response-left .text"),
                     page.inner_text("#response-right .text"))
@@ -231,19 +236,19 @@ def test_browser_labels_pairs_and_export_holds_exactly_those_votes(db_url, tmp_p
         page.click("button[value=left]")
         expect(prompt, left, right, "left", 2, "the <i>first</i> one is friendlier")
         # 2: B by the arrow key; 3: about the same with confidence 3; 4: skipped
-        page.wait_for_selector("text=1 done")
+        shown_after("text=1 done")
         prompt, left, right = shown()
         page.keyboard.press("ArrowRight")
         expect(prompt, left, right, "right")
-        page.wait_for_selector("text=2 done")
+        shown_after("text=2 done")
         prompt, left, right = shown()
         page.keyboard.press("3")
         page.keyboard.press("t")
         expect(prompt, left, right, "tie", 3)
-        page.wait_for_selector("text=3 done")
+        shown_after("text=3 done")
         assert shown()[0] == "Skip me"
         page.keyboard.press("s")
-        page.wait_for_selector("text=1 skipped")
+        shown_after("text=1 skipped")
         # 5: a ranking: response 3 moved to the top by keys, then the last card dragged to the top
         assert page.locator("#ranking > li").count() == 3
         page.keyboard.press("3")
