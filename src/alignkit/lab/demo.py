@@ -250,8 +250,10 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
         beta = cfg.ipo_beta if name == "ipo" else cfg.beta
         run_dpo(DPOConfig(loss=name, beta=beta, **offline))
     elif name == "coh":
-        run_coh(CoHConfig(forms="single", **{**offline, "epochs": cfg.epochs * cfg.coh_passes,
-                                             "learning_rate": cfg.learning_rate * 2}))
+        # both forms: the chained sequences, each response beside the other under its phrase, teach the contrast
+        # that moves sampling; single sequences alone barely do (docs/benchmarks.md)
+        run_coh(CoHConfig(forms="single,chained", **{**offline, "epochs": cfg.epochs * cfg.coh_passes,
+                                                     "learning_rate": cfg.learning_rate * 2}))
     elif name == "ppo":
         run_ppo(PPOConfig(**{**online, "learning_rate": cfg.ppo_learning_rate, "beta": cfg.beta}))
     elif name == "rloo":
