@@ -251,9 +251,11 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
         run_dpo(DPOConfig(loss=name, beta=beta, **offline))
     elif name == "coh":
         # both forms: the chained sequences, each response beside the other under its phrase, teach the contrast
-        # that moves sampling; single sequences alone barely do (docs/benchmarks.md)
-        run_coh(CoHConfig(forms="single,chained", **{**offline, "epochs": cfg.epochs * cfg.coh_passes,
-                                                     "learning_rate": cfg.learning_rate * 2}))
+        # that moves sampling; single sequences alone barely do (docs/benchmarks.md). A pair is four sequences,
+        # two of them long, so 4 pairs per micro-batch and 2 micro-batches per step bound the peak memory
+        run_coh(CoHConfig(forms="single,chained", gradient_accumulation_steps=2,
+                          **{**offline, "batch_size": 4, "epochs": cfg.epochs * cfg.coh_passes,
+                             "learning_rate": cfg.learning_rate * 2}))
     elif name == "ppo":
         run_ppo(PPOConfig(**{**online, "learning_rate": cfg.ppo_learning_rate, "beta": cfg.beta}))
     elif name == "rloo":
