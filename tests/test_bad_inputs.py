@@ -345,7 +345,8 @@ CASES += [  # issue 18: own round
          r"run\.yml:2: not valid UTF-8 \(byte 0xe9\); a config file is YAML text$",
          {"run.yml": b"beta: 0.1\nmodel: caf\xe9\n"}),
     Case("config-lone-surrogate", ["dpo", "--config", "{dir}/run.yaml"],
-         r"run\.yaml: field 'model': text holds a lone surrogate \\ud800, which is not valid Unicode$",
+         r"run\.yaml: field 'model': text holds a lone surrogate \\ud800 at character 1, which is not valid "
+         r"Unicode$",
          {"run.yaml": b'model: "\\ud800"\n'}),
     Case("config-nested-too-deep", ["dpo", "--config", "{dir}/run.yaml"],
          r"run\.yaml: not valid YAML: nested too deeply$", {"run.yaml": ("x: " + "[" * DEEP + "]" * DEEP).encode()}),

@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 
+def not_unicode(text: str) -> str | None:
+    """What is wrong with a string that cannot be written as UTF-8 (a lone surrogate, from JSON or YAML such as
+    "\\ud800"), or None: no tokenizer, database or file takes such a string."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"text holds a lone surrogate \\u{ord(text[e.start]):04x} at character {e.start + 1}, which is not valid Unicode"
+    return None
+
+
 class AlignkitError(Exception):
     """A problem with the user's input (data, config, model path), not a bug in alignkit."""
 

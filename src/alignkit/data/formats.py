@@ -81,7 +81,7 @@ from typing import Any
 from alignkit.data.readers import DEFAULT_MAX_RECORD_BYTES, read_records
 from alignkit.data.records import LoadReport, Message, PreferencePair, Ranking, SFTExample, Text, Where
 from alignkit.data.votes import agreement_report, check_vote_options, normalize_votes, pair_from_votes
-from alignkit.errors import ConfigError, DataError
+from alignkit.errors import ConfigError, DataError, not_unicode
 
 PAIR_FORMATS = ("auto", "pairs", "hh", "alpaca_eval", "votes", "rankings")
 HH_MISMATCH_POLICIES = ("common-prefix", "drop")
@@ -157,16 +157,6 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _surrogate(text: str) -> str | None:
-    """What is wrong with a string that cannot be written as UTF-8 (a lone surrogate, from JSON such as
-    "\\ud800"), or None: no tokenizer, database or file takes such a string."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as e:
-        return f"text holds a lone surrogate \\u{ord(text[e.start]):04x} at character {e.start + 1}, which is not valid Unicode"
-    return None
-
-
 def _check_text(rec: _Record, field: str, value: Any, what: str = "") -> Text:
     """A non-blank string, or a valid non-empty message list (returned with role and content only)."""
     prefix = f"{what}: " if what else ""
@@ -175,7 +165,7 @@ def _check_text(rec: _Record, field: str, value: Any, what: str = "") -> Text:
             raise rec.error(field, f"{prefix}text is empty")
         if not value.strip():
             raise rec.error(field, f"{prefix}text is only whitespace")
-        if problem := _surrogate(value):
+        if problem := not_unicode(value):
             raise rec.error(field, f"{prefix}{problem}")
         return value
     if isinstance(value, list):
@@ -211,7 +201,7 @@ def _check_messages(rec: _Record, field: str, value: Any, prefix: str = "") -> l
             )
         if role != "system" and not content.strip():
             raise rec.error(field, f"{prefix}message {i} ({role}) has empty content")
-        if problem := _surrogate(content):
+        if problem := not_unicode(content):
             raise rec.error(field, f"{prefix}message {i} ({role}): {problem}")
         messages.append({"role": role, "content": content})
     return messages

@@ -9,7 +9,7 @@ from typing import ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from alignkit.errors import ConfigError
+from alignkit.errors import ConfigError, not_unicode
 
 
 def comma_choices(value: str, choices: tuple[str, ...], what: str) -> str:
@@ -308,9 +308,8 @@ def load_config(cls: type[BaseModel], *, file: str | None = None, overrides: dic
             if not isinstance(k, str):
                 raise ConfigError(f"{file}: setting names are text, got {k!r} ({type(k).__name__})")
             for text in (k, v):
-                if isinstance(text, str) and (bad := next((c for c in text if "\ud800" <= c <= "\udfff"), None)):
-                    raise ConfigError(f"{file}: field '{k!s}': text holds a lone surrogate \\u{ord(bad):04x}, which "
-                                      "is not valid Unicode")
+                if isinstance(text, str) and (problem := not_unicode(text)):
+                    raise ConfigError(f"{file}: field '{k!s}': {problem}")
         loaded.pop("method", None)  # written by save_config: the command already says which method
         values.update({k.replace("-", "_"): v for k, v in loaded.items()})
     values.update(overrides or {})
