@@ -227,6 +227,7 @@ def test_browser_labels_pairs_and_export_holds_exactly_those_votes(db_url, tmp_p
             expected[prompt] = {"choice": letter, "confidence": confidence, "reason": reason}
 
         # 1: the hostile pair: shown as text, nothing runs; confidence by key, a reason, then a click
+        shown_after("#response-right .text")
         prompt, left, right = shown()
         assert {left, right} == set(canonical[prompt]) and prompt == rows[0]["prompt"]
         assert page.locator("main img, main b, main script").count() == 0
