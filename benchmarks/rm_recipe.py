@@ -10,12 +10,12 @@ of `--heldout-prompts` held-out prompts (other phrasings and subjects than train
 VADER; every within-prompt pair whose gold differs counts, and accuracy is also given for gold gaps >= 0.3 and
 >= 0.6. They are made once and kept in `--work`.
 
-Recipes train SmolLM2 as the demo's reward stage does (full fine-tune, warm-up 10%), varying the data, learning
-rate, epochs and batch size (the votes on every pair are grouped by prompt, so there a batch of 2 is 2 prompts,
-8 responses and 12 pairs). Baselines: a bag-of-words logistic regression on the response text, trained on the
-same pairs as the `all-pairs-*` recipes (the difference of the two responses' word counts), and logistic-regression
-probes on the frozen reference's features (the last token's final hidden state, and the mean over the response
-tokens). Prints one JSON line per recipe or baseline.
+Recipes train SmolLM2 as the demo's reward stage does (warm-up 10%), varying the data, learning rate, epochs, batch
+size and how many of the top transformer blocks are trained (`train_layers`; 0 = every weight). The votes on every
+pair are grouped by prompt, so there a batch of 2 is 2 prompts, 8 responses and 12 pairs. Baselines: a bag-of-words
+logistic regression on the response text, trained on the same pairs as the `all-pairs-*` recipes (the difference of
+the two responses' word counts), and logistic-regression probes on the frozen reference's features (the last
+token's final hidden state, and the mean over the response tokens). Prints one JSON line per recipe or baseline.
 """
 
 from __future__ import annotations
@@ -25,14 +25,20 @@ import json
 import time
 from pathlib import Path
 
-RECIPES = {  # name: (data file in labels/, learning rate, epochs, batch size: pairs, or prompts when grouped)
-    "best-worst": ("votes.jsonl", 1e-4, 1.0, 8),
-    "all-pairs-b8": ("all_votes.jsonl", 1e-4, 1.0, 8),
-    "all-pairs-b2": ("all_votes.jsonl", 1e-4, 1.0, 2),
-    "all-pairs-b1": ("all_votes.jsonl", 1e-4, 1.0, 1),
-    "all-pairs-b2-2ep": ("all_votes.jsonl", 1e-4, 2.0, 2),
-    "all-pairs-b1-lr5e-5": ("all_votes.jsonl", 5e-5, 1.0, 1),
-    "all-pairs-b1-lr2e-4": ("all_votes.jsonl", 2e-4, 1.0, 1),
+RECIPES = {  # name: (data file in labels/, learning rate, epochs, batch size: pairs, or prompts when grouped,
+    #              trained top blocks: 0 = every weight)
+    "best-worst": ("votes.jsonl", 1e-4, 1.0, 8, 0),
+    "all-pairs-b8": ("all_votes.jsonl", 1e-4, 1.0, 8, 0),
+    "all-pairs-b2": ("all_votes.jsonl", 1e-4, 1.0, 2, 0),
+    "all-pairs-b1": ("all_votes.jsonl", 1e-4, 1.0, 1, 0),
+    "all-pairs-b2-2ep": ("all_votes.jsonl", 1e-4, 2.0, 2, 0),
+    "all-pairs-b1-lr5e-5": ("all_votes.jsonl", 5e-5, 1.0, 1, 0),
+    "all-pairs-b1-lr2e-4": ("all_votes.jsonl", 2e-4, 1.0, 1, 0),
+    "all-pairs-b2-2ep-top10": ("all_votes.jsonl", 1e-4, 2.0, 2, 10),
+    "all-pairs-b2-2ep-top10-lr2e-4": ("all_votes.jsonl", 2e-4, 2.0, 2, 10),
+    "all-pairs-b2-3ep-top10": ("all_votes.jsonl", 1e-4, 3.0, 2, 10),
+    "all-pairs-b2-2ep-top15": ("all_votes.jsonl", 1e-4, 2.0, 2, 15),
+    "all-pairs-b2-3ep-top6-lr2e-4": ("all_votes.jsonl", 2e-4, 3.0, 2, 6),
 }
 GAPS = (0.0, 0.3, 0.6)
 
@@ -71,17 +77,18 @@ def train_recipe(name: str, labels: Path, work: Path, model: str, rows: list[dic
     from alignkit.rollout.rewards import ModelReward
     from alignkit.train import RewardConfig, run_reward
 
-    data, lr, epochs, batch = RECIPES[name]
+    data, lr, epochs, batch, top = RECIPES[name]
     out = work / name
     t0 = time.perf_counter()
     if not (out / "model.safetensors").exists():
         run_reward(RewardConfig(model=model, data=str(labels / data), data_format="votes", output_dir=str(out),
                                 epochs=epochs, batch_size=batch, learning_rate=lr, eval_fraction=0.1, max_length=256,
-                                max_prompt_length=128, warmup_ratio=0.1, seed=seed, progress=False))
+                                max_prompt_length=128, warmup_ratio=0.1, seed=seed, progress=False,
+                                train_layers=top))
     seconds = time.perf_counter() - t0
     scores = ModelReward(str(out))([r["prompt"] for r in rows], [r["response"] for r in rows]).tolist()
     return {"recipe": name, "data": data, "learning_rate": lr, "epochs": epochs, "batch_size": batch,
-            "train_seconds": round(seconds, 1),
+            "train_layers": top, "train_seconds": round(seconds, 1),
             **accuracy(scores, rows)}
 
 

@@ -119,6 +119,29 @@ def test_reward_model_accuracy_and_hf_reload(tiny_model, pair_files, tmp_path):
     assert wins / len(pairs) >= 0.9
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_train_layers_freezes_all_below_the_top_blocks(arch, tiny_model, tiny_gpt2, pair_files, tmp_path):
+    """--train-layers 1 on a 2-block model: the reward model still learns, the embeddings and block 0 come out
+    bit-identical, block 1 and the final norm change."""
+    start = tiny_model if arch == "llama" else tiny_gpt2
+    train_file, eval_file = pair_files
+    out = tmp_path / "rm"
+    res = run_reward(RewardConfig(model=start, data=train_file, eval_data=eval_file, output_dir=str(out),
+                                  learning_rate=1e-3, max_steps=40, train_layers=1, **FAST))
+    assert res.eval["accuracy"] >= 0.75, res.eval
+    before = AutoModelForSequenceClassification.from_pretrained(start, num_labels=1).state_dict()
+    after = AutoModelForSequenceClassification.from_pretrained(out, num_labels=1).state_dict()
+    block = "layers" if arch == "llama" else "h"
+    changed = {k for k in after if k in before and not torch.equal(before[k], after[k])}
+    assert not {k for k in changed if "embed" in k or ".wte." in k or ".wpe." in k or f".{block}.0." in k}, changed
+    assert any(f".{block}.1." in k for k in changed) and any(k.endswith(("norm.weight", "ln_f.weight")) for k in changed)
+
+
+def test_train_layers_refused_with_lora(tiny_model, pair_files, tmp_path):
+    with pytest.raises(ValueError, match="train_layers and lora"):
+        DPOConfig(model=tiny_model, data=pair_files[0], output_dir=str(tmp_path), lora=True, train_layers=1)
+
+
 def test_reward_model_rankings_cli(tiny_model, tmp_path):
     rows = []
     for p, q in zip(synthetic_pairs(96, 11), synthetic_pairs(96, 12), strict=True):

@@ -160,6 +160,26 @@ def apply_lora(model, *, r: int = 16, alpha: int = 32, dropout: float = 0.0, tar
     return get_peft_model(model, config)
 
 
+def decoder_layers(backbone):
+    """The list of transformer blocks of a backbone (`h` in GPT-2, `layers` in Llama and kin), or None."""
+    layers = getattr(backbone, "h", None)
+    return layers if layers is not None else getattr(backbone, "layers", None)
+
+
+def train_top_layers(model, n: int) -> None:
+    """Freeze every weight below the top `n` transformer blocks: the embeddings (and an LM head tied to them) and
+    the lower blocks. The blocks above, the final norm and an untied head (a reward or value model's score head)
+    stay trainable. Nothing below the lowest trained block then needs gradients, so the backward pass stops there."""
+    layers = decoder_layers(unwrap(model).base_model)
+    if not layers:
+        raise AlignkitError(f"train_layers: {type(unwrap(model)).__name__} has no list of transformer blocks "
+                            "(`layers` or `h`) to choose the top ones from; leave train_layers at 0")
+    frozen = {id(p) for block in list(layers)[: max(len(layers) - n, 0)] for p in block.parameters()}
+    frozen |= {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen)
+
+
 def sharded(model) -> bool:
     """True for a model wrapped by FSDP or DeepSpeed: its parameters are gathered only inside its own forward, so
     log-probs must go through that forward (not through the backbone and the head separately)."""

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from alignkit.models.compat import untested
-from alignkit.models.load import sharded, unwrap
+from alignkit.models.load import decoder_layers, sharded, unwrap
 from alignkit.models.varlen import VARLEN, view_keys
 
 ENABLED = True  # False: every read runs the full backbone (see `full_backbone`)
@@ -110,11 +110,6 @@ def decoder_family(backbone) -> str | None:
                 and len(layers) == backbone.config.num_hidden_layers):
             return "llama"
     return None
-
-
-def decoder_layers(backbone):
-    layers = getattr(backbone, "h", None)
-    return layers if layers is not None else getattr(backbone, "layers", None)
 
 
 class _Stop(Exception):

@@ -10,7 +10,14 @@ from pathlib import Path
 
 from alignkit.console import say
 from alignkit.data.tokenize import Encoder
-from alignkit.models.load import apply_lora, load_causal_lm, load_reward_model, load_tokenizer, save_model
+from alignkit.models.load import (
+    apply_lora,
+    load_causal_lm,
+    load_reward_model,
+    load_tokenizer,
+    save_model,
+    train_top_layers,
+)
 from alignkit.train.config import TrainConfig
 
 
@@ -64,17 +71,25 @@ def make_encoder(cfg: TrainConfig, tokenizer) -> Encoder:
 
 
 def policy_and_tokenizer(cfg: TrainConfig, *, reward: bool = False):
-    """The model to train (causal LM, or reward model with a scalar head), LoRA-wrapped when asked. Seeds the
+    """The model to train (causal LM, or reward model with a scalar head), LoRA-wrapped or with only its top
+    blocks trainable when asked. Seeds the
     RNGs first, so new weights (a reward or value head, LoRA matrices) are the same in every run of a config."""
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
     tokenizer = load_tokenizer(cfg.model)
     model = (load_reward_model if reward else load_causal_lm)(cfg.model, dtype=cfg.dtype)
+    return what_trains(model, cfg, reward=reward), tokenizer
+
+
+def what_trains(model, cfg, *, reward: bool = False):
+    """`model` LoRA-wrapped (`cfg.lora`), or with only its top `cfg.train_layers` blocks trainable, or as it is."""
     if cfg.lora:
-        model = apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                           target=cfg.lora_target, reward_head=reward)
-    return model, tokenizer
+        return apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                          target=cfg.lora_target, reward_head=reward)
+    if cfg.train_layers:
+        train_top_layers(model, cfg.train_layers)
+    return model
 
 
 def use_packing(cfg: TrainConfig, *models) -> bool:

@@ -61,6 +61,9 @@ class RunConfig(BaseModel):
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha")
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
     lora_target: str = Field("all-linear", description="LoRA target modules: all-linear or a comma list (q_proj,v_proj)")
+    train_layers: int = Field(0, ge=0, description="train only the top N transformer blocks and what lies above "
+                              "them (final norm, a score or value head); the embeddings and lower blocks stay frozen, "
+                              "so each step's backward pass is shorter (0 = train every weight)")
     report_to: str = Field("none", description="also log the metrics and the config to experiment trackers: a comma "
                            "list of tensorboard (output_dir/tensorboard), wandb, mlflow; or none")
     progress: bool = Field(True, description="show a progress bar")
@@ -97,6 +100,12 @@ class RunConfig(BaseModel):
             if name != "none" and (why := missing(name)):
                 raise ValueError(why)
         return value
+
+    @model_validator(mode="after")
+    def _train_layers(self):
+        if self.train_layers and self.lora:
+            raise ValueError("train_layers and lora both choose what is trained: give one of them")
+        return self
 
     @model_validator(mode="after")
     def _lengths(self):

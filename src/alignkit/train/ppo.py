@@ -17,9 +17,9 @@ from alignkit.losses import (
     ppo_policy_loss,
     ppo_value_loss,
 )
-from alignkit.models.load import apply_lora, load_reward_model, save_model
+from alignkit.models.load import load_reward_model, save_model
 from alignkit.models.logprobs import packed_values, response_logprobs, response_values
-from alignkit.train.common import mean_over_processes, process_count, reuse_freed_memory
+from alignkit.train.common import mean_over_processes, process_count, reuse_freed_memory, what_trains
 from alignkit.train.config import PPOConfig
 from alignkit.train.loop import Task, TrainResult, train
 from alignkit.train.online import (
@@ -58,10 +58,7 @@ def minibatches(tensors: dict[str, torch.Tensor], size: int, epochs: int, extra:
 def build_ppo(cfg: PPOConfig) -> Task:
     policy, tok, sampler, train_items, eval_items, info = setup_online(cfg)
     value_init = cfg.value_model or cfg.reward_model or cfg.model
-    value = load_reward_model(value_init, dtype=cfg.dtype)
-    if cfg.lora:
-        value = apply_lora(value, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                           target=cfg.lora_target, reward_head=True)
+    value = what_trains(load_reward_model(value_init, dtype=cfg.dtype), cfg, reward=True)
     info["value_model_init"] = value_init
     model = PolicyAndValue(policy, value)
     state = {"beta": cfg.beta, "rollouts": 0}
