@@ -51,3 +51,11 @@ def test_rerun_with_other_settings_is_refused(tmp_path, capsys):
     assert main(["demo", "--quick", "--k", "4", "--output-dir", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "other settings (k: 2 -> 4)" in err and "Traceback" not in err and "--output-dir" in err
+
+
+def test_lora_with_train_layers_is_refused(tmp_path, capsys):
+    assert main(["demo", "--quick", "--lora", "--rm-train-layers", "2", "--output-dir", str(tmp_path / "d"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "lora and train_layers" in err and "Traceback" not in err
+    assert not (tmp_path / "d").exists()

@@ -62,7 +62,8 @@ class DemoConfig(BaseModel):
     beta: float = Field(0.1, gt=0, description="KL strength for DPO-family and the RL penalty")
     ipo_beta: float = Field(0.1, gt=0, description="IPO's β (its target margin is 1/(2β) nats)")
     rm_epochs: float = Field(2.0, gt=0, description="passes of the reward model over the panel's votes")
-    learning_rate: float = Field(5e-5, gt=0, description="learning rate of the DPO family, CoH and the reward model")
+    learning_rate: float = Field(5e-5, gt=0, description="learning rate of the DPO family and CoH")
+    rm_learning_rate: float = Field(2e-4, gt=0, description="learning rate of the reward model")
     rl_learning_rate: float = Field(2e-5, gt=0, description="learning rate of RLOO")
     ppo_learning_rate: float = Field(5e-5, gt=0, description="learning rate of PPO (policy and value model)")
     epochs: float = Field(1.0, gt=0, description="passes over the labelled pairs (offline methods)")
@@ -70,6 +71,9 @@ class DemoConfig(BaseModel):
                               "learns the feedback-conditional more slowly than a pairwise loss)")
     rl_steps: int = Field(8, gt=0, description="rollout batches for PPO and RLOO")
     lora: bool = Field(False, description="train LoRA adapters instead of all weights")
+    train_layers: int = Field(0, ge=0, description="policies: train only the top N transformer blocks (0 = all)")
+    rm_train_layers: int = Field(10, ge=0, description="reward model: train only its top N transformer blocks and "
+                                 "its score head (0 = all)")
     seed: int = Field(0, description="random seed")
     progress: bool = Field(True, description="show progress bars")
 
@@ -77,6 +81,15 @@ class DemoConfig(BaseModel):
     @classmethod
     def _methods(cls, value: str) -> str:
         return comma_choices(value, METHODS, "method")
+
+    @model_validator(mode="after")
+    def _what_trains(self):
+        """With --lora, LoRA decides what every model trains: the reward model's default top blocks give way."""
+        if self.lora:
+            if self.train_layers or (self.rm_train_layers and "rm_train_layers" in self.model_fields_set):
+                raise ValueError("lora and train_layers / rm_train_layers both choose what is trained: give one of them")
+            self.rm_train_layers = 0
+        return self
 
     @model_validator(mode="after")
     def _prompt_counts(self):
@@ -87,7 +100,8 @@ class DemoConfig(BaseModel):
         return self
 
 
-QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rl_learning_rate=1e-3,
+QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rm_learning_rate=2e-3,
+             rm_train_layers=0, rl_learning_rate=1e-3,
              ppo_learning_rate=1e-3,
              epochs=3.0, coh_passes=4.0, rl_steps=12, beta=0.1, sft_examples=4000)
 
@@ -213,7 +227,7 @@ def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_p
 
 
 def _common(cfg: DemoConfig, out: Path) -> dict:
-    return dict(output_dir=str(out), seed=cfg.seed, progress=cfg.progress, lora=cfg.lora)
+    return dict(output_dir=str(out), seed=cfg.seed, progress=cfg.progress, lora=cfg.lora, train_layers=cfg.train_layers)
 
 
 def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: str, train_prompts: str, rm: str,
@@ -245,7 +259,8 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
     if name == "rm":
         # every pair's votes, grouped by prompt: a batch of 2 prompts is 8 responses and 12 pairs
         run_reward(RewardConfig(**{**offline, "data": str(Path(votes).with_name(ALL_VOTES)), "batch_size": 2,
-                                   "learning_rate": cfg.learning_rate * 2, "epochs": cfg.rm_epochs}))
+                                   "learning_rate": cfg.rm_learning_rate, "epochs": cfg.rm_epochs,
+                                   "train_layers": cfg.rm_train_layers}))
     elif name in ("dpo", "cdpo", "ipo", "gdpo"):
         beta = cfg.ipo_beta if name == "ipo" else cfg.beta
         run_dpo(DPOConfig(loss=name, beta=beta, **offline))
