@@ -64,7 +64,7 @@ class DemoConfig(BaseModel):
     rm_epochs: float = Field(2.0, gt=0, description="passes of the reward model over the panel's votes")
     learning_rate: float = Field(5e-5, gt=0, description="learning rate of the DPO family and CoH")
     rm_learning_rate: float = Field(2e-4, gt=0, description="learning rate of the reward model")
-    rl_learning_rate: float = Field(2e-5, gt=0, description="learning rate of RLOO")
+    rl_learning_rate: float = Field(3e-5, gt=0, description="learning rate of RLOO")
     ppo_learning_rate: float = Field(5e-5, gt=0, description="learning rate of PPO (policy and value model)")
     epochs: float = Field(1.0, gt=0, description="passes over the labelled pairs (offline methods)")
     coh_passes: float = Field(1.0, gt=0, description="Chain of Hindsight passes as a multiple of --epochs (it "
@@ -274,7 +274,7 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
     elif name == "ppo":
         run_ppo(PPOConfig(**{**online, "learning_rate": cfg.ppo_learning_rate, "beta": cfg.beta}))
     elif name == "rloo":
-        run_rloo(RLOOConfig(k=4, **{**online, "batch_size": 4}))
+        run_rloo(RLOOConfig(k=4, **online))
     else:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     _mark(out, {"seconds": time.perf_counter() - t0})
