@@ -99,9 +99,8 @@ class DemoConfig(BaseModel):
 
 
 QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rm_learning_rate=2e-3,
-             rl_learning_rate=1e-3,
-             ppo_learning_rate=1e-3,
-             epochs=3.0, coh_passes=4.0, rl_steps=12, beta=0.1, sft_examples=4000)
+             rl_learning_rate=1e-3, ppo_learning_rate=1e-3, epochs=3.0, coh_passes=4.0, rl_steps=12, beta=0.1,
+             sft_examples=4000)
 
 
 def _done(stage: Path) -> bool:
