@@ -25,20 +25,26 @@ import json
 import time
 from pathlib import Path
 
-RECIPES = {  # name: (data file in labels/, learning rate, epochs, batch size: pairs, or prompts when grouped,
-    #              trained top blocks: 0 = every weight)
-    "best-worst": ("votes.jsonl", 1e-4, 1.0, 8, 0),
-    "all-pairs-b8": ("all_votes.jsonl", 1e-4, 1.0, 8, 0),
-    "all-pairs-b2": ("all_votes.jsonl", 1e-4, 1.0, 2, 0),
-    "all-pairs-b1": ("all_votes.jsonl", 1e-4, 1.0, 1, 0),
-    "all-pairs-b2-2ep": ("all_votes.jsonl", 1e-4, 2.0, 2, 0),
-    "all-pairs-b1-lr5e-5": ("all_votes.jsonl", 5e-5, 1.0, 1, 0),
-    "all-pairs-b1-lr2e-4": ("all_votes.jsonl", 2e-4, 1.0, 1, 0),
-    "all-pairs-b2-2ep-top10": ("all_votes.jsonl", 1e-4, 2.0, 2, 10),
-    "all-pairs-b2-2ep-top10-lr2e-4": ("all_votes.jsonl", 2e-4, 2.0, 2, 10),
-    "all-pairs-b2-3ep-top10": ("all_votes.jsonl", 1e-4, 3.0, 2, 10),
-    "all-pairs-b2-2ep-top15": ("all_votes.jsonl", 1e-4, 2.0, 2, 15),
-    "all-pairs-b2-3ep-top6-lr2e-4": ("all_votes.jsonl", 2e-4, 3.0, 2, 6),
+
+def _recipe(data: str = "all_votes.jsonl", lr: float = 1e-4, epochs: float = 1.0, batch: int = 2, top: int = 0):
+    """(data file in labels/, learning rate, epochs, batch size: pairs, or prompts when grouped, trained top blocks:
+    0 = every weight)"""
+    return data, lr, epochs, batch, top
+
+
+RECIPES = {
+    "best-worst": _recipe("votes.jsonl", batch=8),
+    "all-pairs-b8": _recipe(batch=8),
+    "all-pairs-b2": _recipe(),
+    "all-pairs-b1": _recipe(batch=1),
+    "all-pairs-b2-2ep": _recipe(epochs=2.0),
+    "all-pairs-b1-lr5e-5": _recipe(lr=5e-5, batch=1),
+    "all-pairs-b1-lr2e-4": _recipe(lr=2e-4, batch=1),
+    "all-pairs-b2-2ep-top10": _recipe(epochs=2.0, top=10),
+    "all-pairs-b2-2ep-top10-lr2e-4": _recipe(lr=2e-4, epochs=2.0, top=10),
+    "all-pairs-b2-3ep-top10": _recipe(epochs=3.0, top=10),
+    "all-pairs-b2-2ep-top15": _recipe(epochs=2.0, top=15),
+    "all-pairs-b2-3ep-top6-lr2e-4": _recipe(lr=2e-4, epochs=3.0, top=6),
 }
 GAPS = (0.0, 0.3, 0.6)
 
