@@ -21,8 +21,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from alignkit.models.load import unwrap
-from alignkit.models.readout import decoder_family, decoder_layers, rotate_half, unsupported
+from alignkit.models.load import decoder_layers, unwrap
+from alignkit.models.readout import decoder_family, rotate_half, unsupported
 
 
 def decode_step(model, cache) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None:

@@ -18,7 +18,7 @@ from alignkit.models.load import (
     save_model,
     train_top_layers,
 )
-from alignkit.train.config import TrainConfig
+from alignkit.train.config import RunConfig, TrainConfig
 
 
 def process_count() -> int:
@@ -72,8 +72,8 @@ def make_encoder(cfg: TrainConfig, tokenizer) -> Encoder:
 
 def policy_and_tokenizer(cfg: TrainConfig, *, reward: bool = False):
     """The model to train (causal LM, or reward model with a scalar head), LoRA-wrapped or with only its top
-    blocks trainable when asked. Seeds the
-    RNGs first, so new weights (a reward or value head, LoRA matrices) are the same in every run of a config."""
+    blocks trainable when asked (`what_trains`). Seeds the RNGs first, so new weights (a reward or value head,
+    LoRA matrices) are the same in every run of a config."""
     from accelerate.utils import set_seed
 
     set_seed(cfg.seed)
@@ -82,7 +82,7 @@ def policy_and_tokenizer(cfg: TrainConfig, *, reward: bool = False):
     return what_trains(model, cfg, reward=reward), tokenizer
 
 
-def what_trains(model, cfg, *, reward: bool = False):
+def what_trains(model, cfg: RunConfig, *, reward: bool = False):
     """`model` LoRA-wrapped (`cfg.lora`), or with only its top `cfg.train_layers` blocks trainable, or as it is."""
     if cfg.lora:
         return apply_lora(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
