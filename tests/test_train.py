@@ -137,6 +137,25 @@ def test_train_layers_freezes_all_below_the_top_blocks(arch, tiny_model, tiny_gp
     assert any(f".{block}.1." in k for k in changed) and any(k.endswith(("norm.weight", "ln_f.weight")) for k in changed)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_train_top_layers_trainable_set(arch, tiny_model, tiny_gpt2):
+    """Exactly the top block, the final norm and the score head stay trainable in a reward model; a causal LM's
+    head, tied to the frozen embeddings, is frozen with them."""
+    from alignkit.models.load import load_causal_lm, load_reward_model, train_top_layers
+
+    start, block, norm = (tiny_model, "layers", ".norm.") if arch == "llama" else (tiny_gpt2, "h", ".ln_f.")
+    rm = load_reward_model(start)
+    train_top_layers(rm, 1)
+    names = [n for n, _ in rm.named_parameters()]
+    expected = {n for n in names if f".{block}.1." in n or norm in n or n.startswith("score.")}
+    assert any(n.startswith("score.") for n in expected) and any(norm in n for n in expected)
+    assert {n for n, p in rm.named_parameters() if p.requires_grad} == expected
+    lm = load_causal_lm(start)
+    train_top_layers(lm, 1)
+    assert not lm.get_output_embeddings().weight.requires_grad
+    assert all(p.requires_grad == (f".{block}.1." in n or norm in n) for n, p in lm.named_parameters())
+
+
 def test_train_layers_refused_with_lora(tiny_model, pair_files, tmp_path):
     with pytest.raises(ValueError, match="train_layers and lora"):
         DPOConfig(model=tiny_model, data=pair_files[0], output_dir=str(tmp_path), lora=True, train_layers=1)
