@@ -359,16 +359,27 @@ def _masked_batch():
     return logits, labels
 
 
+def _scored(logits, labels):
+    """The token log-probs (N,) and sequence ids (N,) that `models.score` gives for an (unshifted) labels batch:
+    every target token's log-softmax entry, in row order."""
+    logp = torch.log_softmax(logits[:, :-1].double(), -1)
+    rows, cols = (labels[:, 1:] != -100).nonzero(as_tuple=True)
+    return logp[rows, cols, labels[:, 1:][rows, cols]].float(), rows
+
+
 def test_sft_loss_token_reduction_matches_cross_entropy():
     logits, labels = _masked_batch()
     expected = F.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100
     )
-    got = sft_loss(logits, labels)
+    tokens, _ = _scored(logits, labels)
+    got = sft_loss(tokens)
     assert got.dim() == 0
     assert torch.allclose(got, expected, atol=1e-5)
     flat = [x for seq in _hand_nll(logits, labels) for x in seq]
     assert close(got, sum(flat) / len(flat))
+    # a distributed run divides by the mean token count over the processes
+    assert close(sft_loss(tokens, n_tokens=2 * len(flat)), sum(flat) / (2 * len(flat)))
 
 
 def test_sft_loss_sequence_reduction_hand_loop():
@@ -376,21 +387,28 @@ def test_sft_loss_sequence_reduction_hand_loop():
     per_seq = [sum(s) / len(s) for s in _hand_nll(logits, labels) if s]
     assert len(per_seq) == 3  # the all-masked sequence is excluded
     expected = sum(per_seq) / len(per_seq)
-    assert close(sft_loss(logits, labels, reduction="sequence"), expected)
-    assert close(coh_loss(logits, labels), expected)
+    tokens, seq = _scored(logits, labels)
+    assert close(sft_loss(tokens, seq, reduction="sequence"), expected)
+    assert close(coh_loss(tokens, seq), expected)
 
 
-def test_sft_loss_all_masked_is_zero_with_gradient():
+def test_sft_loss_no_target_is_zero_with_gradient():
     logits = torch.randn(2, 4, 5, requires_grad=True)
-    labels = torch.full((2, 4), -100)
-    for reduction in ("token", "sequence"):
-        loss = sft_loss(logits, labels, reduction=reduction)
+    for loss_fn in (sft_loss, coh_loss):
+        tokens, seq = _scored(logits, torch.full((2, 4), -100))
+        loss = loss_fn(tokens) if loss_fn is sft_loss else loss_fn(tokens, seq)
         assert loss.item() == 0.0
+        assert loss.requires_grad
         loss.backward()
         assert torch.isfinite(logits.grad).all()
 
 
 def test_sft_loss_unknown_reduction():
     logits, labels = _random_batch()
+    tokens, seq = _scored(logits, labels)
     with pytest.raises(ValueError, match="reduction"):
-        sft_loss(logits, labels, reduction="sum")
+        sft_loss(tokens, seq, reduction="sum")
+    with pytest.raises(ValueError, match="sequence of every token"):
+        sft_loss(tokens, reduction="sequence")
+    with pytest.raises(ValueError, match=r"\(N,\)"):
+        sft_loss(logits)

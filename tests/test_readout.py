@@ -10,9 +10,10 @@ import json
 import pytest
 import torch
 
-from alignkit.data.collate import collate_pairs, pack_pairs, pad_rows
+from alignkit.data.collate import collate_pairs, pack_pairs
 from alignkit.models import readout
 from alignkit.models.load import apply_lora, unwrap
+from alignkit.models.logprobs import reward_scores
 from alignkit.models.varlen import varlen_supported
 from alignkit.train.reward import batch_scores, pair_step
 
@@ -29,10 +30,14 @@ SAME_LENGTH = [{"prompt": [5, 6, 7], "chosen": [8, 9], "rejected": [10, 11]},
 
 
 def _left_padded(items):
+    """`collate_pairs`' batch (one sequence per row) with each row's tokens moved to its right end: left padding."""
     batch = collate_pairs(items, PAD)
-    rows = [(it["prompt"] + it[k], [0] * len(it["prompt"]) + [1] * len(it[k])) for k in ("chosen", "rejected")
-            for it in items]
-    batch.update({k: v for k, v in pad_rows(rows, PAD, side="left").items() if k != "response_mask"})
+    width = batch["input_ids"].shape[1]
+    shift = (width - batch["attention_mask"].sum(-1)).tolist()
+    for k in ("input_ids", "attention_mask", "position_ids", "segment", "parent", "response_mask"):
+        batch[k] = torch.stack([row.roll(s) for row, s in zip(batch[k], shift, strict=True)])
+    for k in ("score_index", "last_index"):
+        batch[k] = batch[k] + torch.tensor(shift)[batch[k] // width]
     return batch
 
 
@@ -243,7 +248,7 @@ def test_nothing_stays_hooked_after_an_error():
     model = build("llama")
     layer = last_layer(model)
     with pytest.raises(IndexError):  # a token id outside the vocabulary fails in the embedding, before the hook
-        batch_scores(model, {"input_ids": torch.tensor([[1, 500]]), "attention_mask": torch.ones(1, 2, dtype=torch.long)})
+        reward_scores(model, torch.tensor([[1, 500]]), torch.ones(1, 2, dtype=torch.long))
     assert not layer._forward_pre_hooks
     batch = LAYOUTS["right-padded"]()
     batch_scores(model, batch)

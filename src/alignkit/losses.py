@@ -63,48 +63,44 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
     return torch.where(valid, picked - lse, torch.zeros_like(picked))
 
 
-def _shifted_nll(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-    """Negative log-likelihood per shifted position (B, L-1) and the mask of target positions."""
-    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(
-            f"expected logits (B, L, V) and labels (B, L); "
-            f"got {tuple(logits.shape)} and {tuple(labels.shape)}"
-        )
-    targets = labels[:, 1:]
-    nll = -token_logprobs(logits[:, :-1], targets)
-    return nll, targets != IGNORE_INDEX
+def sft_loss(token_logp: Tensor, seq: Tensor | None = None, *, reduction: str = "token",
+             n_tokens: float | None = None) -> Tensor:
+    """Next-token cross-entropy on response tokens only, from their log-probabilities; returns a scalar.
 
+    ``token_logp`` (N,) holds ``log p(y_t | y_<t)`` of every target token of the batch (prompt and padding are
+    not in it: `models.score` reads only the scored tokens), ``seq`` (N,) the sequence each belongs to:
 
-def sft_loss(logits: Tensor, labels: Tensor, *, reduction: str = "token") -> Tensor:
-    """Next-token cross-entropy on response tokens only; returns a scalar.
+        L = −(1/N) Σ_t log p(y_t | y_<t)
 
-    ``labels[:, t]`` is the token at position ``t`` (NOT shifted) with ``-100`` on masked positions
-    (prompt, padding); the function shifts internally, so ``logits[:, t]`` predicts ``labels[:, t + 1]``:
-
-        L = −(1/N) Σ_{b,t: y_{b,t+1} ≠ −100} log p(y_{b,t+1} | y_{b,≤t})
-
-    ``reduction="token"``: mean over all target tokens in the batch (N = their count).
-    ``reduction="sequence"``: mean over each sequence's target tokens, then mean over the sequences that
-    have at least one target token. A batch with no target token gives 0 (still attached to the graph).
+    ``reduction="token"``: mean over all target tokens (N = their count, or ``n_tokens`` when given: the mean
+    count over the processes of a distributed run, so that the averaged gradients follow the global token mean).
+    ``reduction="sequence"``: mean over each sequence's tokens, then mean over the sequences that have at least
+    one (needs ``seq``). No target token gives 0, still attached to the graph.
 
     Source: supervised fine-tuning on demonstrations, Ouyang et al. 2022 (InstructGPT).
     """
-    nll, mask = _shifted_nll(logits, labels)
+    if token_logp.dim() != 1:
+        raise ValueError(f"sft_loss expects token log-probs (N,); got shape {tuple(token_logp.shape)}")
+    nll = -token_logp.float()
     if reduction == "token":
-        return nll.sum() / mask.sum().clamp(min=1)
+        n = token_logp.shape[0] if n_tokens is None else n_tokens
+        return nll.sum() / max(n, 1)
     if reduction == "sequence":
-        counts = mask.sum(dim=1)
-        per_sequence = nll.sum(dim=1) / counts.clamp(min=1)
-        has_targets = counts > 0
-        return (per_sequence * has_targets).sum() / has_targets.sum().clamp(min=1)
+        if seq is None or seq.shape != token_logp.shape:
+            raise ValueError("sft_loss(reduction='sequence') needs the sequence of every token, shape (N,)")
+        n_seqs = int(seq.max()) + 1 if seq.numel() else 0
+        sums = torch.zeros(n_seqs, dtype=nll.dtype, device=nll.device).index_add(0, seq, nll)
+        counts = torch.bincount(seq, minlength=n_seqs)
+        has = counts > 0
+        return (sums[has] / counts[has]).sum() / has.sum().clamp(min=1)
     raise ValueError(f"unknown reduction {reduction!r}; expected 'token' or 'sequence'")
 
 
-def coh_loss(logits: Tensor, labels: Tensor) -> Tensor:
+def coh_loss(token_logp: Tensor, seq: Tensor) -> Tensor:
     """Chain of Hindsight cross-entropy; returns a scalar.
 
-    Same convention as :func:`sft_loss` (unshifted labels, ``-100`` on the prompt and on the feedback
-    phrases such as "A helpful answer:"), so only the model-output tokens, good and bad, are scored:
+    Same convention as :func:`sft_loss`: the log-probs of the model-output tokens only, good and bad (the prompt
+    and the feedback phrases such as "A helpful answer:" are not scored), with the sequence of each:
 
         L = −(1/|S|) Σ_{s ∈ S} (1/|T_s|) Σ_{t ∈ T_s} log p(y_{s,t} | y_{s,<t})
 
@@ -112,7 +108,7 @@ def coh_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
     Source: Liu, Sferrazza & Abbeel 2023, "Chain of Hindsight Aligns Language Models with Feedback".
     """
-    return sft_loss(logits, labels, reduction="sequence")
+    return sft_loss(token_logp, seq, reduction="sequence")
 
 
 # --------------------------------------------------------------------------------------------------

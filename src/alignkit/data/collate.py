@@ -1,4 +1,6 @@
-"""Collators: lists of token-id rows to padded tensors (input_ids, attention_mask, response_mask)."""
+"""Collators: token-id rows to batches. Every training batch has one layout (`pack_units`): sequences packed side
+by side, or one per row for models that take no block mask. `pad_rows` pads plain rows (generation's left-padded
+prompts, scoring outside training)."""
 
 from __future__ import annotations
 
@@ -20,18 +22,27 @@ def pad_rows(rows: list[tuple[list[int], list[int]]], pad_id: int, *, side: str 
     return {"input_ids": input_ids, "attention_mask": attention, "response_mask": response}
 
 
+def _prompt_response(prompt: list[int], response: list[int], seq: int) -> list[Segment]:
+    """One unit: `prompt + response` as one sequence, the response scored."""
+    return [(prompt + response, [0] * len(prompt) + [1] * len(response), None, seq)]
+
+
 def collate_sft(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """SFT items {"input_ids", "response_mask"} to a padded batch with `labels` (-100 where not trained)."""
-    batch = pad_rows([(it["input_ids"], it["response_mask"]) for it in items], pad_id)
+    """SFT items {"input_ids", "response_mask"}, one per row (`pack_units(one_per_row=True)`), with `labels`
+    (-100 where not trained)."""
+    batch = pack_units([[(it["input_ids"], it["response_mask"], None, i)] for i, it in enumerate(items)], pad_id,
+                       one_per_row=True)
     batch["labels"] = batch["input_ids"].masked_fill(batch["response_mask"] == 0, -100)
     return batch
 
 
 def collate_pairs(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Pairs to ONE batch of 2B rows: chosen rows first, then rejected rows (one forward pass for both)."""
-    rows = [(it["prompt"] + it["chosen"], [0] * len(it["prompt"]) + [1] * len(it["chosen"])) for it in items]
-    rows += [(it["prompt"] + it["rejected"], [0] * len(it["prompt"]) + [1] * len(it["rejected"])) for it in items]
-    batch = pad_rows(rows, pad_id)
+    """Pairs, one sequence per row: 2B rows, chosen rows first, then rejected rows (one forward pass for both);
+    sequence i is row i, as in `pack_pairs`."""
+    b = len(items)
+    units = [_prompt_response(it["prompt"], it["chosen"], i) for i, it in enumerate(items)]
+    units += [_prompt_response(it["prompt"], it["rejected"], b + i) for i, it in enumerate(items)]
+    batch = pack_units(units, pad_id, one_per_row=True)
     batch.update(_pair_fields(items))
     return batch
 
@@ -47,20 +58,10 @@ def _pair_fields(items: list[dict]) -> dict[str, torch.Tensor]:
 
 
 def collate_rankings(items: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
-    """Rankings (prompt + K responses, best first) to a batch of sum(K) rows and a (B, Kmax) index grid.
+    """Rankings (prompt + K responses, best first), one sequence per row: sum(K) rows and a (B, Kmax) grid.
 
-    `rank_index[b, k]` is the row of response k of item b, or -1 where item b has fewer responses."""
-    rows, index = [], []
-    kmax = max(len(it["responses"]) for it in items)
-    for it in items:
-        idx = []
-        for r in it["responses"]:
-            idx.append(len(rows))
-            rows.append((it["prompt"] + r, [0] * len(it["prompt"]) + [1] * len(r)))
-        index.append(idx + [-1] * (kmax - len(idx)))
-    batch = pad_rows(rows, pad_id)
-    batch["rank_index"] = torch.tensor(index, dtype=torch.long)
-    return batch
+    `rank_index[b, k]` is the row (= sequence) of response k of item b, or -1 where item b has fewer responses."""
+    return pack_rankings(items, pad_id, one_per_row=True)
 
 
 GROUP_PAIRS = 16  # most pairs in one group: a bigger set of connected pairs is split
@@ -138,16 +139,25 @@ def with_pair_index(batch: dict[str, torch.Tensor], items: list[dict]) -> dict[s
 Segment = tuple[list[int], list[int], int | None, int | None]  # ids, scored mask, parent (index in unit), sequence
 
 
-def pack_units(units: list[list[Segment]], pad_id: int, *, pack_tokens: int, varlen: bool = True) -> dict[str, torch.Tensor]:
+def pack_units(units: list[list[Segment]], pad_id: int, *, pack_tokens: int = 0, varlen: bool = True,
+               one_per_row: bool = False) -> dict[str, torch.Tensor]:
     """Pack units (lists of segments that stay together in one row) into rows of at most `pack_tokens` tokens
     (or the longest unit, if longer; so 0 means rows as long as the longest unit), first-fit by decreasing
     length. `varlen` (kept in the batch) lets a model that can compute the real tokens in one flat row with
-    attention per sequence do so (`models.varlen`); otherwise the rows and their block mask are computed."""
+    attention per sequence do so (`models.varlen`); otherwise the rows and their block mask are computed.
+
+    `one_per_row`: the padded form of the same layout, for models that take no block mask. Unit i is row i,
+    right-padded, and must be one segment (no shared prompt); the batch's 2D `attention_mask` and its
+    `response_mask` then describe it completely, and `one_per_row` is set in it."""
     sizes = [sum(len(s[0]) for s in u) for u in units]
     cap = max([pack_tokens, *sizes])
     rows: list[list[int]] = []  # unit indices per row
     room: list[int] = []
-    for i in sorted(range(len(units)), key=lambda i: -sizes[i]):
+    if one_per_row:
+        if any(len(u) != 1 for u in units):
+            raise ValueError("one_per_row batches hold one segment per unit (no shared prompt)")
+        rows, room = [[i] for i in range(len(units))], [cap - n for n in sizes]
+    for i in [] if one_per_row else sorted(range(len(units)), key=lambda i: -sizes[i]):
         r = next((r for r, left in enumerate(room) if left >= sizes[i]), None)
         if r is None:
             rows.append([])
@@ -193,7 +203,7 @@ def pack_units(units: list[list[Segment]], pad_id: int, *, pack_tokens: int, var
                 ends.append((seg_id, col + n - 1, start_pos + n - 1))
                 seg_id += 1
                 col += n
-    return {
+    batch = {
         "input_ids": input_ids, "attention_mask": (segment >= 0).long(), "position_ids": position,
         "segment": segment, "parent": parent,
         "score_index": torch.tensor(score_index, dtype=torch.long),
@@ -201,8 +211,15 @@ def pack_units(units: list[list[Segment]], pad_id: int, *, pack_tokens: int, var
         "score_seq": torch.tensor(score_seq, dtype=torch.long),
         "last_index": torch.tensor([last[s] for s in sorted(last)], dtype=torch.long),
         "response_tokens": torch.tensor([resp[s] for s in sorted(resp)], dtype=torch.long),
-        "varlen": varlen,
+        "varlen": varlen and not one_per_row,
     }
+    if one_per_row:
+        response = torch.zeros(shape, dtype=torch.long)
+        for r, [i] in enumerate(rows):
+            mask = units[i][0][1]
+            response[r, : len(mask)] = torch.tensor(mask, dtype=torch.long)
+        batch.update(one_per_row=True, response_mask=response)
+    return batch
 
 
 def pack_sft(items: list[dict], pad_id: int, *, pack_tokens: int, varlen: bool = True) -> dict[str, torch.Tensor]:
@@ -216,11 +233,11 @@ def _prompt_units(prompt: list[int], responses: list[tuple[list[int], int]], sha
     response attending to it (`shared`, non-empty prompt), or one prompt + response sequence per response."""
     if shared and prompt:
         return [[(prompt, [0] * len(prompt), None, None)] + [(r, [1] * len(r), 0, seq) for r, seq in responses]]
-    return [[(prompt + r, [0] * len(prompt) + [1] * len(r), None, seq)] for r, seq in responses]
+    return [_prompt_response(prompt, r, seq) for r, seq in responses]
 
 
-def pack_rankings(items: list[dict], pad_id: int, *, pack_tokens: int, shared_prompt: bool = True,
-                  varlen: bool = True) -> dict[str, torch.Tensor]:
+def pack_rankings(items: list[dict], pad_id: int, *, pack_tokens: int = 0, shared_prompt: bool = True,
+                  varlen: bool = True, one_per_row: bool = False) -> dict[str, torch.Tensor]:
     """Rankings packed padding-free, with the same `rank_index` grid as `collate_rankings`; with `shared_prompt`
     the prompt is laid out once for all of an item's responses."""
     units: list[list[Segment]] = []
@@ -229,9 +246,9 @@ def pack_rankings(items: list[dict], pad_id: int, *, pack_tokens: int, shared_pr
     for it in items:
         rs = it["responses"]
         index.append(list(range(seq, seq + len(rs))) + [-1] * (kmax - len(rs)))
-        units += _prompt_units(it["prompt"], [(r, seq + j) for j, r in enumerate(rs)], shared_prompt)
+        units += _prompt_units(it["prompt"], [(r, seq + j) for j, r in enumerate(rs)], shared_prompt and not one_per_row)
         seq += len(rs)
-    batch = pack_units(units, pad_id, pack_tokens=pack_tokens, varlen=varlen)
+    batch = pack_units(units, pad_id, pack_tokens=pack_tokens, varlen=varlen, one_per_row=one_per_row)
     batch["rank_index"] = torch.tensor(index, dtype=torch.long)
     return batch
 
@@ -251,10 +268,14 @@ def pack_pairs(items: list[dict], pad_id: int, *, pack_tokens: int, shared_promp
 
 
 def pack_responses(prompts: list[list[int]], responses: list[list[int]], pad_id: int, *,
-                   varlen: bool = True) -> dict[str, torch.Tensor]:
+                   varlen: bool = True, one_per_row: bool = False) -> dict[str, torch.Tensor]:
     """Sampled responses packed padding-free: sequence i is `prompts[i] + responses[i]` with the response scored;
-    rows with the same prompt (the k samples of a prompt in RLOO) share one copy of it. Prompts must be non-empty
-    (a response's first token is predicted from its prompt's last)."""
+    rows with the same non-empty prompt (the k samples of a prompt in RLOO) share one copy of it. With
+    `one_per_row`, sequence i is row i instead. The first token of a response to an empty prompt has no
+    predictor and is not scored."""
+    if one_per_row:
+        return pack_units([_prompt_response(p, r, i) for i, (p, r) in enumerate(zip(prompts, responses, strict=True))],
+                          pad_id, one_per_row=True)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault(tuple(p), []).append(i)

@@ -16,6 +16,8 @@ needed (`readout.hidden_at`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
@@ -23,6 +25,7 @@ from alignkit.losses import token_entropy, token_logprobs
 from alignkit.models.compat import untested
 from alignkit.models.load import sharded, unwrap
 from alignkit.models.readout import hidden_at
+from alignkit.models.readout import unsupported as readout_unsupported
 from alignkit.models.varlen import flat_inputs, varlen_hidden, varlen_supported
 
 HEAD_CHUNK = 512  # scored positions per chunk of the LM head: 512 x 49k float32 logits = 100 MB for SmolLM2
@@ -159,6 +162,24 @@ def reward_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     return unwrap(model).score(last).squeeze(-1).float()
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """Which forwards compute `model` exactly (`capabilities`)."""
+
+    packing: str | None  # why packed rows (under a 4D block mask) cannot be computed, or None when they can
+    varlen: bool  # packed batches can run flat, attention per sequence (`models.varlen`)
+    split_head: bool  # the LM head is a plain linear map, applied apart from the backbone at scored positions
+    readout: str | None  # why the last layer cannot be read out at chosen positions only (`readout.hidden_at`)
+
+
+def capabilities(model) -> Capabilities:
+    """The one answer to "which fast path may this model take": asked of the model as it is now (its attention
+    implementation and gradient checkpointing can change after loading). A model or transformers version the
+    hand-written paths were not tested with gets the plain ones: its own forward on one sequence per row."""
+    return Capabilities(packing=packing_supported(model), varlen=varlen_supported(model),
+                        split_head=not _needs_full_forward(model), readout=readout_unsupported(model))
+
+
 def packing_supported(model) -> str | None:
     """None when `model` computes packed batches (`data.collate.pack_units`) exactly, else the reason it cannot:
     the 4D mask needs the sdpa or eager attention, and a sliding window would be ignored under a custom mask."""
@@ -190,7 +211,11 @@ def packed_attention_mask(segment: torch.Tensor, parent: torch.Tensor, eager: bo
 
 
 def _packed_inputs(model, batch: dict) -> dict:
-    """input_ids, 4D attention mask and position_ids of a packed batch, as the model takes them."""
+    """input_ids, attention mask and position_ids of a packed batch, as the model takes them: the 4D block mask,
+    or for a batch of one sequence per row its 2D mask (which every attention implementation takes)."""
+    if batch.get("one_per_row"):
+        return dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                    position_ids=batch["position_ids"])
     eager = (getattr(unwrap(model).config, "_attn_implementation", None) or "eager") == "eager"
     mask = packed_attention_mask(batch["segment"], batch["parent"], eager, next(model.parameters()).dtype)
     return dict(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"])
@@ -198,13 +223,13 @@ def _packed_inputs(model, batch: dict) -> dict:
 
 def _use_varlen(model, batch: dict) -> bool:
     """Whether a packed batch runs flat with attention per sequence (`models.varlen`) rather than in its rows."""
-    return bool(batch.get("varlen")) and varlen_supported(model)
+    return bool(batch.get("varlen")) and capabilities(model).varlen
 
 
 def _packed_forward(model, batch: dict):
     """Last hidden states (flattened to (R*L, H)) of a packed batch and the LM head to apply, or with a model that
     needs its own forward, its flattened logits and None."""
-    if _needs_full_forward(model):
+    if not capabilities(model).split_head:
         return model(**_packed_inputs(model, batch), use_cache=False).logits.flatten(0, 1), None
     return _packed_hidden(model, batch), unwrap(model).get_output_embeddings()
 
@@ -222,20 +247,63 @@ def _packed_hidden(model, batch: dict) -> torch.Tensor:
 def packed_sequence_logprobs(model, batch: dict, *, return_tokens: bool = False, temperature: float = 1.0):
     """`sequence_logprobs` of a packed batch: summed response log-probs per sequence (S,), and with
     `return_tokens=True` also the scored tokens' log-probs (N,) in `score_index` order."""
+    s = score(model, batch, temperature=temperature)
+    return (s.logp, s.tokens) if return_tokens else s.logp
+
+
+@dataclass
+class Scores:
+    """What `score` read from a batch. Per sequence (S,), in the batch's sequence order; per scored token (N,), in
+    `score_index` order. Fields not asked for are None."""
+
+    logp: torch.Tensor | None = None  # (S,) summed log-probs of each sequence's scored tokens
+    tokens: torch.Tensor | None = None  # (N,) log-prob of each scored token
+    counts: torch.Tensor | None = None  # (S,) scored tokens per sequence
+    entropy: torch.Tensor | None = None  # (N,) entropy of each scored token's distribution (no gradient)
+    reward: torch.Tensor | None = None  # (S,) a scalar head read at each sequence's last token
+    values: torch.Tensor | None = None  # (N,) a scalar head read at the position predicting each scored token
+
+
+def score(model, batch: dict, what: str = "logprobs", *, temperature: float = 1.0, entropy: bool = False) -> Scores:
+    """The one scoring call for a training batch (`data.collate.pack_units` layout: packed, or one sequence per
+    row). `what`:
+    - "logprobs": log-probs of the scored tokens at `temperature`, their per-sequence sums and counts, and with
+      `entropy=True` their entropies;
+    - "reward": a scalar-head model's score at each sequence's last token;
+    - "values": a scalar-head model's value at the positions that predict the scored tokens.
+    The forward is picked from `capabilities(model)`: flat varlen, the rows under their mask, the last layer read
+    out at the needed positions only, or the model's own forward."""
+    if what == "reward":
+        return Scores(reward=_reward_at_last(model, batch))
+    if what == "values":
+        hidden = _packed_hidden(model, batch)
+        return Scores(values=unwrap(model).score(hidden.index_select(0, batch["score_index"])).squeeze(-1).float())
+    if what != "logprobs":
+        raise ValueError(f"score: what={what!r}; choose logprobs, reward or values")
+    counts = torch.bincount(batch["score_seq"], minlength=batch["last_index"].shape[0])
     out, head = _packed_forward(model, batch)
     where, labels = batch["score_index"], batch["score_label"]
     scored = out.index_select(0, where)[None]  # index_select: a cheap backward (index_add, not index_put)
+    ent = None
     if head is None:
-        tok = token_logprobs(scored / temperature if temperature != 1.0 else scored, labels[None])[0]
+        logits = scored / temperature if temperature != 1.0 else scored
+        tok = token_logprobs(logits, labels[None])[0]
+        if entropy:
+            ent = token_entropy(logits.detach())[0]
+    elif entropy:
+        tok, ent = (t[0] for t in head_logprobs(scored, head, labels[None], temperature=temperature, entropy=True))
     else:
         tok = head_logprobs(scored, head, labels[None], temperature=temperature)[0]
-    n_seqs = batch["last_index"].shape[0]
-    seq = torch.zeros(n_seqs, dtype=tok.dtype, device=tok.device).index_add(0, batch["score_seq"], tok)
-    return (seq, tok) if return_tokens else seq
+    seq = torch.zeros(counts.shape[0], dtype=tok.dtype, device=tok.device).index_add(0, batch["score_seq"], tok)
+    return Scores(logp=seq, tokens=tok, counts=counts, entropy=ent)
 
 
 def packed_reward_scores(model, batch: dict) -> torch.Tensor:
     """`reward_scores` of a packed batch: the scalar head read at each sequence's last token, (S,)."""
+    return score(model, batch, "reward").reward
+
+
+def _reward_at_last(model, batch: dict) -> torch.Tensor:
     if _use_varlen(model, batch):
         with flat_inputs(model, batch) as (args, keep):
             real = torch.full((batch["input_ids"].numel(),), -1, dtype=torch.long, device=keep.device)
@@ -249,8 +317,7 @@ def packed_reward_scores(model, batch: dict) -> torch.Tensor:
 def packed_values(model, batch: dict) -> torch.Tensor:
     """Value estimates (N,) of a scalar-head model at the positions of a packed batch that predict its scored
     tokens (`score_index` order): V_t is read where response token t is chosen, as in `response_values`."""
-    hidden = _packed_hidden(model, batch)
-    return unwrap(model).score(hidden.index_select(0, batch["score_index"])).squeeze(-1).float()
+    return score(model, batch, "values").values
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,

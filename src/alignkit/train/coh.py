@@ -9,10 +9,10 @@ import torch
 
 from alignkit.console import say
 from alignkit.data.coh import coh_prompt, coh_sequences
-from alignkit.data.collate import pack_units, pad_rows
+from alignkit.data.collate import pack_units
 from alignkit.data.tokenize import Encoder
 from alignkit.losses import coh_loss, sft_loss
-from alignkit.models.logprobs import packed_sequence_logprobs, position_ids_from_mask
+from alignkit.models.logprobs import score
 from alignkit.train.common import (
     encode_all,
     make_encoder,
@@ -59,55 +59,41 @@ def encode_coh(enc: Encoder, pair, cfg: CoHConfig) -> dict:
 
 
 def make_collate(pad_id: int, pack_tokens: int | None = None, varlen: bool = True):
-    """Batches of the CoH rows of every item, then their SFT rows; padded, or packed when `pack_tokens` is
-    given (`data.collate.pack_units`)."""
+    """Batches of the CoH rows of every item, then their SFT rows: packed when `pack_tokens` is given
+    (`data.collate.pack_units`), else one per row."""
     def collate(items):
         rows = [r for it in items for r in it["rows"]]
         n_coh = len(rows)
         rows += [it["sft"] for it in items if it["sft"] is not None]
-        if pack_tokens is not None:
-            batch = pack_units([[(ids, mask, None, i)] for i, (ids, mask) in enumerate(rows)], pad_id,
-                               pack_tokens=pack_tokens, varlen=varlen)
-        else:
-            batch = pad_rows(rows, pad_id)
-            batch["labels"] = batch["input_ids"].masked_fill(batch["response_mask"] == 0, -100)
+        batch = pack_units([[(ids, mask, None, i)] for i, (ids, mask) in enumerate(rows)], pad_id,
+                           pack_tokens=pack_tokens or 0, varlen=varlen, one_per_row=pack_tokens is None)
         batch["n_coh"] = torch.tensor(n_coh)
         return batch
 
     return collate
 
 
-def _packed_step(cfg: CoHConfig, model, batch):
-    """The CoH loss (and SFT term) of a packed batch: `coh_loss` and `sft_loss` from per-token log-probs."""
-    sums = packed_sequence_logprobs(model, batch)
-    n, n_seqs = int(batch["n_coh"]), sums.shape[0]
-    counts = torch.bincount(batch["score_seq"], minlength=n_seqs)
-    has = counts[:n] > 0
-    loss = -(sums[:n][has] / counts[:n][has]).sum() / has.sum().clamp(min=1)
-    metrics = {"coh_loss": loss.detach()}
-    if n_seqs > n:
-        sft = -sums[n:].sum() / counts[n:].sum().clamp(min=1)
-        loss = loss + cfg.sft_weight * sft
-        metrics["sft_loss"] = sft.detach()
-    return loss, metrics
+def drop_attention(batch: dict, p: float) -> dict:
+    """A copy of a one-sequence-per-row batch whose attention mask hides each position with probability `p` (every
+    query keeps the first position), the CoH paper's random masking of past tokens."""
+    mask = batch["attention_mask"]
+    drop = torch.rand(mask.shape, device=mask.device) < p
+    drop[:, 0] = False
+    return {**batch, "attention_mask": mask.masked_fill(drop, 0)}
 
 
 def make_coh_step(cfg: CoHConfig):
+    """The CoH loss (`losses.coh_loss`) over the feedback sequences and, with `cfg.sft_weight`, the SFT term
+    (`losses.sft_loss`) over the plain ones, from the scored tokens' log-probs."""
     def step(model, batch):
-        if "segment" in batch:
-            return _packed_step(cfg, model, batch)
-        mask = batch["attention_mask"]
         if model.training and cfg.attention_drop > 0:
-            drop = torch.rand(mask.shape, device=mask.device) < cfg.attention_drop
-            drop[:, 0] = False  # every query keeps at least the first position
-            mask = mask.masked_fill(drop, 0)
-        logits = model(input_ids=batch["input_ids"], attention_mask=mask,
-                       position_ids=position_ids_from_mask(batch["attention_mask"]), use_cache=False).logits
-        n = int(batch["n_coh"])
-        loss = coh_loss(logits[:n], batch["labels"][:n])
+            batch = drop_attention(batch, cfg.attention_drop)
+        tokens, seq = score(model, batch).tokens, batch["score_seq"]
+        feedback = seq < int(batch["n_coh"])
+        loss = coh_loss(tokens[feedback], seq[feedback])
         metrics = {"coh_loss": loss.detach()}
-        if logits.shape[0] > n:
-            sft = sft_loss(logits[n:], batch["labels"][n:])
+        if batch["last_index"].shape[0] > int(batch["n_coh"]):
+            sft = sft_loss(tokens[~feedback])
             loss = loss + cfg.sft_weight * sft
             metrics["sft_loss"] = sft.detach()
         return loss, metrics
@@ -129,7 +115,7 @@ def build_coh(cfg: CoHConfig) -> Task:
         (out / COH_FILE).write_text(json.dumps({"positive": cfg.positive, "negative": cfg.negative}))
 
     pack = None
-    if cfg.attention_drop > 0:  # the random attention mask is applied to padded rows
+    if cfg.attention_drop > 0:  # the random attention mask is applied to a batch of one sequence per row
         if cfg.packing:
             say("packing off: --attention-drop needs padded batches")
     elif use_packing(cfg, model):

@@ -15,14 +15,12 @@ from alignkit.console import say
 from alignkit.data.collate import pack_responses
 from alignkit.errors import AlignkitError
 from alignkit.losses import kl_k1, kl_k3, masked_mean
-from alignkit.models.logprobs import packed_sequence_logprobs, response_logprobs
-from alignkit.models.varlen import varlen_supported
+from alignkit.models.logprobs import capabilities, score
 from alignkit.rollout.engine import (
     HFBackend,
     Rollout,
     SamplingParams,
     decode_responses,
-    score_in_chunks,
 )
 from alignkit.rollout.rewards import CallableReward, reward_source
 from alignkit.train.common import make_encoder, policy_and_tokenizer
@@ -30,39 +28,50 @@ from alignkit.train.config import RLConfig
 from alignkit.train.inputs import load_inputs
 
 
-def pack_rollout(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
-                 response_mask: torch.Tensor, pad_id: int) -> dict | None:
-    """Rollout rows (left-padded prompts, right-padded responses) packed padding-free with each distinct prompt laid
-    out once (`data.collate.pack_responses`), on the rollout's device; None when a row has an empty prompt or
-    response (left to the padded path)."""
+def rollout_batch(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
+                  response_mask: torch.Tensor, pad_id: int, *, packed: bool = True) -> dict:
+    """Rollout rows (left-padded prompts, right-padded responses) as a training batch on the rollout's device:
+    packed padding-free with each distinct prompt laid out once, or one sequence per row
+    (`data.collate.pack_responses`). Sequence i is row i."""
     lengths = response_mask.sum(-1).tolist()
     prompt_mask = attention_mask[:, :prompt_width].bool()
     prompts = [ids[m].tolist() for ids, m in zip(input_ids[:, :prompt_width].cpu(), prompt_mask.cpu(), strict=True)]
-    if not all(prompts) or not all(lengths):
-        return None
     responses = [row[:n] for row, n in zip(input_ids[:, prompt_width:].tolist(), lengths, strict=True)]
-    return send_to_device(pack_responses(prompts, responses, pad_id), input_ids.device)
+    return send_to_device(pack_responses(prompts, responses, pad_id, one_per_row=not packed), input_ids.device)
 
 
 def packs_rollouts(cfg: RLConfig, *models) -> bool:
-    """Whether rollouts go through `pack_rollout` for these models: --packing, and every one of them computes
+    """Whether rollouts are packed for these models (`rollout_batch`): --packing, and every one of them computes
     packed batches flat (`models.varlen`)."""
-    return cfg.packing and all(varlen_supported(m) for m in models)
+    return cfg.packing and all(capabilities(m).varlen for m in models)
 
 
 def rollout_tokens(values: torch.Tensor, batch: dict, response_mask: torch.Tensor) -> torch.Tensor:
-    """Per-token values (N,) of a `pack_rollout` batch in `score_index` order laid out as the rollout's (rows, T)
-    response columns, zero past each response."""
+    """Per-token values (N,) of a `rollout_batch` in `score_index` order laid out as the rollout's (rows, T)
+    response columns, zero past each response (and at a first token that was not scored: an empty prompt)."""
     out = torch.zeros(response_mask.shape, dtype=values.dtype, device=values.device)
-    # a sequence's scored tokens come in order: sorted by sequence they fill the rows' response masks row by row
-    out[response_mask.bool()] = values[torch.argsort(batch["score_seq"], stable=True)]
+    n = response_mask.sum(-1, keepdim=True)
+    scored = torch.bincount(batch["score_seq"], minlength=n.shape[0])[:, None]
+    t = torch.arange(response_mask.shape[1], device=out.device)
+    # a sequence's scored tokens come in order and end with its response: sorted by sequence they fill, row by
+    # row, the last `scored` columns of each response
+    out[(t < n) & (t >= n - scored)] = values[torch.argsort(batch["score_seq"], stable=True)]
     return out
 
 
-def packed_token_logprobs(model, batch: dict, response_mask: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Per-token response log-probs (rows, T) of a `pack_rollout` batch, zero past each response."""
-    _, tok = packed_sequence_logprobs(model, batch, return_tokens=True, temperature=temperature)
-    return rollout_tokens(tok, batch, response_mask)
+def minibatches(tensors: dict[str, torch.Tensor], size: int, epochs: int, generator: torch.Generator,
+                make_batch) -> list[dict]:
+    """`epochs` shuffled passes over the rows of `tensors`, cut into minibatches of `size` rows: each holds its
+    rows of `tensors`, `batch` (`make_batch` of them: the rows as a training batch) and `n`, its row count."""
+    n = next(iter(tensors.values())).shape[0]
+    out = []
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=generator, device=generator.device).cpu()
+        for i in range(0, n, size):
+            idx = order[i : i + size]
+            rows = {k: v[idx] for k, v in tensors.items()}
+            out.append({**rows, "batch": make_batch(rows), "n": len(idx)})
+    return out
 
 
 @dataclass
@@ -82,10 +91,9 @@ class Scored:
 class Sampler:
     """Samples responses from the policy (with their log-probs and entropies), gets reference log-probs and rewards.
 
-    The sampler drops finished rows from its live batch (`HFBackend`); the reference log-probs are computed packed
-    (`packed_score`: each prompt once for all its samples, chunks of at most `cfg.score_tokens` real tokens) or,
-    with `--no-packing` or a model `models.varlen` does not cover, in row chunks of at most `cfg.score_tokens`
-    padded tokens (`score_in_chunks`)."""
+    The sampler drops finished rows from its live batch (`HFBackend`); the reference log-probs are computed by
+    `score_rollout`: each prompt once for all its samples when packed, in chunks of at most `cfg.score_tokens`
+    tokens."""
 
     def __init__(self, cfg: RLConfig, tokenizer, reference):
         self.cfg = cfg
@@ -118,25 +126,18 @@ class Sampler:
         ro = self.backend.generate(policy, prompt_ids, self.params, pad_id=self.tok.pad_token_id,
                                    eos_id=self.tok.eos_token_id, generator=generator)
 
-        def score(model, entropy: bool = False):  # packed, or row chunks of at most `score_tokens` padded tokens
-            if not entropy and packs_rollouts(cfg, model):
-                packed = self.packed_score(model, ro)
-                if packed is not None:
-                    return packed
-            return score_in_chunks(lambda *a: response_logprobs(model, *a, temperature=cfg.temperature,
-                                                                entropy=entropy), ro, cfg.score_tokens)
 
         # the sampler's own log-probs and entropies: a forward over the rollout gives the same up to float
         # rounding (tests/test_rollout.py), so the policy is rescored only for a backend that gives no entropy
-        logp, entropy = (ro.logprobs, ro.entropy) if ro.entropy is not None else score(policy, entropy=True)
+        logp, entropy = (ro.logprobs, ro.entropy) if ro.entropy is not None else self.score_rollout(policy, ro, entropy=True)
         if self.reference is None:
             with policy.disable_adapter():
-                ref_logp = score(policy)
+                ref_logp = self.score_rollout(policy, ro)
         else:
             ref_device = next(self.reference.parameters()).device
             if ref_device != ro.input_ids.device:
                 self.reference.to(ro.input_ids.device)
-            ref_logp = score(self.reference)
+            ref_logp = self.score_rollout(self.reference, ro)
         policy.train(was_training)
         texts = decode_responses(self.tok, ro)
         scores = self.reward(prompts, texts).to(logp.device)
@@ -165,10 +166,10 @@ class Sampler:
             metrics["monitor"] = float(self.monitor(prompts, texts).float().mean())
         return Scored(ro, prompts, texts, scores, logp, ref_logp, entropy, metrics)
 
-    def packed_score(self, model, ro: Rollout) -> torch.Tensor | None:
-        """Per-token log-probs (B, T) of the rollout's responses under `model`, packed (`pack_rollout`) in chunks
-        of whole prompt groups of at most `score_tokens` tokens (prompt + response counted per row: an upper bound
-        of the packed size); None when the rollout cannot be packed."""
+    def score_rollout(self, model, ro: Rollout, *, entropy: bool = False):
+        """Per-token log-probs (B, T) of the rollout's responses under `model` at the sampling temperature, and
+        with `entropy=True` their entropies: `rollout_batch` (packed when `packs_rollouts`) in chunks of whole
+        prompt groups of at most `score_tokens` tokens (prompt + response counted per row)."""
         rows = ro.input_ids.shape[0]
         total = ro.attention_mask.sum(-1).tolist()
         chunks, cur, size, prev = [], [], 0, None
@@ -180,15 +181,19 @@ class Sampler:
             cur.append(i)
             size, prev = size + total[i], i
         chunks.append(cur)
-        out = torch.zeros(ro.response_mask.shape, dtype=torch.float32, device=ro.input_ids.device)
+        packed = packs_rollouts(self.cfg, model)
+        logp = torch.zeros(ro.response_mask.shape, dtype=torch.float32, device=ro.input_ids.device)
+        ent = torch.zeros_like(logp)
         for idx in chunks:
             idx = torch.tensor(idx, device=ro.input_ids.device)
-            batch = pack_rollout(ro.input_ids[idx], ro.attention_mask[idx], ro.prompt_width, ro.response_mask[idx],
-                                 self.tok.pad_token_id)
-            if batch is None:
-                return None
-            out[idx] = packed_token_logprobs(model, batch, ro.response_mask[idx], self.cfg.temperature)
-        return out
+            mask = ro.response_mask[idx]
+            batch = rollout_batch(ro.input_ids[idx], ro.attention_mask[idx], ro.prompt_width, mask,
+                                  self.tok.pad_token_id, packed=packed)
+            s = score(model, batch, temperature=self.cfg.temperature, entropy=entropy)
+            logp[idx] = rollout_tokens(s.tokens, batch, mask)
+            if entropy:
+                ent[idx] = rollout_tokens(s.entropy, batch, mask)
+        return (logp, ent) if entropy else logp
 
 
 def make_reference(cfg: RLConfig, policy):

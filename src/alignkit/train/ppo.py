@@ -18,16 +18,16 @@ from alignkit.losses import (
     ppo_value_loss,
 )
 from alignkit.models.load import load_reward_model, save_model
-from alignkit.models.logprobs import packed_values, response_logprobs, response_values
+from alignkit.models.logprobs import score
 from alignkit.train.common import mean_over_processes, process_count, reuse_freed_memory, what_trains
 from alignkit.train.config import PPOConfig
 from alignkit.train.loop import Task, TrainResult, train
 from alignkit.train.online import (
     collate_prompts,
     make_eval,
-    pack_rollout,
-    packed_token_logprobs,
+    minibatches,
     packs_rollouts,
+    rollout_batch,
     rollout_tokens,
     setup_online,
 )
@@ -42,19 +42,6 @@ class PolicyAndValue(torch.nn.Module):
         self.value = value
 
 
-def minibatches(tensors: dict[str, torch.Tensor], size: int, epochs: int, extra: dict,
-                generator: torch.Generator) -> list[dict]:
-    """`epochs` shuffled passes over the rows of `tensors`, cut into minibatches of `size` rows."""
-    n = next(iter(tensors.values())).shape[0]
-    out = []
-    for _ in range(epochs):
-        order = torch.randperm(n, generator=generator, device=generator.device).cpu()
-        for i in range(0, n, size):
-            idx = order[i : i + size]
-            out.append({**{k: v[idx] for k, v in tensors.items()}, **extra, "n": len(idx)})
-    return out
-
-
 def build_ppo(cfg: PPOConfig) -> Task:
     policy, tok, sampler, train_items, eval_items, info = setup_online(cfg)
     value_init = cfg.value_model or cfg.reward_model or cfg.model
@@ -65,15 +52,13 @@ def build_ppo(cfg: PPOConfig) -> Task:
 
     pack = packs_rollouts(cfg, policy, value)
 
-    def packed(input_ids, attention_mask, prompt_width, response_mask):
-        return pack_rollout(input_ids, attention_mask, prompt_width, response_mask, tok.pad_token_id) if pack else None
+    def as_batch(rows: dict, prompt_width: int) -> dict:
+        return rollout_batch(rows["input_ids"], rows["attention_mask"], prompt_width, rows["response_mask"],
+                             tok.pad_token_id, packed=pack)
 
-    def token_values(value_model, input_ids, attention_mask, prompt_width, response_mask):
-        """V_t per response token (rows, T), zero past each response: packed when it can be."""
-        batch = packed(input_ids, attention_mask, prompt_width, response_mask)
-        if batch is not None:
-            return rollout_tokens(packed_values(value_model, batch), batch, response_mask)
-        return response_values(value_model, input_ids, attention_mask, prompt_width) * response_mask
+    def token_values(value_model, batch, response_mask):
+        """V_t per response token (rows, T), zero past each response."""
+        return rollout_tokens(score(value_model, batch, "values").values, batch, response_mask)
 
     def experience(model, batch):
         gen = sampler.generator(model.policy, state["rollouts"])
@@ -81,7 +66,7 @@ def build_ppo(cfg: PPOConfig) -> Task:
         s = sampler.sample(model.policy, batch["prompt_ids"], batch["prompts"], gen)
         ro, mask = s.rollout, s.rollout.response_mask.float()
         with torch.no_grad():
-            values = token_values(model.value, ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask)
+            values = token_values(model.value, as_batch(vars(ro), ro.prompt_width), ro.response_mask)
             rewards = per_token_rewards(s.scores, s.logp, s.ref_logp, mask, state["beta"])
             adv, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
@@ -93,21 +78,16 @@ def build_ppo(cfg: PPOConfig) -> Task:
             state["beta"] = adaptive_kl_beta(state["beta"], kl, cfg.kl_target, n, cfg.kl_horizon)
         tensors = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "response_mask": ro.response_mask,
                    "old_logp": s.logp, "old_values": values, "advantages": adv, "returns": returns}
-        return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, {"prompt_width": ro.prompt_width}, gen), metrics
+        return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, gen,
+                           lambda rows: as_batch(rows, ro.prompt_width)), metrics
 
     def loss(model, mb):
         inner = getattr(model, "module", model)
-        args = (mb["input_ids"], mb["attention_mask"], mb["prompt_width"], mb["response_mask"])
-        mask = mb["response_mask"].float()
-        batch = packed(*args)
-        if batch is not None:  # one packed batch serves the policy and the value model
-            logp = packed_token_logprobs(inner.policy, batch, mb["response_mask"], cfg.temperature)
-            values = rollout_tokens(packed_values(inner.value, batch), batch, mb["response_mask"])
-        else:
-            logp = response_logprobs(inner.policy, *args, temperature=cfg.temperature)
-            values = response_values(inner.value, *args[:3])
-        pg, pstats = ppo_policy_loss(logp, mb["old_logp"], mb["advantages"], mask, cfg.cliprange)
-        vf, vstats = ppo_value_loss(values, mb["old_values"], mb["returns"], mask, cfg.cliprange_value)
+        batch, mask = mb["batch"], mb["response_mask"]  # one batch serves the policy and the value model
+        logp = rollout_tokens(score(inner.policy, batch, temperature=cfg.temperature).tokens, batch, mask)
+        values = token_values(inner.value, batch, mask)
+        pg, pstats = ppo_policy_loss(logp, mb["old_logp"], mb["advantages"], mask.float(), cfg.cliprange)
+        vf, vstats = ppo_value_loss(values, mb["old_values"], mb["returns"], mask.float(), cfg.cliprange_value)
         return pg + cfg.vf_coef * vf, {"policy_loss": pg.detach(), "value_loss": vf.detach(), **pstats, **vstats}
 
     def save(model, out):

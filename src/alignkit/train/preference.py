@@ -22,7 +22,7 @@ from alignkit.console import say
 from alignkit.data.collate import collate_pairs, pack_pairs
 from alignkit.losses import implicit_accuracy, implicit_rewards, preference_loss
 from alignkit.models.load import load_causal_lm
-from alignkit.models.logprobs import packed_sequence_logprobs, sequence_logprobs
+from alignkit.models.logprobs import score
 from alignkit.models.names import cache_dir
 from alignkit.train.common import (
     encode_all,
@@ -40,10 +40,7 @@ from alignkit.train.loop import Task, TrainResult, train
 def pair_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed response log-probs of the chosen and the rejected responses (one forward pass for both; packed
     batches may lay the prompt out once for both)."""
-    if "segment" in batch:
-        logps = packed_sequence_logprobs(model, batch)
-    else:
-        logps = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    logps = score(model, batch).logp
     b = logps.shape[0] // 2
     return logps[:b], logps[b:]
 
@@ -66,7 +63,7 @@ def make_dpo_step(cfg: DPOConfig, reference=None):
                 else:
                     rc, rr = pair_logprobs(reference, batch)
         if cfg.ipo_average and cfg.loss in ("ipo", "gipo"):
-            n = (batch["response_tokens"] if "segment" in batch else batch["response_mask"].sum(-1)).clamp(min=1).float()
+            n = batch["response_tokens"].clamp(min=1).float()
             b = pc.shape[0]
             pc, pr, rc, rr = pc / n[:b], pr / n[b:], rc / n[:b], rr / n[b:]
         losses = preference_loss(cfg.loss, pc, pr, rc, rr, beta=cfg.beta, label=batch["label"] if soft else None,

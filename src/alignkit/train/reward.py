@@ -17,7 +17,7 @@ from alignkit.console import say
 from alignkit.data.collate import collate_rankings, group_pairs, pack_rankings, with_pair_index
 from alignkit.losses import bradley_terry_loss, ranking_loss
 from alignkit.models.load import unwrap
-from alignkit.models.logprobs import packed_reward_scores, reward_scores
+from alignkit.models.logprobs import score
 from alignkit.rollout.rewards import OFFSET_KEY  # stored in config.json; scores are r(x, y) - offset
 from alignkit.train.common import (
     encode_all,
@@ -33,10 +33,8 @@ from alignkit.train.loop import Task, TrainResult, train
 
 
 def batch_scores(model, batch) -> torch.Tensor:
-    """One reward per sequence of a packed or padded batch."""
-    if "segment" in batch:
-        return packed_reward_scores(model, batch)
-    return reward_scores(model, batch["input_ids"], batch["attention_mask"])
+    """One reward per sequence of a batch."""
+    return score(model, batch, "reward").reward
 
 
 def pair_step(model, batch):

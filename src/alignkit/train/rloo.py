@@ -4,13 +4,19 @@ A_i = R_i − mean_{j≠i} R_j, loss −A_i·logπ(y_i), clipped when a batch is
 
 from __future__ import annotations
 
-from alignkit.losses import rloo_advantages, rloo_loss
-from alignkit.models.logprobs import packed_sequence_logprobs, response_logprobs
+from alignkit.losses import kl_k1, rloo_advantages, rloo_loss
+from alignkit.models.logprobs import score
 from alignkit.train.common import reuse_freed_memory, saver
 from alignkit.train.config import RLOOConfig
 from alignkit.train.loop import Task, TrainResult, train
-from alignkit.train.online import collate_prompts, make_eval, pack_rollout, packs_rollouts, setup_online
-from alignkit.train.ppo import minibatches
+from alignkit.train.online import (
+    collate_prompts,
+    make_eval,
+    minibatches,
+    packs_rollouts,
+    rollout_batch,
+    setup_online,
+)
 
 
 def build_rloo(cfg: RLOOConfig) -> Task:
@@ -26,25 +32,20 @@ def build_rloo(cfg: RLOOConfig) -> Task:
         s = sampler.sample(model, ids, prompts, gen)
         ro, mask = s.rollout, s.rollout.response_mask.float()
         seq_logp = (s.logp * mask).sum(-1)
-        kl = ((s.logp - s.ref_logp) * mask).sum(-1)
+        kl = (kl_k1(s.logp, s.ref_logp) * mask).sum(-1)
         rewards = s.scores - cfg.beta * kl
         adv = rloo_advantages(rewards, k)
         tensors = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "response_mask": ro.response_mask,
                    "old_seq_logp": seq_logp, "advantages": adv}
         metrics = {**s.metrics, "beta": cfg.beta, "rloo_reward": float(rewards.mean())}
-        return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, {"prompt_width": ro.prompt_width}, gen), metrics
+        return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, gen,
+                           lambda rows: rollout_batch(rows["input_ids"], rows["attention_mask"], ro.prompt_width,
+                                                      rows["response_mask"], tok.pad_token_id, packed=pack)), metrics
 
-    pack = packs_rollouts(cfg, policy)
+    pack = packs_rollouts(cfg, policy)  # the samples of a prompt share its copy
 
     def loss(model, mb):
-        packed = pack_rollout(mb["input_ids"], mb["attention_mask"], mb["prompt_width"], mb["response_mask"],
-                              tok.pad_token_id) if pack else None
-        if packed is not None:  # the minibatch's samples of one prompt share its copy
-            seq = packed_sequence_logprobs(model, packed, temperature=cfg.temperature)
-        else:
-            logp = response_logprobs(model, mb["input_ids"], mb["attention_mask"], mb["prompt_width"],
-                                     mb["response_mask"], temperature=cfg.temperature)
-            seq = (logp * mb["response_mask"]).sum(-1)
+        seq = score(model, mb["batch"], temperature=cfg.temperature).logp
         # clipped ratio: after the first update of a batch the samples are slightly off-policy; at ratio 1
         # the gradient is exactly REINFORCE with the leave-one-out baseline
         value, stats = rloo_loss(seq, mb["old_seq_logp"], mb["advantages"], cfg.cliprange)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from functools import partial
 
 from alignkit.data.collate import collate_sft, pack_sft
-from alignkit.models.logprobs import packed_sequence_logprobs, sequence_logprobs
+from alignkit.losses import sft_loss
+from alignkit.models.logprobs import score
 from alignkit.train.common import (
     encode_all,
     make_encoder,
@@ -21,18 +22,12 @@ from alignkit.train.loop import Task, TrainResult, train
 
 
 def sft_step(model, batch):
-    """Mean token cross-entropy over the batch's response tokens (`losses.sft_loss`), computed from log-probs
-    whose LM head runs only on response positions, in chunks (`models.logprobs`); packed or padded batches."""
-    if "segment" in batch:
-        _, tok = packed_sequence_logprobs(model, batch, return_tokens=True)
-        n = tok.shape[0]
-    else:
-        _, tok = sequence_logprobs(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                   return_tokens=True)
-        n = int((batch["labels"][:, 1:] != -100).sum())
+    """Mean token cross-entropy over the batch's response tokens (`losses.sft_loss`), from log-probs whose LM
+    head runs only on response positions, in chunks (`models.score`)."""
+    tokens = score(model, batch).tokens
     # over several processes, divide by the mean token count: the average of the processes' losses (what their
     # averaged gradients follow) is then the token mean over the whole global batch
-    return -tok.sum() / max(mean_over_processes(n), 1), {}
+    return sft_loss(tokens, n_tokens=mean_over_processes(tokens.shape[0])), {}
 
 
 def build_sft(cfg: SFTConfig) -> Task:
