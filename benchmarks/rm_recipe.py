@@ -53,13 +53,13 @@ def heldout(work: Path, reference: str, n: int, k: int, max_new_tokens: int, see
     file = work / "heldout_samples.jsonl"
     if file.exists():
         return [json.loads(x) for x in file.read_text().splitlines()]
-    from alignkit.evaluate.run import EvalSettings, sample_policy
     from alignkit.lab.sentiment import review_prompts
     from alignkit.models.load import load_tokenizer
     from alignkit.rollout.rewards import CallableReward
+    from alignkit.rollout.sample import SampleSettings, sample_policy
 
     prompts = [[{"role": "user", "content": p}] for p in review_prompts(n, split="heldout", seed=seed + 1000)]
-    s = EvalSettings(max_new_tokens=max_new_tokens, samples=k, seed=seed + 5, batch_size=64)
+    s = SampleSettings(max_new_tokens=max_new_tokens, samples=k, seed=seed + 5, batch_size=64)
     sm = sample_policy(reference, load_tokenizer(reference), prompts, s)
     gold = CallableReward("vader")(sm.prompts, sm.responses).tolist()
     rows = [{"prompt": p, "group": g, "response": r, "gold": v}

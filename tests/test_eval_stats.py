@@ -58,7 +58,8 @@ def test_eval_samples_are_reused_only_while_nothing_changed(tiny_model, tmp_path
     setting samples again (a cache keyed on too little would pass the demo's reuse test but fail here)."""
     import shutil
 
-    from alignkit.evaluate.run import EvalSettings, evaluate_policies
+    from alignkit.evaluate.run import evaluate_policies
+    from alignkit.rollout.sample import SampleSettings
 
     policy = tmp_path / "policy"
     shutil.copytree(tiny_model, policy)
@@ -67,7 +68,7 @@ def test_eval_samples_are_reused_only_while_nothing_changed(tiny_model, tmp_path
 
     def run(ps=prompts, **settings):
         evaluate_policies({"p": str(policy)}, tiny_model, ps, "vader", output_dir=out,
-                          settings=EvalSettings(max_new_tokens=4, **settings))
+                          settings=SampleSettings(max_new_tokens=4, **settings))
         return {f.name: f.stat().st_mtime_ns for f in (out / "samples").glob("*.json")}
 
     first = run()
@@ -81,29 +82,24 @@ def test_eval_samples_are_reused_only_while_nothing_changed(tiny_model, tmp_path
         again = changed
 
 
-def test_eval_kl_is_to_the_reference_on_the_plain_prompt(tiny_model, tmp_path):
+def test_eval_kl_is_to_the_reference_on_the_plain_prompt(tiny_model, tmp_path, monkeypatch):
     """The sampler's log-probs and the packed reference pass, against fresh single-row forward passes: a copy of
     the reference has KL 0; a Chain of Hindsight policy samples after its phrase and is compared with the
     reference answering the plain prompt."""
     import shutil
 
-    from alignkit.evaluate.run import (
-        EvalSettings,
-        _encoder,
-        evaluate_policies,
-        reference_logps,
-        sample_policy,
-    )
+    from alignkit.evaluate.run import evaluate_policies
     from alignkit.models.load import load_causal_lm, load_tokenizer
+    from alignkit.rollout.sample import SampleSettings, prompt_encoder, sample_policy, sequence_logps
 
     same, coh = tmp_path / "same", tmp_path / "coh"
     for p in (same, coh):
         shutil.copytree(tiny_model, p)
     (coh / "alignkit_coh.json").write_text(json.dumps({"positive": " Great answer:", "negative": " Bad answer:"}))
     prompts = ["Write about the river", "Write about the old city", "Say"]
-    s = EvalSettings(max_new_tokens=6, samples=2, seed=1)
+    s = SampleSettings(max_new_tokens=6, samples=2, seed=1)
     tok, model = load_tokenizer(tiny_model), load_causal_lm(tiny_model).eval()
-    enc = _encoder(tok, s)
+    enc = prompt_encoder(tok, s)
 
     def by_hand(prompt: str, response: list[int]) -> float:
         ids = enc.prompt_ids(prompt)
@@ -116,9 +112,17 @@ def test_eval_kl_is_to_the_reference_on_the_plain_prompt(tiny_model, tmp_path):
     for p, r, lp in zip(sm.prompts, sm.response_ids, sm.logp, strict=True):
         assert lp == pytest.approx(by_hand(p + " Great answer:", r), abs=1e-3)  # sampled after the phrase
     plain = [enc.prompt_ids(p) for p in sm.prompts]
-    ref = reference_logps(model, plain, sm.response_ids, tok.pad_token_id, 1.0)
+    ref = sequence_logps(model, plain, sm.response_ids, tok.pad_token_id, 1.0)
     expected = [by_hand(p, r) for p, r in zip(sm.prompts, sm.response_ids, strict=True)]
     assert ref == pytest.approx(expected, abs=1e-3)
+    # a model that takes no packed rows is scored one sequence per row
+    from types import SimpleNamespace
+
+    from alignkit.rollout import sample as sample_module
+
+    monkeypatch.setattr(sample_module, "capabilities", lambda m: SimpleNamespace(packing="no block mask"))
+    assert sequence_logps(model, plain, sm.response_ids, tok.pad_token_id, 1.0) == pytest.approx(expected, abs=1e-3)
+    monkeypatch.undo()
     gap = [a - b for a, b in zip(sm.logp, expected, strict=True)]
     assert max(abs(g) for g in gap) > 0.05  # the phrase changes what the model says
 

@@ -8,12 +8,14 @@ import torch
 
 from alignkit.data.tokenize import Encoder
 from alignkit.models.load import load_causal_lm, load_tokenizer
-from alignkit.rollout.engine import HFBackend, SamplingParams, decode_responses
+from alignkit.rollout.backends import make_backend
+from alignkit.rollout.engine import SamplingParams, decode_responses
 
 
 class ChatModel:
-    def __init__(self, path: str, params: SamplingParams):
+    def __init__(self, path: str, params: SamplingParams, backend: str = "hf"):
         self.tok = load_tokenizer(path)
+        self.backend = make_backend(backend, path)
         self.model = load_causal_lm(path).eval()
         self.enc = Encoder(self.tok, max_length=4096, max_prompt_length=2048, chat_template=True)
         self.params = params
@@ -23,7 +25,7 @@ class ChatModel:
         self.history.append({"role": "user", "content": text})
         ids = self.enc.truncate_prompt(self.enc.prompt_ids(self.history))
         gen = torch.Generator().manual_seed(seed)
-        ro = HFBackend().generate(self.model, [ids], self.params, pad_id=self.tok.pad_token_id,
+        ro = self.backend.generate(self.model, [ids], self.params, pad_id=self.tok.pad_token_id,
                                   eos_id=self.tok.eos_token_id, generator=gen)
         answer = decode_responses(self.tok, ro)[0].strip()
         self.history.append({"role": "assistant", "content": answer})
@@ -42,11 +44,11 @@ def side_by_side(left: str, right: str, names: tuple[str, str], width: int = 60)
 
 
 def chat(model: str, compare: str | None, *, max_new_tokens: int, temperature: float, greedy: bool, seed: int,
-         stdin=None, out=None) -> int:
+         backend: str = "hf", stdin=None, out=None) -> int:
     stdin = stdin or sys.stdin
     out = out or sys.stdout
     params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy)
-    bots = [ChatModel(model, params)] + ([ChatModel(compare, params)] if compare else [])
+    bots = [ChatModel(model, params, backend)] + ([ChatModel(compare, params, backend)] if compare else [])
     interactive = stdin.isatty()
     if interactive:
         print("type a message; an empty line or Ctrl-D ends the chat", file=out)

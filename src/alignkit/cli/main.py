@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _, help_text) in TRAINERS.items():
         p = sub.add_parser(name, help=help_text, description=f"{help_text}. {cls.__doc__.strip()}")
         add_config_flags(p, cls)
-    from alignkit.cli.sample import add_sampling_flags
+    from alignkit.cli.sample import add_backend_flag, add_sampling_flags
     from alignkit.lab.demo import DemoConfig
 
     demo = sub.add_parser("demo", help="the sentiment alignment demo: every method vs a gold reward, cached stages",
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--temperature", type=float_in(0), default=0.7, help="sampling temperature (default: 0.7)")
     ch.add_argument("--greedy", action="store_true", help="always pick the most likely token")
     ch.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    add_backend_flag(ch)
     tiny = sub.add_parser("make-tiny-model", help="build a tiny random model + tokenizer for quick runs and tests",
                           description="Build a tiny randomly initialised causal LM and a BPE tokenizer trained on "
                                       "--data texts (optional), saved as a Hugging Face folder.")
@@ -195,10 +196,12 @@ def main(argv: list[str] | None = None) -> int:
             return run_sample(args)
         if args.command == "chat":
             from alignkit.cli.chat import chat
+            from alignkit.rollout.backends import check_backend
 
+            check_backend(args.backend)
             quiet_model_libraries()
             return chat(args.model, args.compare, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                        greedy=args.greedy, seed=args.seed)
+                        greedy=args.greedy, seed=args.seed, backend=args.backend)
         if args.command == "demo":
             from alignkit.lab.demo import DemoConfig, run_demo
 
@@ -231,17 +234,22 @@ def _eval(args) -> int:
     for spec in args.model:
         name, _, path = spec.rpartition("=")
         policies[name or path.rstrip("/").split("/")[-1]] = path
+    from alignkit.rollout.backends import check_backend
+
+    check_backend(args.backend)
     for path in [*policies.values(), args.reference, *([args.reward_model] if args.reward_model else [])]:
         check_model(path)
     prompts, report = load_prompts(args.prompts)
     print(report.summary(), file=sys.stderr)
     prompts = prompts[: args.max_prompts] if args.max_prompts else prompts
 
-    from alignkit.evaluate.run import EvalSettings, evaluate_policies, results_table
+    from alignkit.evaluate.run import evaluate_policies, results_table
+    from alignkit.rollout.sample import SampleSettings
 
     quiet_model_libraries()
-    settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, samples=args.samples,
-                            batch_size=args.batch_size, chat_template=args.chat_template, seed=args.seed)
+    settings = SampleSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, samples=args.samples,
+                            batch_size=args.batch_size, chat_template=args.chat_template, seed=args.seed,
+                            backend=args.backend)
     results = evaluate_policies(policies, args.reference, prompts, args.gold, reward_model=args.reward_model,
                                 settings=settings, output_dir=args.output_dir)
     print(results_table(results))

@@ -1,6 +1,6 @@
 """`alignkit sample`: K responses per prompt from a policy, written as {"prompt", "responses"} JSON lines, the
 K-response sets that `alignkit label import` takes. Parsing and printing only: sampling is the rollout
-engine's, through `alignkit.evaluate.run.sample_policy` (batched, seeded per batch)."""
+engine's, through `alignkit.rollout.sample.sample_policy` (batched, seeded per batch)."""
 
 from __future__ import annotations
 
@@ -37,26 +37,35 @@ def add_sampling_flags(p, *, max_new_tokens: int) -> None:
     p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=False,
                    help="wrap plain-string prompts as a user message and apply the chat template (default: off)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    add_backend_flag(p)
+
+
+def add_backend_flag(p) -> None:
+    p.add_argument("--backend", choices=["hf", "vllm"], default="hf",
+                   help='sampling engine: hf (any machine) or vllm (a CUDA GPU; pip install "alignkit[vllm]"); '
+                        "default: hf")
 
 
 def run_sample(args) -> int:
     from alignkit.data import load_prompts
     from alignkit.models.names import check_model
+    from alignkit.rollout.backends import check_backend
 
+    check_backend(args.backend)
     check_model(args.model)
     prompts, report = load_prompts(args.prompts, skip_invalid=args.skip_invalid)
     prompts = prompts[: args.max_prompts] if args.max_prompts else prompts
 
     from alignkit.console import quiet_model_libraries
-    from alignkit.evaluate.run import EvalSettings, sample_policy
     from alignkit.models.load import load_tokenizer
+    from alignkit.rollout.sample import SampleSettings, sample_policy
 
     quiet_model_libraries()
     print(report.summary(), file=sys.stderr)
     print(f"sampling {args.k} responses for each of {len(prompts)} prompts from {args.model}", file=sys.stderr)
-    settings = EvalSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+    settings = SampleSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
                             samples=args.k, batch_size=args.batch_size, chat_template=args.chat_template,
-                            seed=args.seed)
+                            seed=args.seed, backend=args.backend)
     samples = sample_policy(args.model, load_tokenizer(args.model), prompts, settings)
     per_prompt: list[list[str]] = [[] for _ in prompts]
     for i, response in zip(samples.prompt_index, samples.responses, strict=True):

@@ -14,104 +14,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
-from alignkit.data.coh import coh_prompt
-from alignkit.data.collate import pad_rows
-from alignkit.data.tokenize import Encoder
 from alignkit.evaluate.stats import mean_ci, paired_difference, pairwise_agreement, win_rate
 from alignkit.models.load import load_causal_lm, load_tokenizer
-from alignkit.models.logprobs import packed_sequence_logprobs, packing_supported, sequence_logprobs
-from alignkit.rollout.engine import (
-    HFBackend,
-    SamplingParams,
-    decode_responses,
-    generate_many,
-    score_by_prompt,
-)
 from alignkit.rollout.rewards import CallableReward, ModelReward
+from alignkit.rollout.sample import (
+    PolicySamples,
+    SampleSettings,
+    prompt_encoder,
+    sample_policy,
+    sequence_logps,
+)
 
 RM_GAPS = (0.3, 0.6)  # gold gaps at which the reward model's accuracy is also reported
-PADDED_ROWS = 16  # rows per reference forward when it cannot be packed
 SAMPLES_VERSION = 2  # part of the sample cache's key: bump when PolicySamples changes
-
-
-@dataclass
-class EvalSettings:
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_p: float = 1.0
-    samples: int = 1  # responses per prompt and policy
-    batch_size: int = 16
-    max_prompt_length: int = 256
-    chat_template: bool = False
-    seed: int = 0
-
-
-@dataclass
-class PolicySamples:
-    prompts: list  # one entry per sample
-    prompt_index: list[int]
-    responses: list[str] = field(default_factory=list)
-    kl: list[float] = field(default_factory=list)  # filled by `evaluate_policies` (0 for the reference)
-    lengths: list[int] = field(default_factory=list)
-    response_ids: list[list[int]] = field(default_factory=list)  # sampled tokens, EOS included
-    logp: list[float] = field(default_factory=list)  # the policy's summed log-prob of each response
-
-
-def prompt_suffix(path: str) -> str:
-    """Text a policy expects after the prompt: a Chain of Hindsight model's positive feedback phrase."""
-    coh = Path(path) / "alignkit_coh.json"
-    return json.loads(coh.read_text())["positive"] if coh.exists() else ""
-
-
-def _encoder(tok, s: EvalSettings) -> Encoder:
-    return Encoder(tok, max_length=s.max_prompt_length + s.max_new_tokens + 1, max_prompt_length=s.max_prompt_length,
-                   chat_template=s.chat_template)
-
-
-def sample_policy(path: str, tok, prompts: list, s: EvalSettings) -> PolicySamples:
-    """Sample `s.samples` responses per prompt from the policy at `path`, with their summed log-probs at the
-    sampling temperature. A Chain of Hindsight policy gets its positive phrase at the end of the prompt
-    (`data.coh.coh_prompt`)."""
-    policy = load_causal_lm(path).eval()
-    suffix = prompt_suffix(path)
-    enc = _encoder(tok, s)
-    expanded = [(i, p) for i, p in enumerate(prompts) for _ in range(s.samples)]
-    out = PolicySamples([p for _, p in expanded], [i for i, _ in expanded])
-    params = SamplingParams(max_new_tokens=s.max_new_tokens, temperature=s.temperature, top_p=s.top_p)
-    ids = [enc.truncate_prompt(enc.prompt_ids(coh_prompt(p, suffix) if suffix else p)) for _, p in expanded]
-    ro = generate_many(HFBackend(), policy, ids, params, pad_id=tok.pad_token_id, eos_id=tok.eos_token_id,
-                       batch_size=s.batch_size,
-                       generator_for=lambda b: torch.Generator().manual_seed(s.seed * 1_000_003 + b))
-    out.responses = decode_responses(tok, ro)
-    out.lengths = ro.lengths.tolist()
-    out.response_ids = [row[:n] for row, n in zip(ro.responses.tolist(), out.lengths, strict=True)]
-    out.logp = (ro.logprobs * ro.response_mask).sum(-1).tolist()
-    out.kl = [0.0] * len(expanded)
-    return out
-
-
-@torch.no_grad()
-def reference_logps(reference, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
-                    temperature: float) -> list[float]:
-    """Summed log-probs of each response after its prompt under `reference`: packed with each distinct prompt
-    laid out once for all its responses (`rollout.engine.score_by_prompt`), or padded in row chunks where the
-    model does not compute packed rows exactly."""
-    if packing_supported(reference) is None and all(prompt_ids):
-        return score_by_prompt(lambda b: packed_sequence_logprobs(reference, b, temperature=temperature),
-                               prompt_ids, response_ids, pad_id).tolist()
-    out: list[float] = []
-    for i in range(0, len(prompt_ids), PADDED_ROWS):
-        b = pad_rows([(p + r, [0] * len(p) + [1] * len(r)) for p, r in zip(prompt_ids[i : i + PADDED_ROWS],
-                                                                           response_ids[i : i + PADDED_ROWS],
-                                                                           strict=True)], pad_id)
-        out += sequence_logprobs(reference, b["input_ids"], b["attention_mask"], b["response_mask"],
-                                 temperature=temperature).tolist()
-    return out
 
 
 def _folder_stamp(path: str) -> list:
@@ -123,7 +41,7 @@ def _folder_stamp(path: str) -> list:
                                             for f in folder.iterdir() if f.is_file())
 
 
-def _cached_samples(cache: Path | None, name: str, path: str, tok, prompts: list, s: EvalSettings) -> PolicySamples:
+def _cached_samples(cache: Path | None, name: str, path: str, tok, prompts: list, s: SampleSettings) -> PolicySamples:
     """`sample_policy`, reusing `cache/<name>.json` when the policy, prompts and settings match."""
     if cache is None:
         return sample_policy(path, tok, prompts, s)
@@ -143,7 +61,7 @@ def _cached_samples(cache: Path | None, name: str, path: str, tok, prompts: list
 
 
 def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, gold: str, *,
-                      reward_model: str | None = None, settings: EvalSettings | None = None,
+                      reward_model: str | None = None, settings: SampleSettings | None = None,
                       output_dir: str | Path | None = None) -> dict:
     """Evaluate each named policy folder and the reference; returns (and writes `results.json`) a dict with one
     entry per model, plus the reward model's accuracy against gold when `reward_model` is given. With an
@@ -151,19 +69,19 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
     the prompts and the settings are unchanged. The reference scores every policy's responses in one pass,
     each prompt laid out once (the KL of a Chain of Hindsight policy is to the reference answering the plain
     prompt: the phrase is part of how that policy is used, not of what the reference is asked)."""
-    s = settings or EvalSettings()
+    s = settings or SampleSettings()
     tok = load_tokenizer(reference)
     gold_fn = CallableReward(gold)
     cache = Path(output_dir) / "samples" if output_dir is not None else None
     samples = {"reference": _cached_samples(cache, "reference", reference, tok, prompts, s)}
     for name, path in policies.items():
         samples[name] = _cached_samples(cache, name, path, tok, prompts, s)
-    enc = _encoder(tok, s)
+    enc = prompt_encoder(tok, s)
     plain = [enc.truncate_prompt(enc.prompt_ids(p)) for p in prompts]
     scored = [sm for name, sm in samples.items() if name != "reference"]
     if scored:
         ref_model = load_causal_lm(reference).eval()
-        ref = reference_logps(ref_model, [plain[i] for sm in scored for i in sm.prompt_index],
+        ref = sequence_logps(ref_model, [plain[i] for sm in scored for i in sm.prompt_index],
                               [r for sm in scored for r in sm.response_ids], tok.pad_token_id, s.temperature)
         del ref_model
         at = 0

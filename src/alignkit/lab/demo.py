@@ -76,6 +76,8 @@ class DemoConfig(BaseModel):
                                  "its score head (0 = all; 10 of SmolLM2's 30 at --rm-learning-rate 2e-4 is as "
                                  "accurate in 56% of the time, docs/benchmarks.md)")
     seed: int = Field(0, description="random seed")
+    backend: Literal["hf", "vllm"] = Field("hf", description="sampling engine for RL, the labels' samples and "
+                                           "evaluation: hf (any machine) or vllm (a CUDA GPU)")
     progress: bool = Field(True, description="show progress bars")
 
     @field_validator("methods")
@@ -194,9 +196,9 @@ def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_p
     (`annotate_groups`): `votes.jsonl` holds its best-vs-worst pair (the pair the offline methods learn from),
     `all_votes.jsonl` every pair (the reward model's data)."""
     from alignkit.data import load_prompts
-    from alignkit.evaluate.run import EvalSettings, sample_policy
     from alignkit.models.load import load_tokenizer
     from alignkit.rollout.rewards import CallableReward
+    from alignkit.rollout.sample import SampleSettings, sample_policy
 
     stage = run / "labels"
     votes = stage / "votes.jsonl"
@@ -204,7 +206,8 @@ def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_p
         return str(votes)
     stage.mkdir(parents=True, exist_ok=True)
     prompts, _ = load_prompts(train_prompts)
-    settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, samples=cfg.k, seed=cfg.seed + 7, batch_size=64)
+    settings = SampleSettings(max_new_tokens=cfg.max_new_tokens, samples=cfg.k, seed=cfg.seed + 7, batch_size=64,
+                              backend=cfg.backend)
     t0 = time.perf_counter()
     sm = sample_policy(reference, load_tokenizer(reference), prompts, settings)
     gold = CallableReward(gold_spec)(sm.prompts, sm.responses).tolist()
@@ -252,7 +255,7 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
     online = dict(model=reference, prompts=train_prompts, reward_model=rm, max_steps=cfg.rl_steps, batch_size=8,
                   mini_batch_size=4, warmup_ratio=0.1, learning_rate=cfg.rl_learning_rate, max_new_tokens=cfg.max_new_tokens,
                   beta=cfg.beta * 0.5, eval_samples=0, max_length=256, max_prompt_length=128, monitor_reward=gold,
-                  reference="lora-disabled" if cfg.lora else "copy", **_common(cfg, out))
+                  reference="lora-disabled" if cfg.lora else "copy", backend=cfg.backend, **_common(cfg, out))
     if name == "rm":
         # every pair's votes, grouped by prompt: a batch of 2 prompts is 8 responses and 12 pairs
         run_reward(RewardConfig(**{**offline, "data": str(Path(votes).with_name(ALL_VOTES)), "batch_size": 2,
@@ -297,8 +300,11 @@ def run_demo(cfg: DemoConfig) -> dict:
     """Run (or resume) the demo; returns the evaluation results (also in output_dir/eval/results.json)."""
     from alignkit.data import load_prompts
     from alignkit.evaluate.report import write_report
-    from alignkit.evaluate.run import EvalSettings, evaluate_policies, results_table
+    from alignkit.evaluate.run import evaluate_policies, results_table
+    from alignkit.rollout.backends import check_backend
+    from alignkit.rollout.sample import SampleSettings
 
+    check_backend(cfg.backend)
     if cfg.quick:
         cfg = cfg.model_copy(update={k: v for k, v in QUICK.items() if k not in cfg.model_fields_set})
     run = Path(cfg.output_dir)
@@ -322,8 +328,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     methods = cfg.methods.split(",")
     policies = {m: timed(m, stage_train, cfg, run, m, reference, votes, train_prompts, rm, gold) for m in methods}
     prompts, _ = load_prompts(heldout)
-    settings = EvalSettings(max_new_tokens=cfg.max_new_tokens, samples=4 if cfg.quick else 2, seed=cfg.seed + 99,
-                            batch_size=64)
+    settings = SampleSettings(max_new_tokens=cfg.max_new_tokens, samples=4 if cfg.quick else 2, seed=cfg.seed + 99,
+                              batch_size=64, backend=cfg.backend)
     results = timed("eval", evaluate_policies, policies, reference, prompts, gold, reward_model=rm,
                     settings=settings, output_dir=run / "eval")
     results["stage_seconds"] = times

@@ -221,23 +221,23 @@ def _packed_inputs(model, batch: dict) -> dict:
     return dict(input_ids=batch["input_ids"], attention_mask=mask, position_ids=batch["position_ids"])
 
 
-def _use_varlen(model, batch: dict) -> bool:
+def _use_varlen(caps: Capabilities, batch: dict) -> bool:
     """Whether a packed batch runs flat with attention per sequence (`models.varlen`) rather than in its rows."""
-    return bool(batch.get("varlen")) and capabilities(model).varlen
+    return bool(batch.get("varlen")) and caps.varlen
 
 
-def _packed_forward(model, batch: dict):
+def _packed_forward(model, batch: dict, caps: Capabilities):
     """Last hidden states (flattened to (R*L, H)) of a packed batch and the LM head to apply, or with a model that
     needs its own forward, its flattened logits and None."""
-    if not capabilities(model).split_head:
+    if not caps.split_head:
         return model(**_packed_inputs(model, batch), use_cache=False).logits.flatten(0, 1), None
-    return _packed_hidden(model, batch), unwrap(model).get_output_embeddings()
+    return _packed_hidden(model, batch, caps), unwrap(model).get_output_embeddings()
 
 
-def _packed_hidden(model, batch: dict) -> torch.Tensor:
+def _packed_hidden(model, batch: dict, caps: Capabilities) -> torch.Tensor:
     """The backbone's last hidden states of a packed batch, (R*L, H): flat with attention per sequence
     (`models.varlen`) or in its rows under the block mask."""
-    if _use_varlen(model, batch):
+    if _use_varlen(caps, batch):
         return varlen_hidden(model, batch)
     base = unwrap(model)
     hidden = getattr(base, base.base_model_prefix)(**_packed_inputs(model, batch), use_cache=False).last_hidden_state
@@ -273,15 +273,16 @@ def score(model, batch: dict, what: str = "logprobs", *, temperature: float = 1.
     - "values": a scalar-head model's value at the positions that predict the scored tokens.
     The forward is picked from `capabilities(model)`: flat varlen, the rows under their mask, the last layer read
     out at the needed positions only, or the model's own forward."""
+    caps = capabilities(model)
     if what == "reward":
-        return Scores(reward=_reward_at_last(model, batch))
+        return Scores(reward=_reward_at_last(model, batch, caps))
     if what == "values":
-        hidden = _packed_hidden(model, batch)
+        hidden = _packed_hidden(model, batch, caps)
         return Scores(values=unwrap(model).score(hidden.index_select(0, batch["score_index"])).squeeze(-1).float())
     if what != "logprobs":
         raise ValueError(f"score: what={what!r}; choose logprobs, reward or values")
     counts = torch.bincount(batch["score_seq"], minlength=batch["last_index"].shape[0])
-    out, head = _packed_forward(model, batch)
+    out, head = _packed_forward(model, batch, caps)
     where, labels = batch["score_index"], batch["score_label"]
     scored = out.index_select(0, where)[None]  # index_select: a cheap backward (index_add, not index_put)
     ent = None
@@ -303,8 +304,8 @@ def packed_reward_scores(model, batch: dict) -> torch.Tensor:
     return score(model, batch, "reward").reward
 
 
-def _reward_at_last(model, batch: dict) -> torch.Tensor:
-    if _use_varlen(model, batch):
+def _reward_at_last(model, batch: dict, caps: Capabilities) -> torch.Tensor:
+    if _use_varlen(caps, batch):
         with flat_inputs(model, batch) as (args, keep):
             real = torch.full((batch["input_ids"].numel(),), -1, dtype=torch.long, device=keep.device)
             real[keep] = torch.arange(keep.shape[0], device=keep.device)

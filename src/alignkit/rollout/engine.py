@@ -6,8 +6,8 @@ of the response and of `response_mask`); everything after it is padding. `logpro
 log softmax(logits / temperature)[token], the distribution the token was drawn from before top-k / top-p
 filtering (filtering only shapes sampling; training recomputes log-probs at the same temperature).
 
-`Backend` is the interface a faster engine (e.g. vLLM on a GPU) implements to replace `HFBackend` without
-touching the trainers.
+`Backend` is the interface a faster engine implements to replace `HFBackend` without touching the trainers
+(`rollout.backends`: `--backend hf|vllm`).
 
 Speed: `HFBackend` keeps its KV cache in buffers reserved for the whole rollout (`reserved_cache`: appending a
 token writes in place instead of copying the cache) and drops finished rows from its live batch (KV cache
@@ -78,6 +78,11 @@ def decode_responses(tokenizer, rollout: Rollout) -> list[str]:
 
 
 class Backend(Protocol):
+    """A sampling engine (`rollout.backends.make_backend`). `exact_logprobs`: the rollouts it returns carry the
+    sampling log-probs and entropies of `model` itself; otherwise callers rescore the samples with `model`."""
+
+    exact_logprobs: bool
+
     def generate(self, model, prompts: list[list[int]], params: SamplingParams, *, pad_id: int,
                  eos_id: int, generator: torch.Generator | None = None) -> Rollout: ...
 
@@ -185,6 +190,8 @@ class HFBackend:
     `prefill_once`, repeated prompts (RLOO's k samples) are prefilled once and their cache rows copied. With
     `decode_by_hand`, decode steps run `models.decode.decode_step` where it covers the model (the model's forward
     otherwise). Both change the result by float rounding only."""
+
+    exact_logprobs = True
 
     def __init__(self, drop_finished: bool = True, drop_fraction: float = DROP_FRACTION, reserve_cache: bool = True,
                  decode_by_hand: bool = True, prefill_once: bool = True):
@@ -345,7 +352,7 @@ def score_by_prompt(fn, prompts: list[list[int]], responses: list[list[int]], pa
                     max_tokens: int = SCORE_TOKEN_BUDGET, varlen: bool = True) -> torch.Tensor:
     """One value per row from `fn(batch)` -> (S,) over packed batches (`data.collate.pack_responses`: rows with
     the same prompt share one copy of it), in chunks of whole prompt groups of at most `max_tokens` real
-    tokens (a larger group alone); returns (N,) float32 on the CPU in row order. Prompts must be non-empty."""
+    tokens (a larger group alone); returns (N,) float32 on the CPU in row order."""
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault(tuple(p), []).append(i)

@@ -224,6 +224,9 @@ class RLConfig(RunConfig):
     temperature: float = Field(1.0, gt=0, description="sampling temperature (log-probs are computed at the same temperature)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     top_k: int = Field(0, ge=0, description="sample among the k most likely tokens (0 = off)")
+    backend: Literal["hf", "vllm"] = Field("hf", description="sampling engine: hf (the policy itself, any machine) or "
+                                           "vllm (vLLM on a CUDA GPU, its weights refreshed from the policy after "
+                                           "every update; pip install \"alignkit[vllm]\")")
     score_tokens: int = Field(4096, gt=0, description="token budget (rows x width) of one forward when scoring "
                               "rollouts with the policy and the reference (larger suits GPUs)")
     packing: bool = Field(True, description="score rollouts with the reference, and train on them (the policy; PPO's "

@@ -25,7 +25,12 @@ def preflight(cfg: RunConfig) -> None:
     """Refuse a run whose models or data are bad, before any model is loaded: every model name is checked
     (`check_model`), sequence lengths against the models' contexts, and the data files are read and validated
     (the run then reuses them). Also refused: an output folder that is, holds or lies in a model folder, a
-    reference cache that cannot be written, and a --resume whose checkpoints are all damaged."""
+    reference cache that cannot be written, a --resume whose checkpoints are all damaged, and a sampling backend
+    that cannot run here."""
+    if hasattr(cfg, "backend"):
+        from alignkit.rollout.backends import check_backend
+
+        check_backend(cfg.backend)
     for name in _model_names(cfg):
         check_model(name)
     _check_output_dir(cfg)

@@ -16,8 +16,8 @@ from alignkit.data.collate import pack_responses
 from alignkit.errors import AlignkitError
 from alignkit.losses import kl_k1, kl_k3, masked_mean
 from alignkit.models.logprobs import capabilities, score
+from alignkit.rollout.backends import make_backend
 from alignkit.rollout.engine import (
-    HFBackend,
     Rollout,
     SamplingParams,
     decode_responses,
@@ -91,7 +91,7 @@ class Scored:
 class Sampler:
     """Samples responses from the policy (with their log-probs and entropies), gets reference log-probs and rewards.
 
-    The sampler drops finished rows from its live batch (`HFBackend`); the reference log-probs are computed by
+    Sampling goes through `cfg.backend` (`rollout.backends`); the reference log-probs are computed by
     `score_rollout`: each prompt once for all its samples when packed, in chunks of at most `cfg.score_tokens`
     tokens."""
 
@@ -99,7 +99,7 @@ class Sampler:
         self.cfg = cfg
         self.tok = tokenizer
         self.reference = reference  # None: the policy with its LoRA adapter disabled
-        self.backend = HFBackend()
+        self.backend = make_backend(cfg.backend, cfg.model, seed=cfg.seed)
         self.params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                      top_p=cfg.top_p, top_k=cfg.top_k)
         self.reward = reward_source(cfg.reward_model, cfg.reward, timeout=cfg.reward_timeout,
@@ -129,7 +129,8 @@ class Sampler:
 
         # the sampler's own log-probs and entropies: a forward over the rollout gives the same up to float
         # rounding (tests/test_rollout.py), so the policy is rescored only for a backend that gives no entropy
-        logp, entropy = (ro.logprobs, ro.entropy) if ro.entropy is not None else self.score_rollout(policy, ro, entropy=True)
+        exact = self.backend.exact_logprobs and ro.entropy is not None
+        logp, entropy = (ro.logprobs, ro.entropy) if exact else self.score_rollout(policy, ro, entropy=True)
         if self.reference is None:
             with policy.disable_adapter():
                 ref_logp = self.score_rollout(policy, ro)
