@@ -17,7 +17,10 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
+
 from alignkit.evaluate.stats import mean_ci, paired_difference, pairwise_agreement, win_rate
+from alignkit.losses import kl_k1
 from alignkit.models.load import load_causal_lm, load_tokenizer
 from alignkit.rollout.rewards import CallableReward, ModelReward
 from alignkit.rollout.sample import (
@@ -86,7 +89,7 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
         del ref_model
         at = 0
         for sm in scored:
-            sm.kl = [lp - rl for lp, rl in zip(sm.logp, ref[at : at + len(sm.logp)], strict=True)]
+            sm.kl = kl_k1(torch.tensor(sm.logp), torch.tensor(ref[at : at + len(sm.logp)])).tolist()
             at += len(sm.logp)
     rm = ModelReward(reward_model, chat_template=s.chat_template) if reward_model else None
     rm_scores: dict[str, list[float]] = {}

@@ -33,12 +33,12 @@ import numpy as np
 import torch
 from accelerate.utils import send_to_device
 
-from alignkit.data.collate import pad_rows
+from alignkit.data.collate import pack_units
 from alignkit.data.records import Text
 from alignkit.data.tokenize import Encoder
 from alignkit.errors import AlignkitError, ConfigError
 from alignkit.models.load import load_reward_model, load_tokenizer
-from alignkit.models.logprobs import packed_reward_scores, packing_supported, reward_scores
+from alignkit.models.logprobs import capabilities, score
 from alignkit.rollout.engine import score_by_prompt
 
 OFFSET_KEY = "alignkit_reward_offset"
@@ -53,7 +53,7 @@ class ModelReward:
                                chat_template=chat_template)
         self.offset = float(getattr(self.model.config, OFFSET_KEY, 0.0) or 0.0)
         self.batch_size = batch_size
-        self.packed = packed and packing_supported(self.model) is None
+        self.packed = packed and capabilities(self.model).packing is None
         self.name = path
 
     @torch.no_grad()
@@ -61,16 +61,18 @@ class ModelReward:
         rows = [self.encoder.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
         dev = next(self.model.parameters()).device
         pad = self.encoder.tok.pad_token_id
+        def rewards(batch):
+            return score(self.model, send_to_device(batch, dev), "reward").reward
+
         if self.packed:  # padding-free, each distinct prompt laid out once for all its responses
             cut = [mask.index(1) if 1 in mask else len(mask) for _, mask in rows]
-            scores = score_by_prompt(lambda b: packed_reward_scores(self.model, send_to_device(b, dev)),
-                                     [ids[:k] for (ids, _), k in zip(rows, cut, strict=True)],
+            scores = score_by_prompt(rewards, [ids[:k] for (ids, _), k in zip(rows, cut, strict=True)],
                                      [ids[k:] for (ids, _), k in zip(rows, cut, strict=True)], pad)
             return scores - self.offset
         scores = []
         for i in range(0, len(rows), self.batch_size):
-            b = pad_rows(rows[i : i + self.batch_size], pad)
-            scores.append(reward_scores(self.model, b["input_ids"].to(dev), b["attention_mask"].to(dev)).cpu())
+            units = [[(ids, mask, None, j)] for j, (ids, mask) in enumerate(rows[i : i + self.batch_size])]
+            scores.append(rewards(pack_units(units, pad, one_per_row=True)).cpu())
         return torch.cat(scores) - self.offset
 
 
