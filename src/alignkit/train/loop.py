@@ -77,13 +77,50 @@ def _loader(items: list[dict], batch_size: int, collate, *, seed: int | None) ->
     return DataLoader(items, batch_size=batch_size, shuffle=seed is not None, generator=gen, collate_fn=_sized(collate))
 
 
-def _mean(values: list[tuple[float, int]]) -> float:
-    total = sum(n for _, n in values)
-    return sum(v * n for v, n in values) / max(total, 1)
+class Window:
+    """Metrics of the micro-batches since the last log, kept where they were computed (a GPU is not made to wait
+    for each one) and read back in one transfer by `means`: per name, the mean weighted by examples."""
 
+    def __init__(self):
+        self.entries: list[tuple[dict, int, torch.Tensor | None]] = []  # (metrics, examples, tokens) per micro-batch
 
-def _scalar(v) -> float:
-    return float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+    def add(self, metrics: dict, batch: dict) -> None:
+        """A micro-batch's metrics, and its examples and tokens for the throughput."""
+        values = {k: v.detach().float().mean() if torch.is_tensor(v) else torch.tensor(float(v))
+                  for k, v in metrics.items()}
+        tokens = batch["attention_mask"].sum() if "attention_mask" in batch else None
+        self.entries.append((values, batch["n"], tokens))
+
+    def drop(self, count: int) -> None:
+        """Forget the last `count` micro-batches (a skipped optimizer step's)."""
+        del self.entries[len(self.entries) - count :]
+
+    @property
+    def examples(self) -> int:
+        return sum(n for _, n, _ in self.entries)
+
+    def means(self) -> dict[str, float]:
+        flat = [v for m, _, _ in self.entries for v in m.values()]
+        read = iter(torch.stack([v.to(flat[0].device) for v in flat]).tolist() if flat else [])  # one transfer
+        sums: dict[str, list[float]] = {}
+        for m, n, _ in self.entries:
+            for k in m:
+                total = sums.setdefault(k, [0.0, 0])
+                total[0] += next(read) * n
+                total[1] += n
+        return {k: a / max(b, 1) for k, (a, b) in sums.items()}
+
+    def counts(self) -> dict[str, int]:
+        """Examples per metric name."""
+        out: dict[str, int] = {}
+        for m, n, _ in self.entries:
+            for k in m:
+                out[k] = out.get(k, 0) + n
+        return out
+
+    def tokens(self) -> int:
+        found = [t for _, _, t in self.entries if t is not None]
+        return int(torch.stack(found).sum()) if found else 0
 
 
 def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = False) -> dict[str, float]:
@@ -98,7 +135,7 @@ def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = F
 
     was_training = model.training
     model.eval()
-    acc: dict[str, list[tuple[float, int]]] = {}
+    acc = Window()
     # each process scores its own share of the items, none twice (a prepared loader would repeat items to even
     # out the shares, and the repeats would weigh in the mean); with fewer items than processes, every process
     # scores them all and keeps its own result
@@ -109,14 +146,15 @@ def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = F
         for batch in tqdm(_loader(items, batch_size, task.collate, seed=None), desc="eval", leave=False,
                           disable=not progress):
             loss, metrics = task.loss(model, send_to_device(batch, accelerator.device))
-            for k, v in {"loss": loss, **metrics}.items():
-                acc.setdefault(k, []).append((_scalar(v), batch["n"]))
+            acc.add({"loss": loss, **metrics}, batch)
     model.train(was_training)
+    means = acc.means()
     if not shard:
-        return {k: _mean(v) for k, v in acc.items()}
-    keys = sorted(acc)  # every process has the same keys: weighted sums and counts, summed over processes
-    sums = torch.tensor([[sum(v * n for v, n in acc[k]), sum(n for _, n in acc[k])] for k in keys],
-                        dtype=torch.float64, device=accelerator.device)
+        return means
+    keys = sorted(means)  # every process has the same keys: weighted sums and counts, summed over processes
+    counts = acc.counts()
+    sums = torch.tensor([[means[k] * counts[k], counts[k]] for k in keys], dtype=torch.float64,
+                        device=accelerator.device)
     sums = accelerator.reduce(sums, "sum")
     return {k: float(a / max(b, 1)) for k, (a, b) in zip(keys, sums.tolist(), strict=True)}
 
@@ -168,15 +206,6 @@ def _save_checkpoint(accelerator, task: Task, model, out: Path, state: dict, kee
     accelerator.wait_for_everyone()
 
 
-def _on_any_process(flag: bool, world: int, device) -> bool:
-    """True on every process when `flag` is true on any (so all processes skip or stop together)."""
-    if world == 1:
-        return flag
-    t = torch.tensor([float(flag)], device=device)
-    torch.distributed.all_reduce(t)
-    return bool(t.item() > 0)
-
-
 def _non_finite(cfg: RunConfig, out: Path, batch: dict, step: int, what: str, main: bool,
                 params: list[torch.nn.Parameter]) -> None:
     """A non-finite loss or gradient: the micro-batch is saved for inspection; the run stops (the last checkpoint
@@ -195,6 +224,69 @@ def _non_finite(cfg: RunConfig, out: Path, batch: dict, step: int, what: str, ma
         p.grad = None
 
 
+class Stepper:
+    """One micro-batch's forward and backward, and at the end of an accumulation the optimizer step behind its
+    guards: gradients averaged over processes (`_average_gradients`, when the model is not wrapped), their norm
+    clipped, and a non-finite loss or gradient norm handled (`_non_finite`). The losses' finiteness and the norm
+    are read back once per optimizer step, not per micro-batch."""
+
+    def __init__(self, cfg: RunConfig, out: Path, accelerator, optimizer, scheduler, params, manual_sync: bool,
+                 main: bool):
+        self.cfg, self.out, self.accelerator, self.main = cfg, out, accelerator, main
+        self.optimizer, self.scheduler, self.params, self.manual_sync = optimizer, scheduler, params, manual_sync
+        self.grad_norm: float | None = None  # of the last optimizer step
+        self.pending: list[tuple[torch.Tensor, dict]] = []  # (loss, micro-batch) since the last optimizer step
+
+    def run(self, task: Task, model, minibatches: list[dict], window: Window, step: int) -> int:
+        """Forward and backward on each minibatch, an optimizer step at the end of each accumulation; returns the
+        optimizer steps skipped (their metrics are dropped from `window` too)."""
+        skipped = 0
+        for mb in minibatches:
+            with self.accelerator.accumulate(model):
+                loss, metrics = self.forward_backward(task, model, mb)
+                window.add({"loss": loss, **metrics}, mb)
+                self.pending.append((loss, mb))
+                if self.accelerator.sync_gradients:
+                    if not self.step(self.pending, step):
+                        skipped += 1
+                        window.drop(len(self.pending))
+                    self.pending = []
+        return skipped
+
+    def forward_backward(self, task: Task, model, mb: dict):
+        # explicit autocast (--mixed-precision): the log-prob code runs the backbone and head itself, so the
+        # autocast accelerate puts around the prepared model's forward would never apply
+        with self.accelerator.autocast():
+            loss, metrics = task.loss(model, mb)
+        self.accelerator.backward(loss)
+        return loss.detach(), metrics
+
+    def step(self, pending: list[tuple[torch.Tensor, dict]], step: int) -> bool:
+        """The optimizer step over the accumulated gradients of `pending` (loss, micro-batch); False when it was
+        skipped for a non-finite loss or gradient (--skip-nonfinite; otherwise the run stops)."""
+        acc, world = self.accelerator, self.accelerator.num_processes
+        if self.manual_sync:
+            _average_gradients(self.params, world)
+        # the norm is computed (and checked) even without clipping
+        norm = acc.clip_grad_norm_(self.params, self.cfg.max_grad_norm or float("inf"))
+        finite = torch.stack([torch.isfinite(loss) for loss, _ in pending] + [torch.isfinite(norm)]).float()
+        if world > 1:  # all processes skip or stop together
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        flags = finite.tolist()
+        self.grad_norm = float(norm)
+        bad = next((i for i, ok in enumerate(flags[:-1]) if not ok), None)
+        if bad is not None or not flags[-1]:
+            loss, mb = pending[bad if bad is not None else -1]
+            what = f"loss ({float(loss)})" if bad is not None else f"gradient norm ({self.grad_norm})"
+            _non_finite(self.cfg, self.out, mb, step, what, self.main, self.params)
+            self.grad_norm = None
+            return False
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+
 def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     """Average the gradients over all processes in one all-reduce (a parameter without a gradient counts 0)."""
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
@@ -205,6 +297,18 @@ def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
     for p, g in zip(params, grads, strict=True):
         p.grad = g.copy_(flat[offset : offset + g.numel()].view_as(g))
         offset += g.numel()
+
+
+def _step_metrics(accelerator, step_metrics: dict, window: Window, busy: float, skipped: int) -> tuple[dict, list[float]]:
+    """A step's training metrics (the method's, then the window's means; over processes, their mean) and its
+    throughput in tokens and examples per second of optimisation (over processes, their sum)."""
+    metrics = {**step_metrics, **window.means()}
+    speed = [window.tokens() / max(busy, 1e-9), window.examples / max(busy, 1e-9)]
+    if accelerator.num_processes > 1:
+        metrics, speed = _reduce_metrics(accelerator, metrics, speed)
+    if skipped:
+        metrics["skipped_steps"] = skipped
+    return metrics, speed
 
 
 def _reduce_metrics(accelerator, metrics: dict, speed: list[float]) -> tuple[dict, list[float]]:
@@ -295,25 +399,12 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
     return result
 
 
-def _train(task: Task, cfg: RunConfig, trackers: list[Tracker]) -> TrainResult:
-    from accelerate import Accelerator, DistributedType
-    from accelerate.utils import set_seed
-    from tqdm.auto import tqdm
+def _prepare(task: Task, cfg: RunConfig, accelerator):
+    """The model, AdamW and the learning-rate schedule, prepared for this run's processes; the trainable
+    parameters; whether gradients are averaged by hand; and the plan: optimizer steps in all (`total`) and
+    micro-batches per epoch."""
+    from accelerate import DistributedType
     from transformers import get_scheduler
-
-    out = Path(cfg.output_dir)
-    # checked before anything is written: the newest intact checkpoint, and the damaged newer ones it replaces
-    ckpt, damaged = resume_checkpoint(out) if cfg.resume else (None, [])
-    _forget_other_precision(cfg.mixed_precision)
-    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                              mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
-    main = accelerator.is_main_process
-    set_seed(cfg.seed)
-    if main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml", method=task.name)
-        task.info["records"] = {"train": len(task.train_items), "eval": len(task.eval_items)}
-        (out / "run_info.json").write_text(json.dumps(task.info, indent=2))
 
     model = task.model
     model.train()
@@ -340,24 +431,50 @@ def _train(task: Task, cfg: RunConfig, trackers: list[Tracker]) -> TrainResult:
         accelerator.register_for_checkpointing(scheduler)  # not prepared: stepped once per optimizer step
     else:
         model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    return model, optimizer, scheduler, params, manual_sync, {"total": total, "micro_per_epoch": micro_per_epoch}
 
-    state = {"step": 0, "epoch": 0, "micro_in_epoch": 0}
-    resume_step = None
+
+def _resume(accelerator, ckpt: Path, damaged: list[str], task: Task, scheduler, cfg: RunConfig, total: int,
+            main: bool) -> dict:
+    """Restore a checkpoint (model, optimizer, scheduler, RNG, the method's state); returns the loop's state."""
+    if main:
+        for why in damaged:
+            print(f"skipping a damaged checkpoint: {why}")
+    _load_checkpoint(accelerator, ckpt)
+    state = json.loads((ckpt / "trainer_state.json").read_text())
+    task.state.update(state.pop("task_state", {}))
+    planned = state.pop("total", None)  # the steps of the run that wrote the checkpoint (older ones: absent)
+    lr = _follow_schedule(scheduler)
+    if main:
+        print(f"resuming from {ckpt} (step {state['step']})")
+        if isinstance(planned, int) and planned != total:
+            print(f"the run now has {total} steps, not {planned}: the {cfg.lr_scheduler} learning-rate "
+                  f"schedule is rebuilt for {total} steps and continues at lr {lr:.3g}")
+    return state
+
+
+def _train(task: Task, cfg: RunConfig, trackers: list[Tracker]) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    out = Path(cfg.output_dir)
+    # checked before anything is written: the newest intact checkpoint, and the damaged newer ones it replaces
+    ckpt, damaged = resume_checkpoint(out) if cfg.resume else (None, [])
+    _forget_other_precision(cfg.mixed_precision)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    set_seed(cfg.seed)
+    if main:
+        _write_run_files(task, cfg, out)
+
+    model, optimizer, scheduler, params, manual_sync, plan = _prepare(task, cfg, accelerator)
+    total, micro_per_epoch = plan["total"], plan["micro_per_epoch"]
+    state, resume_step = {"step": 0, "epoch": 0, "micro_in_epoch": 0}, None
     if ckpt is not None:
-        if main:
-            for why in damaged:
-                print(f"skipping a damaged checkpoint: {why}")
-        _load_checkpoint(accelerator, ckpt)
-        state = json.loads((ckpt / "trainer_state.json").read_text())
-        task.state.update(state.pop("task_state", {}))
+        state = _resume(accelerator, ckpt, damaged, task, scheduler, cfg, total, main)
         resume_step = state["step"]
-        planned = state.pop("total", None)  # the steps of the run that wrote the checkpoint (older ones: absent)
-        lr = _follow_schedule(scheduler)
-        if main:
-            print(f"resuming from {ckpt} (step {resume_step})")
-            if isinstance(planned, int) and planned != total:
-                print(f"the run now has {total} steps, not {planned}: the {cfg.lr_scheduler} learning-rate "
-                      f"schedule is rebuilt for {total} steps and continues at lr {lr:.3g}")
     state["total"] = total
     log = MetricsLog(out, resume_step=resume_step, enabled=main, trackers=trackers)
     if main:
@@ -374,72 +491,35 @@ def _train(task: Task, cfg: RunConfig, trackers: list[Tracker]) -> TrainResult:
 
     bar = tqdm(total=total, initial=state["step"], desc=task.name, disable=not (cfg.progress and main), dynamic_ncols=True)
     t_start = time.perf_counter()
-    window: dict[str, list[tuple[float, int]]] = {}
-    tokens = examples = 0
+    window = Window()
     busy = 0.0  # seconds spent in optimisation (sampling excluded)
     skipped = 0  # steps skipped for a non-finite loss or gradient (--skip-nonfinite)
+    stepper = Stepper(cfg, out, accelerator, optimizer, scheduler, params, manual_sync, main)
     while state["step"] < total:
         loader = accelerator.prepare(_loader(task.train_items, cfg.batch_size, task.collate, seed=cfg.seed + state["epoch"]))
         if state["micro_in_epoch"]:
             loader = accelerator.skip_first_batches(loader, state["micro_in_epoch"])
         accelerator.step = 0
         for batch in loader:
-            step_metrics: dict = {}
-            minibatches = [batch]
+            minibatches, step_metrics = [batch], {}
             if task.experience is not None:
                 with accelerator.autocast():
                     minibatches, step_metrics = task.experience(accelerator.unwrap_model(model), batch)
             t_busy = time.perf_counter()
-            for mb in minibatches:
-                with accelerator.accumulate(model):
-                    # explicit autocast (--mixed-precision): the log-prob code runs the backbone and head itself,
-                    # so the autocast accelerate puts around the prepared model's forward would never apply
-                    with accelerator.autocast():
-                        loss, metrics = task.loss(model, mb)
-                    if _on_any_process(not bool(torch.isfinite(loss)), world, accelerator.device):
-                        _non_finite(cfg, out, mb, state["step"] + 1, f"loss ({float(loss.detach())})", main, params)
-                        skipped += 1
-                        continue
-                    accelerator.backward(loss)
-                    if manual_sync and accelerator.sync_gradients:
-                        _average_gradients(params, world)
-                    grad_norm = None
-                    if accelerator.sync_gradients:  # the norm is computed (and checked) even without clipping
-                        grad_norm = accelerator.clip_grad_norm_(params, cfg.max_grad_norm or float("inf"))
-                        if not torch.isfinite(grad_norm):
-                            _non_finite(cfg, out, mb, state["step"] + 1, f"gradient norm ({float(grad_norm)})", main,
-                                        params)
-                            skipped += 1
-                            continue
-                    optimizer.step()
-                    if not manual_sync or accelerator.sync_gradients:
-                        scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                for k, v in {"loss": loss, **metrics}.items():
-                    window.setdefault(k, []).append((_scalar(v), mb["n"]))
-                tokens += int(mb["attention_mask"].sum()) if "attention_mask" in mb else 0
-                examples += mb["n"]
+            skipped += stepper.run(task, model, minibatches, window, state["step"] + 1)
             busy += time.perf_counter() - t_busy
             state["micro_in_epoch"] += 1
             if not accelerator.sync_gradients:
                 continue
             state["step"] += 1
-            now = time.perf_counter()
-            dt = max(busy, 1e-9)
-            last_train = {**step_metrics, **{k: _mean(v) for k, v in window.items()}}
-            speed = [tokens / dt, examples / dt]
-            if world > 1:  # metrics: mean over processes; throughput: sum
-                last_train, speed = _reduce_metrics(accelerator, last_train, speed)
-            if skipped:
-                last_train["skipped_steps"] = skipped
-            record = {"split": "train", "step": state["step"], "epoch": state["epoch"] + state["micro_in_epoch"] / micro_per_epoch,
-                      **last_train, "lr": scheduler.get_last_lr()[0],
-                      "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                      "tokens_per_s": speed[0], "examples_per_s": speed[1], "elapsed_s": now - t_start}
-            log.write(record)
+            last_train, speed = _step_metrics(accelerator, step_metrics, window, busy, skipped)
+            log.write({"split": "train", "step": state["step"],
+                       "epoch": state["epoch"] + state["micro_in_epoch"] / micro_per_epoch, **last_train,
+                       "lr": scheduler.get_last_lr()[0], "grad_norm": stepper.grad_norm,
+                       "tokens_per_s": speed[0], "examples_per_s": speed[1], "elapsed_s": time.perf_counter() - t_start})
             bar.update(1)
             bar.set_postfix({k: f"{v:.3g}" for k, v in last_train.items() if k in ("loss", "accuracy", "reward", "kl")})
-            window, tokens, examples, busy = {}, 0, 0, 0.0
+            window, busy = Window(), 0.0
             if cfg.eval_every and state["step"] % cfg.eval_every == 0 and state["step"] < total:
                 last_eval = evaluate(task, model, accelerator, eval_bs)
                 log.write({"split": "eval", "step": state["step"], **last_eval})
@@ -455,14 +535,27 @@ def _train(task: Task, cfg: RunConfig, trackers: list[Tracker]) -> TrainResult:
     if (task.eval_items or task.eval_fn) and (resume_step is None or resume_step < total):
         last_eval = evaluate(task, model, accelerator, eval_bs)
         log.write({"split": "eval", "step": state["step"], **last_eval})
+    result = TrainResult(out, state["step"], last_train, last_eval, first_eval)
+    _finish(task, cfg, accelerator, model, state, result)
+    return result
+
+
+def _write_run_files(task: Task, cfg: RunConfig, out: Path) -> None:
+    """config.yaml and run_info.json, written before training starts."""
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml", method=task.name)
+    task.info["records"] = {"train": len(task.train_items), "eval": len(task.eval_items)}
+    (out / "run_info.json").write_text(json.dumps(task.info, indent=2))
+
+
+def _finish(task: Task, cfg: RunConfig, accelerator, model, state: dict, result: TrainResult) -> None:
+    """The method's last pass (`before_save`), a last checkpoint when checkpointing, the model and its card."""
     final_model = accelerator.unwrap_model(model)
     if task.before_save is not None:
         task.before_save(final_model)
     if cfg.save_every:
-        _save_checkpoint(accelerator, task, model, out, state, cfg.keep_checkpoints)
-    result = TrainResult(out, state["step"], last_train, last_eval, first_eval)
-    if main:
-        task.save(final_model, out)
-        write_card(out, task.name, cfg, task.info, result)
+        _save_checkpoint(accelerator, task, model, result.output_dir, state, cfg.keep_checkpoints)
+    if accelerator.is_main_process:
+        task.save(final_model, result.output_dir)
+        write_card(result.output_dir, task.name, cfg, task.info, result)
     accelerator.wait_for_everyone()
-    return result
