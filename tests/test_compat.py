@@ -87,3 +87,21 @@ def test_the_cache_goes_under_the_keyword_the_model_takes(monkeypatch):
     for version, keyword in (("5.0.0", "past_key_values"), ("5.24.0", "cache"), ("5.30.1", "cache")):
         pretend(monkeypatch, version)
         assert compat.cache_keyword(Wrapper()) == keyword, version
+
+
+def test_hand_written_paths_are_off_for_a_model_on_another_device():
+    """On a GPU (here the meta device stands in for it) the libraries' own kernels run: no flat varlen forward, no
+    last-layer read-out or hand-written decode step, no reserved KV cache; packed rows under the block mask stay."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from alignkit.models.logprobs import capabilities
+
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=2)
+    cpu = LlamaForCausalLM(config)
+    assert capabilities(cpu).varlen and capabilities(cpu).readout is None and reserved_cache(cpu, 8) is not None
+    with torch.device("meta"):
+        meta = LlamaForCausalLM(config)
+    caps = capabilities(meta)
+    assert not caps.varlen and caps.readout == "on meta: the library's own kernels run there"
+    assert caps.packing is None and reserved_cache(meta, 8) is None

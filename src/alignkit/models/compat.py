@@ -4,7 +4,8 @@ The packed forwards (a 4D block mask, or flat varlen attention), the last-layer 
 step and the reserved KV cache reach into transformers' internals: module attribute names, the cache classes, how
 a custom attention mask is taken. They run only when the installed transformers is inside `TESTED`; outside it
 they switch off with one warning line, and the plain path (the model's own forward, padded batches, the model's
-own cache) runs instead: slower, and otherwise the same up to float rounding."""
+own cache) runs instead: slower, and otherwise the same up to float rounding. They are also off for a model on a GPU
+(`off_device`)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,16 @@ def untested() -> str | None:
     import transformers
 
     return f"transformers {transformers.__version__} is outside the tested range"
+
+
+def off_device(model) -> str | None:
+    """Why the hand-written paths (`varlen`, `readout`, `decode`) stay off for `model`, a model on a GPU or another
+    accelerator: there the libraries' own kernels run (SDPA or FlashAttention under the block mask, the model's
+    own forward and cache), as the hand-written paths were measured on CPUs only; None on the CPU."""
+    param = next(iter(model.parameters()), None)
+    if param is None or param.device.type == "cpu":
+        return None
+    return f"on {param.device.type}: the library's own kernels run there"
 
 
 def cache_keyword(model) -> str:

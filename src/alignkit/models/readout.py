@@ -23,7 +23,7 @@ import inspect
 import torch
 import torch.nn.functional as F
 
-from alignkit.models.compat import untested
+from alignkit.models.compat import off_device, untested
 from alignkit.models.load import decoder_layers, sharded, unwrap
 from alignkit.models.varlen import VARLEN, view_keys
 
@@ -61,7 +61,7 @@ def unsupported(model) -> str | None:
     """None when `hidden_at` computes the last layer of `model` at the read positions only, else why not."""
     if sharded(model):
         return "FSDP- or DeepSpeed-wrapped model"
-    if (why := untested()) is not None:
+    if (why := untested() or off_device(model)) is not None:
         return why
     base = unwrap(model)
     cfg = getattr(base, "config", None)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
-from alignkit.models.compat import fast_paths
+from alignkit.models.compat import fast_paths, off_device
 from alignkit.models.load import unwrap
 
 VARLEN = "alignkit_varlen"
@@ -59,7 +59,7 @@ def varlen_supported(model) -> bool:
     attention, no sliding window, not gradient-checkpointed)."""
     base = unwrap(model)
     cfg = getattr(base, "config", None)
-    if cfg is None or getattr(cfg, "model_type", None) not in MODEL_TYPES or not fast_paths():
+    if cfg is None or getattr(cfg, "model_type", None) not in MODEL_TYPES or not fast_paths() or off_device(model):
         return False
     if (getattr(cfg, "_attn_implementation", None) or "eager") not in ("sdpa", "eager"):
         return False

@@ -30,7 +30,7 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 
 from alignkit.data.collate import pack_responses, pad_rows
 from alignkit.losses import entropy_from_logprobs
-from alignkit.models.compat import cache_keyword, fast_paths, output_cache
+from alignkit.models.compat import cache_keyword, fast_paths, off_device, output_cache
 from alignkit.models.decode import decode_step
 from alignkit.models.logprobs import position_ids_from_mask
 
@@ -157,9 +157,9 @@ class ReservedLayer(DynamicLayer):
 def reserved_cache(model, capacity: int) -> DynamicCache | None:
     """A `DynamicCache` for `model` whose full-attention layers are `ReservedLayer`s of `capacity` positions (other
     layer kinds, e.g. sliding windows, stay as transformers makes them); None when the model's config cannot
-    describe its cache (the model then makes its own)."""
+    describe its cache, or the model is on a GPU (`models.compat.off_device`): the model then makes its own."""
     config = getattr(model, "config", None)
-    if config is None or not fast_paths():
+    if config is None or not fast_paths() or off_device(model):
         return None
     try:
         cache = DynamicCache(config=config)
