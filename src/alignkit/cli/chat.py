@@ -43,12 +43,13 @@ def side_by_side(left: str, right: str, names: tuple[str, str], width: int = 60)
     return "\n".join(rows)
 
 
-def chat(model: str, compare: str | None, *, max_new_tokens: int, temperature: float, greedy: bool, seed: int,
-         backend: str = "hf", stdin=None, out=None) -> int:
+def chat(cfg, stdin=None, out=None) -> int:
+    """Talk to `cfg.model` (a `rollout.config.ChatConfig`), and to `cfg.compare` beside it."""
     stdin = stdin or sys.stdin
     out = out or sys.stdout
-    params = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, greedy=greedy)
-    bots = [ChatModel(model, params, backend)] + ([ChatModel(compare, params, backend)] if compare else [])
+    params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, greedy=cfg.greedy)
+    bots = [ChatModel(m, params, cfg.backend) for m in [cfg.model, *([cfg.compare] if cfg.compare else [])]]
+    model, compare, seed = cfg.model, cfg.compare, cfg.seed
     interactive = stdin.isatty()
     if interactive:
         print("type a message; an empty line or Ctrl-D ends the chat", file=out)

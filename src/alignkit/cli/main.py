@@ -8,6 +8,7 @@ import argparse
 import sys
 import types
 import typing
+from pathlib import Path
 from typing import Literal
 
 from alignkit import __version__  # noqa: I001
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (cls, _, help_text) in TRAINERS.items():
         p = sub.add_parser(name, help=help_text, description=f"{help_text}. {cls.__doc__.strip()}")
         add_config_flags(p, cls)
-    from alignkit.cli.sample import add_backend_flag, add_sampling_flags
+    from alignkit.cli.sample import S, add_backend_flag, add_config_flag, add_sampling_flags
     from alignkit.lab.demo import DemoConfig
 
     demo = sub.add_parser("demo", help="the sentiment alignment demo: every method vs a gold reward, cached stages",
@@ -92,24 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the gold score (mean, 95%% CI), win rate against the reference by gold score, "
                                     "sampled sequence KL to the reference, response length and, with "
                                     "--reward-model, the reward model's score and its accuracy against gold.")
-    ev.add_argument("--model", action="append", required=True, metavar="[NAME=]DIR",
-                    help="a policy folder to evaluate (repeat for several); NAME defaults to the folder name")
-    ev.add_argument("--reference", required=True, help="the reference policy (KL and win rate are against it)")
-    ev.add_argument("--prompts", required=True, help="held-out prompt file (records with `prompt`)")
-    ev.add_argument("--gold", default="vader", help="gold scorer: vader, sklearn:PATH (a joblib text classifier), module:function or file.py:function (default: vader)")
-    ev.add_argument("--reward-model", help="also score with this reward model and report its accuracy against gold")
-    ev.add_argument("--output-dir", required=True, help="folder for results.json")
-    ev.add_argument("--samples", type=int_at_least(1), default=1, help="responses per prompt and policy (default: 1)")
+    add_config_flag(ev)
+    ev.add_argument("--model", action="append", default=S, metavar="[NAME=]DIR",
+                    help="a policy folder to evaluate (repeat for several); NAME defaults to the folder name (required)")
+    ev.add_argument("--reference", default=S, help="the reference policy (KL and win rate are against it) (required)")
+    ev.add_argument("--prompts", default=S, help="held-out prompt file (records with `prompt`) (required)")
+    ev.add_argument("--gold", default=S, help="gold scorer: vader, sklearn:PATH (a joblib text classifier), module:function or file.py:function (default: vader)")
+    ev.add_argument("--reward-model", default=S, help="also score with this reward model and report its accuracy against gold")
+    ev.add_argument("--output-dir", default=S, help="folder for results.json and config.yaml (required)")
+    ev.add_argument("--samples", type=int_at_least(1), default=S, help="responses per prompt and policy (default: 1)")
     add_sampling_flags(ev, max_new_tokens=48)
+    ev.add_argument("--top-p", type=float_in(0, 1), default=S, help="nucleus sampling threshold (default: 1.0, off)")
     ch = sub.add_parser("chat", help="talk to a trained policy (optionally side by side with a second model)",
                         description="Chat with a model through its chat template; with --compare a second model "
                                     "answers the same messages beside it. Reads messages from standard input.")
-    ch.add_argument("--model", required=True, help="the policy folder (or hub id / built-in name)")
-    ch.add_argument("--compare", help="a second model to answer beside it (e.g. the reference)")
-    ch.add_argument("--max-new-tokens", type=int_at_least(1), default=128, help="longest answer (default: 128)")
-    ch.add_argument("--temperature", type=float_in(0), default=0.7, help="sampling temperature (default: 0.7)")
-    ch.add_argument("--greedy", action="store_true", help="always pick the most likely token")
-    ch.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    add_config_flag(ch)
+    ch.add_argument("--model", default=S, help="the policy folder (or hub id / built-in name) (required)")
+    ch.add_argument("--compare", default=S, help="a second model to answer beside it (e.g. the reference)")
+    ch.add_argument("--max-new-tokens", type=int_at_least(1), default=S, help="longest answer (default: 128)")
+    ch.add_argument("--temperature", type=float_in(0), default=S, help="sampling temperature (default: 0.7)")
+    ch.add_argument("--greedy", action="store_true", default=S, help="always pick the most likely token")
+    ch.add_argument("--seed", type=int, default=S, help="sampling seed (default: 0)")
     add_backend_flag(ch)
     tiny = sub.add_parser("make-tiny-model", help="build a tiny random model + tokenizer for quick runs and tests",
                           description="Build a tiny randomly initialised causal LM and a BPE tokenizer trained on "
@@ -196,12 +200,14 @@ def main(argv: list[str] | None = None) -> int:
             return run_sample(args)
         if args.command == "chat":
             from alignkit.cli.chat import chat
+            from alignkit.cli.sample import command_config
             from alignkit.rollout.backends import check_backend
+            from alignkit.rollout.config import ChatConfig
 
-            check_backend(args.backend)
+            cfg = command_config(ChatConfig, args)
+            check_backend(cfg.backend)
             quiet_model_libraries()
-            return chat(args.model, args.compare, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                        greedy=args.greedy, seed=args.seed, backend=args.backend)
+            return chat(cfg)
         if args.command == "demo":
             from alignkit.lab.demo import DemoConfig, run_demo
 
@@ -227,33 +233,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _eval(args) -> int:
+    from alignkit.cli.sample import command_config
     from alignkit.data import load_prompts
+    from alignkit.evaluate.config import EvalConfig
     from alignkit.models.names import check_model
-
-    policies = {}
-    for spec in args.model:
-        name, _, path = spec.rpartition("=")
-        policies[name or path.rstrip("/").split("/")[-1]] = path
     from alignkit.rollout.backends import check_backend
 
-    check_backend(args.backend)
-    for path in [*policies.values(), args.reference, *([args.reward_model] if args.reward_model else [])]:
+    cfg = command_config(EvalConfig, args)
+    check_backend(cfg.backend)
+    policies = cfg.policies()
+    for path in [*policies.values(), cfg.reference, *([cfg.reward_model] if cfg.reward_model else [])]:
         check_model(path)
-    prompts, report = load_prompts(args.prompts)
+    prompts, report = load_prompts(cfg.prompts)
     print(report.summary(), file=sys.stderr)
-    prompts = prompts[: args.max_prompts] if args.max_prompts else prompts
+    prompts = prompts[: cfg.max_prompts] if cfg.max_prompts else prompts
 
     from alignkit.evaluate.run import evaluate_policies, results_table
-    from alignkit.rollout.sample import SampleSettings
+    from alignkit.train.config import save_config
 
     quiet_model_libraries()
-    settings = SampleSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, samples=args.samples,
-                            batch_size=args.batch_size, chat_template=args.chat_template, seed=args.seed,
-                            backend=args.backend)
-    results = evaluate_policies(policies, args.reference, prompts, args.gold, reward_model=args.reward_model,
-                                settings=settings, output_dir=args.output_dir)
+    results = evaluate_policies(policies, cfg.reference, prompts, cfg.gold, reward_model=cfg.reward_model,
+                                settings=cfg.settings(cfg.samples), output_dir=cfg.output_dir)
+    save_config(cfg, Path(cfg.output_dir) / "config.yaml", method="eval")
     print(results_table(results))
-    print(f"results written to {args.output_dir}/results.json")
+    print(f"results written to {cfg.output_dir}/results.json")
     return 0
 
 

@@ -15,24 +15,10 @@ from alignkit.data.tokenize import Encoder
 from alignkit.models.load import load_causal_lm
 from alignkit.models.logprobs import capabilities, score
 from alignkit.rollout.backends import make_backend
+from alignkit.rollout.config import SampleSettings
 from alignkit.rollout.engine import SamplingParams, decode_responses, generate_many, score_by_prompt
 
 ROWS = 16  # sequences per forward when a model cannot take packed rows
-@dataclass
-class SampleSettings:
-    """How policies are sampled (by `sample_policy`, and for evaluation)."""
-
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_p: float = 1.0
-    samples: int = 1  # responses per prompt and policy
-    batch_size: int = 16
-    max_prompt_length: int = 256
-    chat_template: bool = False
-    seed: int = 0
-    backend: str = "hf"  # `rollout.backends.BACKENDS`
-
-
 @dataclass
 class PolicySamples:
     prompts: list  # one entry per sample

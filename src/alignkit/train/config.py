@@ -361,7 +361,7 @@ def _config_loader():
     return Loader
 
 
-def save_config(cfg: RunConfig, path: str | Path, *, method: str) -> None:
+def save_config(cfg: BaseModel, path: str | Path, *, method: str) -> None:
     import yaml
 
     data = {"method": method, **cfg.model_dump()}

@@ -1,0 +1,31 @@
+"""Settings of `alignkit eval`: typed, loaded from YAML and flags alike, light to import (no torch)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from alignkit.rollout.config import BatchSampling
+
+
+class EvalConfig(BatchSampling):
+    """`alignkit eval`: policies against their reference on held-out prompts."""
+
+    model: list[str] = Field(description="policy folders to evaluate, each DIR or NAME=DIR (NAME defaults to the "
+                             "folder name)")
+    reference: str = Field(description="the reference policy (KL and win rate are against it)")
+    prompts: str = Field(description="held-out prompt file (records with `prompt`)")
+    gold: str = Field("vader", description="gold scorer: vader, sklearn:PATH (a joblib text classifier), "
+                      "module:function or file.py:function")
+    reward_model: str | None = Field(None, description="also score with this reward model and report its accuracy "
+                                     "against gold")
+    output_dir: str = Field(description="folder for results.json (and config.yaml)")
+    samples: int = Field(1, gt=0, description="responses per prompt and policy")
+    max_new_tokens: int = Field(48, gt=0, description="longest response in tokens")
+
+    def policies(self) -> dict[str, str]:
+        """name -> folder of each policy."""
+        out = {}
+        for spec in self.model:
+            name, _, path = spec.rpartition("=")
+            out[name or path.rstrip("/").split("/")[-1]] = path
+        return out
