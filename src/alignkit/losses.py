@@ -598,6 +598,171 @@ def rloo_loss(
     return per_sample.mean(), stats
 
 
+GRPO_AGGREGATIONS = ("grpo", "dr_grpo", "dapo")
+
+
+def group_advantages(rewards: Tensor, group: int, *, scale: bool = True, eps: float = 1e-4) -> Tensor:
+    """GRPO's group-relative advantages, float32, detached, shape (N,).
+
+    ``rewards`` (N,) holds consecutive groups of ``group`` samples of one prompt (N = P·G):
+
+        A_i = (R_i − mean_group(R)) / (std_group(R) + eps)     (scale=True: GRPO)
+        A_i =  R_i − mean_group(R)                             (scale=False: Dr. GRPO)
+
+    The std is the sample standard deviation (divisor G − 1). A group whose rewards are all equal gets
+    advantages 0 (no NaN): it carries no signal. Raises ``ValueError`` unless ``group ≥ 2`` divides N.
+
+    Source: Shao et al. 2024, "DeepSeekMath" (GRPO, outcome supervision); Liu et al. 2025, "Understanding
+    R1-Zero-Like Training: A Critical Perspective" (Dr. GRPO: no std scaling).
+    """
+    if group < 2:
+        raise ValueError(f"group_advantages needs at least 2 samples per prompt; got group={group}")
+    if rewards.dim() != 1 or rewards.numel() % group != 0:
+        raise ValueError(f"rewards must be 1-D with a length divisible by group={group}; got {tuple(rewards.shape)}")
+    g = rewards.detach().float().view(-1, group)
+    centred = g - g.mean(dim=1, keepdim=True)
+    if scale:
+        centred = centred / (g.std(dim=1, keepdim=True) + eps)
+    return centred.reshape(-1)
+
+
+def grpo_loss(
+    logp: Tensor, old_logp: Tensor, advantages: Tensor, mask: Tensor, *, epsilon_low: float = 0.2,
+    epsilon_high: float | None = None, aggregation: str = "grpo", max_length: int | None = None,
+    ref_logp: Tensor | None = None, beta: float = 0.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """GRPO's clipped surrogate with a sequence advantage on every token, a scalar, and detached statistics.
+
+    With ``ρ_{i,t} = exp(logπ(o_{i,t}) − logπ_old(o_{i,t}))`` and ``A_i`` (N,) broadcast over the tokens of
+    response i (``logp`` etc. are (N, T), ``mask`` marks the response tokens):
+
+        l_{i,t} = max(−A_i ρ_{i,t}, −A_i clip(ρ_{i,t}, 1 − ε_low, 1 + ε_high)) + β · k3_{i,t}
+
+    where ``k3 = exp(logπ_ref − logπ) − (logπ_ref − logπ) − 1`` (added only when ``beta > 0``; needs
+    ``ref_logp``). ``epsilon_high`` defaults to ``epsilon_low`` (symmetric clipping); DAPO's "clip-higher"
+    takes it larger. The tokens' losses are aggregated as
+
+        grpo:     (1/N) Σ_i (1/|o_i|) Σ_t l_{i,t}        (each response's mean, then the mean over responses)
+        dapo:     Σ_{i,t} l_{i,t} / Σ_i |o_i|            (the mean over all tokens of the batch)
+        dr_grpo:  Σ_{i,t} l_{i,t} / (N · max_length)     (a constant normaliser: no length bias)
+
+    ``dr_grpo`` needs ``max_length`` (the longest response that could be sampled). Stats: ``clip_fraction``,
+    ``ratio_mean`` and, with β > 0, ``kl`` (mean k3 per token).
+
+    Source: Shao et al. 2024, "DeepSeekMath" (GRPO); Yu et al. 2025, "DAPO" (clip-higher, token-level loss);
+    Liu et al. 2025 (Dr. GRPO); Schulman 2020 (k3).
+    """
+    if aggregation not in GRPO_AGGREGATIONS:
+        raise ValueError(f"unknown aggregation {aggregation!r}; choose from {', '.join(GRPO_AGGREGATIONS)}")
+    if aggregation == "dr_grpo" and not max_length:
+        raise ValueError("aggregation 'dr_grpo' needs max_length, the longest response that could be sampled")
+    if beta > 0 and ref_logp is None:
+        raise ValueError("grpo_loss with beta > 0 needs ref_logp")
+    high = epsilon_low if epsilon_high is None else epsilon_high
+    m = _response_mask(mask, logp)
+    zero = torch.zeros((), dtype=torch.float32, device=logp.device)
+    log_ratio = torch.where(m, logp.float() - old_logp.detach().float(), zero)
+    ratio = torch.exp(log_ratio)
+    adv = advantages.detach().float()[:, None].expand_as(ratio)
+    unclipped = -adv * ratio
+    clipped = -adv * ratio.clamp(1.0 - epsilon_low, 1.0 + high)
+    per_token = torch.maximum(unclipped, clipped)
+    stats = {}
+    if beta > 0:
+        log_r = torch.where(m, ref_logp.detach().float() - logp.float(), zero)
+        k3 = torch.expm1(log_r) - log_r
+        per_token = per_token + beta * k3
+        stats["kl"] = masked_mean(k3.detach(), m)
+    per_token = torch.where(m, per_token, zero)
+    lengths = m.sum(dim=1)
+    if aggregation == "grpo":
+        loss = (per_token.sum(dim=1) / lengths.clamp(min=1)).mean()
+    elif aggregation == "dapo":
+        loss = per_token.sum() / lengths.sum().clamp(min=1)
+    else:
+        loss = per_token.sum() / (per_token.shape[0] * max_length)
+    with torch.no_grad():
+        stats.update(clip_fraction=masked_mean((clipped > unclipped).float(), m), ratio_mean=masked_mean(ratio, m))
+    return loss, stats
+
+
+def kto_loss(
+    policy_logps: Tensor, reference_logps: Tensor, desirable: Tensor, kl: Tensor | float, *, beta: float = 0.1,
+    desirable_weight: float = 1.0, undesirable_weight: float = 1.0,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """KTO: a prospect-theory value of unpaired good and bad responses around a KL reference point; a scalar
+    (the mean over the batch) and detached statistics.
+
+    With ``r = logπ(y|x) − logπ_ref(y|x)`` (summed log-probs, (N,)) and the reference point ``z = max(kl, 0)``
+    (no gradient: the caller estimates KL(π‖π_ref) on mismatched prompt/response pairs of the batch):
+
+        desirable:    L = λ_D (1 − σ(β (r − z)))
+        undesirable:  L = λ_U (1 − σ(β (z − r)))
+
+    i.e. ``λ_y − v(x, y)`` of the paper. ``desirable`` (N,) is a bool mask. A batch with only one kind of
+    example is fine. Stats: ``reward_desirable`` / ``reward_undesirable`` (mean β·r of each kind, 0 when
+    absent) and ``kl`` (z).
+
+    Source: Ethayarajh et al. 2024, "KTO: Model Alignment as Prospect Theoretic Optimization", eq. 8.
+    """
+    _check_beta(beta)
+    if policy_logps.shape != reference_logps.shape or desirable.shape != policy_logps.shape:
+        raise ValueError("kto_loss expects policy_logps, reference_logps and desirable of one shape (N,)")
+    z = torch.as_tensor(kl, dtype=torch.float32, device=policy_logps.device).detach().clamp(min=0)
+    r = policy_logps.float() - reference_logps.detach().float()
+    good = desirable.bool()
+    losses = torch.where(good, desirable_weight * (1 - torch.sigmoid(beta * (r - z))),
+                         undesirable_weight * (1 - torch.sigmoid(beta * (z - r))))
+    with torch.no_grad():
+        rewards = beta * r.detach()
+        stats = {"reward_desirable": masked_mean(rewards, good), "reward_undesirable": masked_mean(rewards, ~good),
+                 "kl": z}
+    return losses.mean(), stats
+
+
+def simpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, chosen_tokens: Tensor, rejected_tokens: Tensor, *,
+               beta: float = 2.0, gamma: float = 1.0) -> Tensor:
+    """SimPO, reference-free; per pair (B,), float32. With the length-normalised log-likelihoods
+    ``s = logπ(y|x) / |y|``:
+
+        L = −log σ(β s_w − β s_l − γ)
+
+    ``γ`` is the target reward margin (the paper reports it as γ/β; here it is the margin itself, in units of
+    β·s). With γ = 0 this is −log σ(β (s_w − s_l)).
+
+    Source: Meng, Xia & Chen 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward", eq. 6.
+    """
+    _check_beta(beta)
+    s_w = chosen_logps.float() / chosen_tokens.float().clamp(min=1)
+    s_l = rejected_logps.float() / rejected_tokens.float().clamp(min=1)
+    return -F.logsigmoid(beta * (s_w - s_l) - gamma)
+
+
+def orpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, chosen_tokens: Tensor, rejected_tokens: Tensor, *,
+              weight: float = 0.1) -> tuple[Tensor, Tensor]:
+    """ORPO's preference term and its SFT term, per pair (B,) each, float32; the loss is ``sft + weight · or``.
+
+    With the length-normalised probability ``P(y|x) = exp(logπ(y|x) / |y|)`` and
+    ``log odds(y|x) = log P − log(1 − P)``:
+
+        L_OR  = −log σ(log odds(y_w|x) − log odds(y_l|x))
+        L_SFT = −logπ(y_w|x) / |y_w|                          (the chosen response's mean token NLL)
+
+    Returns ``(weight · L_OR, L_SFT)``. ``log(1 − P)`` is computed as ``log1p(−P)``, with a mean log-prob
+    above −1e-6 taken as −1e-6 (so P < 1 and the odds stay finite).
+
+    Source: Hong, Lee & Thorne 2024, "ORPO: Monolithic Preference Optimization without Reference Model", eq. 6-7.
+    """
+    mean_w = chosen_logps.float() / chosen_tokens.float().clamp(min=1)
+    mean_l = rejected_logps.float() / rejected_tokens.float().clamp(min=1)
+
+    def log_odds(mean: Tensor) -> Tensor:
+        return mean - torch.log1p(-torch.exp(mean.clamp(max=-1e-6)))
+
+    ratio = -F.logsigmoid(log_odds(mean_w) - log_odds(mean_l))
+    return weight * ratio, -mean_w
+
+
 def adaptive_kl_beta(
     beta: float, kl: float | Tensor, target: float, n_samples: int, horizon: int
 ) -> float:
@@ -660,6 +825,13 @@ __all__ = [
     "ppo_value_loss",
     "rloo_advantages",
     "rloo_loss",
+    # GRPO, KTO, SimPO, ORPO
+    "GRPO_AGGREGATIONS",
+    "group_advantages",
+    "grpo_loss",
+    "kto_loss",
+    "orpo_loss",
+    "simpo_loss",
     "token_entropy",
     "entropy_from_logprobs",
 ]
