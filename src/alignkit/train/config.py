@@ -149,7 +149,8 @@ class RewardConfig(TrainConfig):
                                                      "whose responses set the offset")
 
 
-PreferenceLoss = Literal["dpo", "cdpo", "ipo", "hinge", "gdpo", "gipo"]
+PreferenceLoss = Literal["dpo", "cdpo", "ipo", "hinge", "gdpo", "gipo", "simpo", "orpo"]
+REFERENCE_FREE = ("simpo", "orpo")  # losses that need no reference model
 
 
 class DPOConfig(TrainConfig):
@@ -158,8 +159,13 @@ class DPOConfig(TrainConfig):
     inputs: ClassVar[str] = "pairs"
 
     learning_rate: float = Field(5e-6, gt=0, description="peak learning rate (AdamW)")
-    loss: PreferenceLoss = Field("dpo", description="dpo, cdpo, ipo, hinge, gdpo (soft-label geometric DPO, Furuta et al. 2024) or gipo")
-    beta: float = Field(0.1, gt=0, description="strength of the KL constraint to the reference")
+    loss: PreferenceLoss = Field("dpo", description="dpo, cdpo, ipo, hinge, gdpo (soft-label geometric DPO, Furuta "
+                                 "et al. 2024), gipo; or, with no reference model, simpo (Meng et al. 2024) or orpo "
+                                 "(Hong et al. 2024)")
+    beta: float = Field(0.1, gt=0, description="strength of the KL constraint to the reference; simpo: the scale of "
+                        "its length-normalised reward (default there: 2.0)")
+    simpo_gamma: float = Field(1.0, ge=0, description="simpo: target reward margin γ")
+    orpo_weight: float = Field(0.1, gt=0, description="orpo: weight λ of the odds-ratio term beside the SFT loss")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cdpo: fixed label-noise rate ε (0 = take ε = 1 − p from soft labels)")
     reference: Literal["precomputed", "copy", "lora-disabled"] = Field(
         "precomputed", description="reference log-probs: precomputed once (cached), a frozen copy, or the base with LoRA disabled")
@@ -168,6 +174,10 @@ class DPOConfig(TrainConfig):
 
     @model_validator(mode="after")
     def _reference(self):
+        if self.loss == "simpo" and "beta" not in self.model_fields_set:
+            self.beta = 2.0
+        if self.loss in REFERENCE_FREE and self.reference_model:
+            raise ValueError(f"loss '{self.loss}' uses no reference model; drop --reference-model")
         if self.reference == "lora-disabled" and not self.lora:
             raise ValueError("reference 'lora-disabled' needs --lora")
         if self.reference == "lora-disabled" and self.reference_model:

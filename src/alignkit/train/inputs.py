@@ -16,7 +16,7 @@ from alignkit.data.records import LoadReport
 from alignkit.errors import AlignkitError
 from alignkit.models.names import BUILTIN_MODELS, builtin_folder, check_cache, check_context, check_model
 from alignkit.train.checkpoints import resume_checkpoint
-from alignkit.train.config import RLConfig, RunConfig
+from alignkit.train.config import REFERENCE_FREE, RLConfig, RunConfig
 
 _read_ahead: dict[tuple, tuple[list, list, dict]] = {}  # preflight's records, taken by the run of the same config
 
@@ -34,7 +34,8 @@ def preflight(cfg: RunConfig) -> None:
     for name in _model_names(cfg):
         check_model(name)
     _check_output_dir(cfg)
-    if getattr(cfg, "reference", None) == "precomputed":  # reference log-probs are cached
+    if getattr(cfg, "reference", None) == "precomputed" and getattr(cfg, "loss", None) not in REFERENCE_FREE:
+        # reference log-probs are cached
         check_cache()
     if cfg.resume:
         resume_checkpoint(cfg.output_dir)

@@ -1,4 +1,5 @@
-"""DPO and its family (cdpo, ipo, hinge, gdpo, gipo): one step function, the loss picked by name.
+"""DPO and its family (cdpo, ipo, hinge, gdpo, gipo): one step function, the loss picked by name; and the
+reference-free SimPO and ORPO (`make_reference_free_step`), which load and compute no reference.
 
 The reference is one of three (DPOConfig.reference):
 - "precomputed" (default): reference log-probs of every pair computed once, in inference mode, before training,
@@ -20,7 +21,7 @@ from accelerate.utils import send_to_device
 
 from alignkit.console import say
 from alignkit.data.collate import collate_pairs, pack_pairs
-from alignkit.losses import implicit_accuracy, implicit_rewards, preference_loss
+from alignkit.losses import implicit_accuracy, implicit_rewards, orpo_loss, preference_loss, simpo_loss
 from alignkit.models.load import load_causal_lm
 from alignkit.models.logprobs import score
 from alignkit.models.names import cache_dir
@@ -32,7 +33,7 @@ from alignkit.train.common import (
     saver,
     use_packing,
 )
-from alignkit.train.config import DPOConfig
+from alignkit.train.config import REFERENCE_FREE, DPOConfig
 from alignkit.train.inputs import load_inputs
 from alignkit.train.loop import Task, TrainResult, train
 
@@ -43,6 +44,27 @@ def pair_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     logps = score(model, batch).logp
     b = logps.shape[0] // 2
     return logps[:b], logps[b:]
+
+
+def make_reference_free_step(cfg: DPOConfig):
+    """SimPO or ORPO: the loss from the policy's log-probs and response lengths alone (`losses.simpo_loss`,
+    `losses.orpo_loss`); the accuracy is that of the length-normalised log-likelihoods."""
+
+    def step(model, batch):
+        s = score(model, batch)
+        b = s.logp.shape[0] // 2
+        pc, pr, nc, nr = s.logp[:b], s.logp[b:], s.counts[:b], s.counts[b:]
+        metrics = {"logp_chosen": pc.detach().mean(), "logp_rejected": pr.detach().mean()}
+        if cfg.loss == "simpo":
+            loss = simpo_loss(pc, pr, nc, nr, beta=cfg.beta, gamma=cfg.simpo_gamma).mean()
+        else:
+            ratio, sft = orpo_loss(pc, pr, nc, nr, weight=cfg.orpo_weight)
+            loss = (sft + ratio).mean()
+            metrics.update(odds_ratio_loss=ratio.detach().mean(), sft_loss=sft.detach().mean())
+        margin = (pc / nc.clamp(min=1) - pr / nr.clamp(min=1)).detach()
+        return loss, {**metrics, "accuracy": (margin > 0).float().mean(), "margin": margin.mean()}
+
+    return step
 
 
 def make_dpo_step(cfg: DPOConfig, reference=None):
@@ -143,6 +165,14 @@ def precompute_reference(reference, items: list[dict], collate, batch_size: int,
     return "computed"
 
 
+def make_pair_collate(cfg: DPOConfig, tok, *models):
+    """Pairs packed (a shared prompt laid out once) when every model takes packed rows, else one sequence per row."""
+    if use_packing(cfg, *models):
+        return partial(pack_pairs, pad_id=tok.pad_token_id, pack_tokens=cfg.pack_tokens, shared_prompt=cfg.shared_prompt,
+                       varlen=cfg.varlen)
+    return partial(collate_pairs, pad_id=tok.pad_token_id)
+
+
 def build_dpo(cfg: DPOConfig) -> Task:
     train_recs, eval_recs, info = load_inputs(cfg)
     model, tok = policy_and_tokenizer(cfg)
@@ -152,6 +182,10 @@ def build_dpo(cfg: DPOConfig) -> Task:
     info["truncation"] = dict(enc.counts)
     info["soft_labels"] = sum(1 for it in train_items if it["label"] < 1.0)
 
+    if cfg.loss in REFERENCE_FREE:  # no reference model, loaded or computed
+        collate = make_pair_collate(cfg, tok, model)
+        return Task(f"dpo-{cfg.loss}", model, train_items, eval_items, collate, make_reference_free_step(cfg),
+                    saver(tok), info)
     reference = None
     if cfg.reference_model:
         reference = load_causal_lm(cfg.reference_model, dtype=cfg.dtype)
@@ -160,11 +194,7 @@ def build_dpo(cfg: DPOConfig) -> Task:
     if reference is not None:
         reference.requires_grad_(False)
         reference.eval()
-    if use_packing(cfg, model, *([reference] if reference is not None else [])):
-        collate = partial(pack_pairs, pad_id=tok.pad_token_id, pack_tokens=cfg.pack_tokens, shared_prompt=cfg.shared_prompt,
-                          varlen=cfg.varlen)
-    else:
-        collate = partial(collate_pairs, pad_id=tok.pad_token_id)
+    collate = make_pair_collate(cfg, tok, model, *([reference] if reference is not None else []))
     if cfg.reference == "precomputed":
         # before the first step the policy IS the reference (with LoRA: its base, adapter off)
         source = reference if reference is not None else model
