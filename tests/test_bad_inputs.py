@@ -215,6 +215,13 @@ CASES = [
          {"d.jsonl": lines(*GOOD)}),
     Case("demo-unknown-method", ["demo", "--output-dir", "{out}", "--methods", "dpo,grpoo", "--no-progress"],
          r"options: field 'methods': unknown method 'grpoo'; choose from ppo, rloo, dpo, cdpo, ipo, gdpo, coh$"),
+    # ---- issue 19 and 20: sampling backends, reference-free losses ------------------------------------------------
+    Case("backend-vllm-without-vllm", [*RL, "--reward", "vader", "--backend", "vllm"],
+         r'--backend vllm needs vLLM, which is not installed: pip install "alignkit\[vllm\]" on a machine with a CUDA '
+         r"GPU, or use --backend hf$", {"prompts.jsonl": lines('{"prompt": "Review of Alpha:"}')}),
+    Case("orpo-with-reference-model", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl", "--loss", "orpo",
+                                       "--reference-model", "{model}"],
+         r"options: loss 'orpo' uses no reference model; drop --reference-model$", {"d.jsonl": lines(*GOOD)}),
     Case("demo-too-many-prompts", ["demo", "--output-dir", "{out}", "--train-prompts", "1000000", "--no-progress"],
          r"options: the sentiment task has at most 67584 training and 50688 held-out prompts; asked for 1000000 training"),
 ]
