@@ -33,7 +33,7 @@ def test_help_explains_every_option(capsys):
             assert flag in text, (name, flag)
             assert info.description, (name, field)
     dpo_help = parser._subparsers._group_actions[0].choices["dpo"].format_help()
-    assert "{dpo,cdpo,ipo,hinge,gdpo,gipo}" in dpo_help and "--beta" in dpo_help
+    assert "{dpo,cdpo,ipo,hinge,gdpo,gipo,simpo,orpo}" in dpo_help and "--beta" in dpo_help
 
 
 @pytest.mark.parametrize(
