@@ -7,12 +7,14 @@
 from alignkit.train import (
     CoHConfig,
     DPOConfig,
+    GRPOConfig,
     PPOConfig,
     RewardConfig,
     RLOOConfig,
     SFTConfig,
     run_coh,
     run_dpo,
+    run_grpo,
     run_ppo,
     run_reward,
     run_rloo,
@@ -21,5 +23,5 @@ from alignkit.train import (
 
 __version__ = "0.1.0"
 
-__all__ = ["SFTConfig", "RewardConfig", "DPOConfig", "CoHConfig", "PPOConfig", "RLOOConfig",
-           "run_sft", "run_reward", "run_dpo", "run_coh", "run_ppo", "run_rloo"]
+__all__ = ["SFTConfig", "RewardConfig", "DPOConfig", "CoHConfig", "PPOConfig", "RLOOConfig", "GRPOConfig",
+           "run_sft", "run_reward", "run_dpo", "run_coh", "run_ppo", "run_rloo", "run_grpo"]

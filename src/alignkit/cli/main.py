@@ -15,10 +15,11 @@ from alignkit import __version__  # noqa: I001
 from alignkit.cli.args import check_utf8, float_in, int_at_least
 from alignkit.console import quiet_model_libraries
 from alignkit.errors import AlignkitError
-from alignkit.train import run_coh, run_dpo, run_ppo, run_reward, run_rloo, run_sft
+from alignkit.train import run_coh, run_dpo, run_grpo, run_ppo, run_reward, run_rloo, run_sft
 from alignkit.train.config import (
     CoHConfig,
     DPOConfig,
+    GRPOConfig,
     PPOConfig,
     RewardConfig,
     RLOOConfig,
@@ -35,6 +36,8 @@ TRAINERS = {
     "coh": (CoHConfig, run_coh, "Chain of Hindsight: learn from pairs turned into feedback-annotated text"),
     "ppo": (PPOConfig, run_ppo, "online RL: PPO with a per-token KL penalty to the reference"),
     "rloo": (RLOOConfig, run_rloo, "online RL: RLOO, k samples per prompt with a leave-one-out baseline"),
+    "grpo": (GRPOConfig, run_grpo, "online RL: GRPO, G samples per prompt, advantages relative to the group "
+                                   "(--loss-type grpo, dr_grpo, dapo)"),
 }
 
 EXAMPLES = """examples:

@@ -3,6 +3,7 @@
 from alignkit.train.config import (
     CoHConfig,
     DPOConfig,
+    GRPOConfig,
     PPOConfig,
     RewardConfig,
     RLOOConfig,
@@ -12,7 +13,8 @@ from alignkit.train.config import (
 )
 
 __all__ = ["TrainConfig", "SFTConfig", "RewardConfig", "DPOConfig", "CoHConfig", "load_config",
-           "PPOConfig", "RLOOConfig", "run_sft", "run_reward", "run_dpo", "run_coh", "run_ppo", "run_rloo"]
+           "PPOConfig", "RLOOConfig", "GRPOConfig", "run_sft", "run_reward", "run_dpo", "run_coh", "run_ppo",
+           "run_rloo", "run_grpo"]
 
 
 
@@ -39,3 +41,4 @@ run_dpo = _lazy("preference", "run_dpo")
 run_coh = _lazy("coh", "run_coh")
 run_ppo = _lazy("ppo", "run_ppo")
 run_rloo = _lazy("rloo", "run_rloo")
+run_grpo = _lazy("grpo", "run_grpo")

@@ -281,6 +281,27 @@ class RLOOConfig(RLConfig):
     batch_size: int = Field(8, gt=0, description="prompts per rollout batch (each sampled k times)")
 
 
+class GRPOConfig(RLConfig):
+    """GRPO: G samples per prompt, each one's advantage its reward's deviation within the group, a clipped
+    per-token surrogate; Dr. GRPO and DAPO as loss types (docs/algorithms.md, GRPO)."""
+
+    num_generations: int = Field(4, ge=2, description="samples per prompt G (a group)")
+    batch_size: int = Field(8, gt=0, description="prompts per rollout batch (each sampled G times)")
+    ppo_epochs: int = Field(1, gt=0, description="passes over each rollout batch (>1 reuses it, clipped)")
+    loss_type: Literal["grpo", "dr_grpo", "dapo"] = Field(
+        "grpo", description="grpo (per-response token mean, rewards scaled by the group's std), dr_grpo (a constant "
+        "normaliser, no std scaling) or dapo (token mean over the batch)")
+    epsilon_high: float | None = Field(None, gt=0, description="upper clipping of the ratio (default: --cliprange; "
+                                       "DAPO's clip-higher takes it larger, e.g. 0.28)")
+    scale_rewards: bool | None = Field(None, description="divide the group-centred rewards by the group's std "
+                                       "(default: on, off for dr_grpo)")
+    beta: float = Field(0.0, ge=0, description="weight of the per-token k3 KL to the reference (0: off)")
+
+    @property
+    def scaled(self) -> bool:
+        return self.loss_type != "dr_grpo" if self.scale_rewards is None else self.scale_rewards
+
+
 def _format_validation(err: ValidationError, where: str) -> str:
     lines = []
     for e in err.errors():
