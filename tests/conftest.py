@@ -99,3 +99,19 @@ def causal_lm(request, tiny_model, tiny_gpt2):
     expected = "LlamaForCausalLM" if request.param == "llama" else "GPT2LMHeadModel"
     assert type(model).__name__ == expected
     return model
+
+
+def logps_by_hand(model, items: list[dict]) -> list[float]:
+    """Summed response log-probs of token-id pairs ({"prompt", "chosen", "rejected"}), all chosen responses then
+    all rejected ones, each from one plain forward of the model over prompt + response (float64 log-softmax)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for side in ("chosen", "rejected"):
+            for it in items:
+                ids = torch.tensor([it["prompt"] + it[side]])
+                logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+                n = len(it["prompt"])
+                out.append(float(logp[torch.arange(n - 1, ids.shape[1] - 1), ids[0, n:]].sum()))
+    return out

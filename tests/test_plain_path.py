@@ -14,7 +14,7 @@ from alignkit import DPOConfig, RewardConfig, SFTConfig, run_dpo, run_reward, ru
 from alignkit.data.collate import collate_pairs, pack_pairs
 from alignkit.models.load import load_causal_lm
 from alignkit.models.logprobs import capabilities, score
-from conftest import synthetic_pairs, write_jsonl
+from conftest import logps_by_hand, synthetic_pairs, write_jsonl
 
 
 def _config(arch: str, vocab: int, tok):
@@ -57,14 +57,8 @@ def test_the_plain_path_is_chosen_and_exact(unknown_model):
         assert caps.packing is None and caps.split_head
     else:
         assert caps.packing == "sliding-window attention" and not caps.split_head  # soft-capped logits
-    want = []
+    want = logps_by_hand(model, ITEMS)
     with torch.no_grad():
-        for side in ("chosen", "rejected"):
-            for it in ITEMS:
-                ids = torch.tensor([it["prompt"] + it[side]])
-                logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
-                n = len(it["prompt"])
-                want.append(float(logp[torch.arange(n - 1, ids.shape[1] - 1), ids[0, n:]].sum()))
         batches = [collate_pairs(ITEMS, 0)] + ([pack_pairs(ITEMS, 0, pack_tokens=0, varlen=False)] if caps.packing is None else [])
         for batch in batches:
             got = score(model, batch).logp

@@ -13,7 +13,7 @@ from alignkit.losses import orpo_loss, simpo_loss
 from alignkit.models.load import load_causal_lm
 from alignkit.train.config import load_config
 from alignkit.train.preference import make_reference_free_step
-from conftest import synthetic_pairs, write_jsonl
+from conftest import logps_by_hand, synthetic_pairs, write_jsonl
 
 ITEMS = [{"prompt": [5, 6, 7, 8], "chosen": [9, 10, 11] * 4, "rejected": [12, 13] * 3},
          {"prompt": [14, 15], "chosen": [16, 17, 18, 19], "rejected": [20] * 9}]
@@ -21,16 +21,8 @@ ITEMS = [{"prompt": [5, 6, 7, 8], "chosen": [9, 10, 11] * 4, "rejected": [12, 13
 
 def _by_hand(model):
     """Summed response log-probs and lengths, chosen then rejected, from one plain forward per sequence."""
-    logps, lengths = [], []
-    with torch.no_grad():
-        for side in ("chosen", "rejected"):
-            for it in ITEMS:
-                ids = torch.tensor([it["prompt"] + it[side]])
-                logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
-                n = len(it["prompt"])
-                logps.append(float(logp[torch.arange(n - 1, ids.shape[1] - 1), ids[0, n:]].sum()))
-                lengths.append(len(it[side]))
-    return torch.tensor(logps), torch.tensor(lengths)
+    lengths = [len(it[side]) for side in ("chosen", "rejected") for it in ITEMS]
+    return torch.tensor(logps_by_hand(model, ITEMS)), torch.tensor(lengths)
 
 
 @pytest.mark.parametrize("loss", ["simpo", "orpo"])

@@ -12,10 +12,10 @@ from alignkit.train.loop import Task, TrainResult, train
 from alignkit.train.online import (
     collate_prompts,
     make_eval,
-    minibatches,
     packs_rollouts,
-    rollout_batch,
+    rollout_minibatches,
     rollout_tokens,
+    sample_groups,
     setup_online,
 )
 
@@ -27,20 +27,12 @@ def build_grpo(cfg: GRPOConfig) -> Task:
     pack = packs_rollouts(cfg, policy)  # the samples of a prompt share its copy
 
     def experience(model, batch):
-        gen = sampler.generator(model, state["rollouts"])
-        state["rollouts"] += 1
-        ids = [p for p in batch["prompt_ids"] for _ in range(g)]  # groups of G consecutive samples
-        prompts = [p for p in batch["prompts"] for _ in range(g)]
-        s = sampler.sample(model, ids, prompts, gen)
-        ro = s.rollout
+        s, gen = sample_groups(sampler, model, batch, g, state)
         adv = group_advantages(s.scores, g, scale=cfg.scaled)
-        tensors = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "response_mask": ro.response_mask,
-                   "old_logp": s.logp, "ref_logp": s.ref_logp, "advantages": adv}
         flat = (s.scores.view(-1, g).std(dim=1) == 0).float().mean()
         metrics = {**s.metrics, "beta": cfg.beta, "flat_groups": float(flat)}
-        return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, gen,
-                           lambda rows: rollout_batch(rows["input_ids"], rows["attention_mask"], ro.prompt_width,
-                                                      rows["response_mask"], tok.pad_token_id, packed=pack)), metrics
+        per_row = {"old_logp": s.logp, "ref_logp": s.ref_logp, "advantages": adv}
+        return rollout_minibatches(cfg, s.rollout, per_row, gen, tok.pad_token_id, pack), metrics
 
     def loss(model, mb):
         batch, mask = mb["batch"], mb["response_mask"]

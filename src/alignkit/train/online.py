@@ -74,6 +74,28 @@ def minibatches(tensors: dict[str, torch.Tensor], size: int, epochs: int, genera
     return out
 
 
+def sample_groups(sampler: Sampler, model, batch: dict, k: int, state: dict) -> tuple[Scored, torch.Generator]:
+    """`k` samples of every prompt of `batch` (rows of one prompt consecutive), scored, from the sampling stream of
+    rollout batch `state["rollouts"]` (then counted); and that stream's generator, which goes on to shuffle the
+    minibatches."""
+    gen = sampler.generator(model, state["rollouts"])
+    state["rollouts"] += 1
+    ids = [p for p in batch["prompt_ids"] for _ in range(k)]
+    prompts = [p for p in batch["prompts"] for _ in range(k)]
+    return sampler.sample(model, ids, prompts, gen), gen
+
+
+def rollout_minibatches(cfg: RLConfig, ro: Rollout, per_row: dict, gen: torch.Generator, pad_id: int,
+                        packed: bool) -> list[dict]:
+    """`minibatches` over the rows of a rollout and the per-row tensors of a method (`per_row`), each minibatch
+    carrying its `rollout_batch`."""
+    tensors = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "response_mask": ro.response_mask,
+               **per_row}
+    return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, gen,
+                       lambda rows: rollout_batch(rows["input_ids"], rows["attention_mask"], ro.prompt_width,
+                                                  rows["response_mask"], pad_id, packed=packed))
+
+
 @dataclass
 class Scored:
     """A sampled, scored batch: the rollout plus everything both methods need from it."""

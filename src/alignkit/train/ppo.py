@@ -25,10 +25,11 @@ from alignkit.train.loop import Task, TrainResult, train
 from alignkit.train.online import (
     collate_prompts,
     make_eval,
-    minibatches,
     packs_rollouts,
     rollout_batch,
+    rollout_minibatches,
     rollout_tokens,
+    sample_groups,
     setup_online,
 )
 
@@ -52,21 +53,17 @@ def build_ppo(cfg: PPOConfig) -> Task:
 
     pack = packs_rollouts(cfg, policy, value)
 
-    def as_batch(rows: dict, prompt_width: int) -> dict:
-        return rollout_batch(rows["input_ids"], rows["attention_mask"], prompt_width, rows["response_mask"],
-                             tok.pad_token_id, packed=pack)
-
     def token_values(value_model, batch, response_mask):
         """V_t per response token (rows, T), zero past each response."""
         return rollout_tokens(score(value_model, batch, "values").values, batch, response_mask)
 
     def experience(model, batch):
-        gen = sampler.generator(model.policy, state["rollouts"])
-        state["rollouts"] += 1
-        s = sampler.sample(model.policy, batch["prompt_ids"], batch["prompts"], gen)
+        s, gen = sample_groups(sampler, model.policy, batch, 1, state)
         ro, mask = s.rollout, s.rollout.response_mask.float()
         with torch.no_grad():
-            values = token_values(model.value, as_batch(vars(ro), ro.prompt_width), ro.response_mask)
+            whole = rollout_batch(ro.input_ids, ro.attention_mask, ro.prompt_width, ro.response_mask,
+                                  tok.pad_token_id, packed=pack)
+            values = token_values(model.value, whole, ro.response_mask)
             rewards = per_token_rewards(s.scores, s.logp, s.ref_logp, mask, state["beta"])
             adv, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
             if cfg.whiten_advantages:
@@ -76,10 +73,8 @@ def build_ppo(cfg: PPOConfig) -> Task:
             kl = mean_over_processes(s.metrics["kl"])  # every process keeps the same β
             n = len(s.texts) * process_count()
             state["beta"] = adaptive_kl_beta(state["beta"], kl, cfg.kl_target, n, cfg.kl_horizon)
-        tensors = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "response_mask": ro.response_mask,
-                   "old_logp": s.logp, "old_values": values, "advantages": adv, "returns": returns}
-        return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, gen,
-                           lambda rows: as_batch(rows, ro.prompt_width)), metrics
+        per_row = {"old_logp": s.logp, "old_values": values, "advantages": adv, "returns": returns}
+        return rollout_minibatches(cfg, ro, per_row, gen, tok.pad_token_id, pack), metrics
 
     def loss(model, mb):
         inner = getattr(model, "module", model)

@@ -12,9 +12,9 @@ from alignkit.train.loop import Task, TrainResult, train
 from alignkit.train.online import (
     collate_prompts,
     make_eval,
-    minibatches,
     packs_rollouts,
-    rollout_batch,
+    rollout_minibatches,
+    sample_groups,
     setup_online,
 )
 
@@ -24,25 +24,18 @@ def build_rloo(cfg: RLOOConfig) -> Task:
     k = cfg.k
     state = {"rollouts": 0}
 
+    pack = packs_rollouts(cfg, policy)  # the samples of a prompt share its copy
+
     def experience(model, batch):
-        gen = sampler.generator(model, state["rollouts"])
-        state["rollouts"] += 1
-        ids = [p for p in batch["prompt_ids"] for _ in range(k)]  # groups of k consecutive samples
-        prompts = [p for p in batch["prompts"] for _ in range(k)]
-        s = sampler.sample(model, ids, prompts, gen)
-        ro, mask = s.rollout, s.rollout.response_mask.float()
+        s, gen = sample_groups(sampler, model, batch, k, state)
+        mask = s.rollout.response_mask.float()
         seq_logp = (s.logp * mask).sum(-1)
         kl = (kl_k1(s.logp, s.ref_logp) * mask).sum(-1)
         rewards = s.scores - cfg.beta * kl
         adv = rloo_advantages(rewards, k)
-        tensors = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "response_mask": ro.response_mask,
-                   "old_seq_logp": seq_logp, "advantages": adv}
         metrics = {**s.metrics, "beta": cfg.beta, "rloo_reward": float(rewards.mean())}
-        return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, gen,
-                           lambda rows: rollout_batch(rows["input_ids"], rows["attention_mask"], ro.prompt_width,
-                                                      rows["response_mask"], tok.pad_token_id, packed=pack)), metrics
-
-    pack = packs_rollouts(cfg, policy)  # the samples of a prompt share its copy
+        per_row = {"old_seq_logp": seq_logp, "advantages": adv}
+        return rollout_minibatches(cfg, s.rollout, per_row, gen, tok.pad_token_id, pack), metrics
 
     def loss(model, mb):
         seq = score(model, mb["batch"], temperature=cfg.temperature).logp
