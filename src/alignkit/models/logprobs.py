@@ -315,12 +315,6 @@ def _reward_at_last(model, batch: dict, caps: Capabilities) -> torch.Tensor:
     return unwrap(model).score(last).squeeze(-1).float()
 
 
-def packed_values(model, batch: dict) -> torch.Tensor:
-    """Value estimates (N,) of a scalar-head model at the positions of a packed batch that predict its scored
-    tokens (`score_index` order): V_t is read where response token t is chosen, as in `response_values`."""
-    return score(model, batch, "values").values
-
-
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
                       response_mask: torch.Tensor, *, temperature: float = 1.0, entropy: bool = False):
     """Per-token log-probs (B, T) of the response columns `input_ids[:, prompt_width:]` at `temperature`,
