@@ -478,10 +478,12 @@ def gae(
     return advantages, returns
 
 
-def _clipped_surrogate(ratio: Tensor, advantages: Tensor, clip: float) -> tuple[Tensor, Tensor]:
-    """Per-element ``max(−A ρ, −A clip(ρ, 1−c, 1+c))`` and where the clipped term is strictly larger."""
+def _clipped_surrogate(ratio: Tensor, advantages: Tensor, clip: float,
+                       clip_high: float | None = None) -> tuple[Tensor, Tensor]:
+    """Per-element ``max(−A ρ, −A clip(ρ, 1−c, 1+c_high))`` (``c_high`` defaults to ``c``) and where the clipped
+    term is strictly larger."""
     unclipped = -advantages * ratio
-    clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + clip)
+    clipped = -advantages * ratio.clamp(1.0 - clip, 1.0 + (clip if clip_high is None else clip_high))
     return torch.maximum(unclipped, clipped), clipped > unclipped
 
 
@@ -658,19 +660,15 @@ def grpo_loss(
         raise ValueError("aggregation 'dr_grpo' needs max_length, the longest response that could be sampled")
     if beta > 0 and ref_logp is None:
         raise ValueError("grpo_loss with beta > 0 needs ref_logp")
-    high = epsilon_low if epsilon_high is None else epsilon_high
     m = _response_mask(mask, logp)
     zero = torch.zeros((), dtype=torch.float32, device=logp.device)
     log_ratio = torch.where(m, logp.float() - old_logp.detach().float(), zero)
     ratio = torch.exp(log_ratio)
     adv = advantages.detach().float()[:, None].expand_as(ratio)
-    unclipped = -adv * ratio
-    clipped = -adv * ratio.clamp(1.0 - epsilon_low, 1.0 + high)
-    per_token = torch.maximum(unclipped, clipped)
+    per_token, clipped = _clipped_surrogate(ratio, adv, epsilon_low, epsilon_high)
     stats = {}
     if beta > 0:
-        log_r = torch.where(m, ref_logp.detach().float() - logp.float(), zero)
-        k3 = torch.expm1(log_r) - log_r
+        k3 = torch.where(m, kl_k3(logp, ref_logp.detach()), zero)
         per_token = per_token + beta * k3
         stats["kl"] = masked_mean(k3.detach(), m)
     per_token = torch.where(m, per_token, zero)
@@ -682,7 +680,7 @@ def grpo_loss(
     else:
         loss = per_token.sum() / (per_token.shape[0] * max_length)
     with torch.no_grad():
-        stats.update(clip_fraction=masked_mean((clipped > unclipped).float(), m), ratio_mean=masked_mean(ratio, m))
+        stats.update(clip_fraction=masked_mean(clipped.float(), m), ratio_mean=masked_mean(ratio, m))
     return loss, stats
 
 
@@ -720,6 +718,12 @@ def kto_loss(
     return losses.mean(), stats
 
 
+def mean_logp(logps: Tensor, tokens: Tensor) -> Tensor:
+    """Length-normalised log-likelihood ``s = logπ(y|x) / |y|`` (float32; a response of 0 tokens counts as 1),
+    the reward of SimPO and the log-probability of ORPO's odds."""
+    return logps.float() / tokens.float().clamp(min=1)
+
+
 def simpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, chosen_tokens: Tensor, rejected_tokens: Tensor, *,
                beta: float = 2.0, gamma: float = 1.0) -> Tensor:
     """SimPO, reference-free; per pair (B,), float32. With the length-normalised log-likelihoods
@@ -733,9 +737,8 @@ def simpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, chosen_tokens: Tens
     Source: Meng, Xia & Chen 2024, "SimPO: Simple Preference Optimization with a Reference-Free Reward", eq. 6.
     """
     _check_beta(beta)
-    s_w = chosen_logps.float() / chosen_tokens.float().clamp(min=1)
-    s_l = rejected_logps.float() / rejected_tokens.float().clamp(min=1)
-    return -F.logsigmoid(beta * (s_w - s_l) - gamma)
+    return -F.logsigmoid(beta * (mean_logp(chosen_logps, chosen_tokens) - mean_logp(rejected_logps, rejected_tokens))
+                         - gamma)
 
 
 def orpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, chosen_tokens: Tensor, rejected_tokens: Tensor, *,
@@ -753,8 +756,7 @@ def orpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, chosen_tokens: Tenso
 
     Source: Hong, Lee & Thorne 2024, "ORPO: Monolithic Preference Optimization without Reference Model", eq. 6-7.
     """
-    mean_w = chosen_logps.float() / chosen_tokens.float().clamp(min=1)
-    mean_l = rejected_logps.float() / rejected_tokens.float().clamp(min=1)
+    mean_w, mean_l = mean_logp(chosen_logps, chosen_tokens), mean_logp(rejected_logps, rejected_tokens)
 
     def log_odds(mean: Tensor) -> Tensor:
         return mean - torch.log1p(-torch.exp(mean.clamp(max=-1e-6)))
@@ -830,6 +832,7 @@ __all__ = [
     "group_advantages",
     "grpo_loss",
     "kto_loss",
+    "mean_logp",
     "orpo_loss",
     "simpo_loss",
     "token_entropy",

@@ -21,7 +21,14 @@ from accelerate.utils import send_to_device
 
 from alignkit.console import say
 from alignkit.data.collate import collate_pairs, pack_pairs
-from alignkit.losses import implicit_accuracy, implicit_rewards, orpo_loss, preference_loss, simpo_loss
+from alignkit.losses import (
+    implicit_accuracy,
+    implicit_rewards,
+    mean_logp,
+    orpo_loss,
+    preference_loss,
+    simpo_loss,
+)
 from alignkit.models.load import load_causal_lm
 from alignkit.models.logprobs import score
 from alignkit.models.names import cache_dir
@@ -61,7 +68,7 @@ def make_reference_free_step(cfg: DPOConfig):
             ratio, sft = orpo_loss(pc, pr, nc, nr, weight=cfg.orpo_weight)
             loss = (sft + ratio).mean()
             metrics.update(odds_ratio_loss=ratio.detach().mean(), sft_loss=sft.detach().mean())
-        margin = (pc / nc.clamp(min=1) - pr / nr.clamp(min=1)).detach()
+        margin = (mean_logp(pc, nc) - mean_logp(pr, nr)).detach()
         return loss, {**metrics, "accuracy": (margin > 0).float().mean(), "margin": margin.mean()}
 
     return step
