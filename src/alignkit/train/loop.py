@@ -79,7 +79,7 @@ def _loader(items: list[dict], batch_size: int, collate, *, seed: int | None) ->
 
 class Window:
     """Metrics of the micro-batches since the last log, kept where they were computed (a GPU is not made to wait
-    for each one) and read back in one transfer by `means`: per name, the mean weighted by examples."""
+    for each one) and read back in one transfer by `read`."""
 
     def __init__(self):
         self.entries: list[tuple[dict, int, torch.Tensor | None]] = []  # (metrics, examples, tokens) per micro-batch
@@ -99,16 +99,18 @@ class Window:
     def examples(self) -> int:
         return sum(n for _, n, _ in self.entries)
 
-    def means(self) -> dict[str, float]:
+    def read(self) -> tuple[dict[str, float], int]:
+        """Per name the mean weighted by examples, and the tokens counted; in one transfer from the device."""
         flat = [v for m, _, _ in self.entries for v in m.values()]
-        read = iter(torch.stack([v.to(flat[0].device) for v in flat]).tolist() if flat else [])  # one transfer
+        flat += [t for _, _, t in self.entries if t is not None]
+        read = iter(torch.stack([v.to(flat[0].device).float() for v in flat]).tolist() if flat else [])
         sums: dict[str, list[float]] = {}
         for m, n, _ in self.entries:
             for k in m:
                 total = sums.setdefault(k, [0.0, 0])
                 total[0] += next(read) * n
                 total[1] += n
-        return {k: a / max(b, 1) for k, (a, b) in sums.items()}
+        return {k: a / max(b, 1) for k, (a, b) in sums.items()}, int(sum(read))
 
     def counts(self) -> dict[str, int]:
         """Examples per metric name."""
@@ -118,9 +120,6 @@ class Window:
                 out[k] = out.get(k, 0) + n
         return out
 
-    def tokens(self) -> int:
-        found = [t for _, _, t in self.entries if t is not None]
-        return int(torch.stack(found).sum()) if found else 0
 
 
 def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = False) -> dict[str, float]:
@@ -148,7 +147,7 @@ def evaluate(task: Task, model, accelerator, batch_size: int, progress: bool = F
             loss, metrics = task.loss(model, send_to_device(batch, accelerator.device))
             acc.add({"loss": loss, **metrics}, batch)
     model.train(was_training)
-    means = acc.means()
+    means, _ = acc.read()
     if not shard:
         return means
     keys = sorted(means)  # every process has the same keys: weighted sums and counts, summed over processes
@@ -247,7 +246,7 @@ class Stepper:
                 window.add({"loss": loss, **metrics}, mb)
                 self.pending.append((loss, mb))
                 if self.accelerator.sync_gradients:
-                    if not self.step(self.pending, step):
+                    if not self.step(step):
                         skipped += 1
                         window.drop(len(self.pending))
                     self.pending = []
@@ -261,10 +260,10 @@ class Stepper:
         self.accelerator.backward(loss)
         return loss.detach(), metrics
 
-    def step(self, pending: list[tuple[torch.Tensor, dict]], step: int) -> bool:
-        """The optimizer step over the accumulated gradients of `pending` (loss, micro-batch); False when it was
-        skipped for a non-finite loss or gradient (--skip-nonfinite; otherwise the run stops)."""
-        acc, world = self.accelerator, self.accelerator.num_processes
+    def step(self, step: int) -> bool:
+        """The optimizer step over the gradients accumulated from `self.pending` (loss, micro-batch); False when it
+        was skipped for a non-finite loss or gradient (--skip-nonfinite; otherwise the run stops)."""
+        acc, world, pending = self.accelerator, self.accelerator.num_processes, self.pending
         if self.manual_sync:
             _average_gradients(self.params, world)
         # the norm is computed (and checked) even without clipping
@@ -272,8 +271,7 @@ class Stepper:
         finite = torch.stack([torch.isfinite(loss) for loss, _ in pending] + [torch.isfinite(norm)]).float()
         if world > 1:  # all processes skip or stop together
             torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
-        flags = finite.tolist()
-        self.grad_norm = float(norm)
+        *flags, self.grad_norm = torch.cat([finite, norm.detach().float().reshape(1)]).tolist()  # one read
         bad = next((i for i, ok in enumerate(flags[:-1]) if not ok), None)
         if bad is not None or not flags[-1]:
             loss, mb = pending[bad if bad is not None else -1]
@@ -302,8 +300,9 @@ def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
 def _step_metrics(accelerator, step_metrics: dict, window: Window, busy: float, skipped: int) -> tuple[dict, list[float]]:
     """A step's training metrics (the method's, then the window's means; over processes, their mean) and its
     throughput in tokens and examples per second of optimisation (over processes, their sum)."""
-    metrics = {**step_metrics, **window.means()}
-    speed = [window.tokens() / max(busy, 1e-9), window.examples / max(busy, 1e-9)]
+    means, tokens = window.read()
+    metrics = {**step_metrics, **means}
+    speed = [tokens / max(busy, 1e-9), window.examples / max(busy, 1e-9)]
     if accelerator.num_processes > 1:
         metrics, speed = _reduce_metrics(accelerator, metrics, speed)
     if skipped:
