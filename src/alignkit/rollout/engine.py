@@ -349,10 +349,16 @@ def budget_chunks(prompt_lengths: torch.Tensor, response_lengths: torch.Tensor, 
 
 
 def score_by_prompt(fn, prompts: list[list[int]], responses: list[list[int]], pad_id: int, *,
-                    max_tokens: int = SCORE_TOKEN_BUDGET, varlen: bool = True) -> torch.Tensor:
+                    max_tokens: int = SCORE_TOKEN_BUDGET, varlen: bool = True, packed: bool = True,
+                    rows: int = 16) -> torch.Tensor:
     """One value per row from `fn(batch)` -> (S,) over packed batches (`data.collate.pack_responses`: rows with
     the same prompt share one copy of it), in chunks of whole prompt groups of at most `max_tokens` real
-    tokens (a larger group alone); returns (N,) float32 on the CPU in row order."""
+    tokens (a larger group alone); with `packed=False` (a model that takes no packed rows), over batches of
+    `rows` sequences, one per row. Returns (N,) float32 on the CPU in row order."""
+    if not packed:
+        parts = [fn(pack_responses(prompts[i : i + rows], responses[i : i + rows], pad_id, one_per_row=True))
+                 for i in range(0, len(prompts), rows)]
+        return torch.cat([t.detach().float().cpu() for t in parts]) if parts else torch.zeros(0)
     groups: dict[tuple[int, ...], list[int]] = {}
     for i, p in enumerate(prompts):
         groups.setdefault(tuple(p), []).append(i)

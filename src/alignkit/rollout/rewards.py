@@ -33,7 +33,6 @@ import numpy as np
 import torch
 from accelerate.utils import send_to_device
 
-from alignkit.data.collate import pack_units
 from alignkit.data.records import Text
 from alignkit.data.tokenize import Encoder
 from alignkit.errors import AlignkitError, ConfigError
@@ -61,19 +60,16 @@ class ModelReward:
         rows = [self.encoder.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
         dev = next(self.model.parameters()).device
         pad = self.encoder.tok.pad_token_id
+
         def rewards(batch):
             return score(self.model, send_to_device(batch, dev), "reward").reward
 
-        if self.packed:  # padding-free, each distinct prompt laid out once for all its responses
-            cut = [mask.index(1) if 1 in mask else len(mask) for _, mask in rows]
-            scores = score_by_prompt(rewards, [ids[:k] for (ids, _), k in zip(rows, cut, strict=True)],
-                                     [ids[k:] for (ids, _), k in zip(rows, cut, strict=True)], pad)
-            return scores - self.offset
-        scores = []
-        for i in range(0, len(rows), self.batch_size):
-            units = [[(ids, mask, None, j)] for j, (ids, mask) in enumerate(rows[i : i + self.batch_size])]
-            scores.append(rewards(pack_units(units, pad, one_per_row=True)).cpu())
-        return torch.cat(scores) - self.offset
+        # padding-free, each distinct prompt laid out once for all its responses; or one sequence per row
+        cut = [mask.index(1) if 1 in mask else len(mask) for _, mask in rows]
+        scores = score_by_prompt(rewards, [ids[:k] for (ids, _), k in zip(rows, cut, strict=True)],
+                                 [ids[k:] for (ids, _), k in zip(rows, cut, strict=True)], pad, packed=self.packed,
+                                 rows=self.batch_size)
+        return scores - self.offset
 
 
 def _describe(e: BaseException) -> str:

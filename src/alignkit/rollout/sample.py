@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 from alignkit.data.coh import coh_prompt
-from alignkit.data.collate import pack_responses
 from alignkit.data.tokenize import Encoder
 from alignkit.models.load import load_causal_lm
 from alignkit.models.logprobs import capabilities, score
@@ -18,7 +17,7 @@ from alignkit.rollout.backends import make_backend
 from alignkit.rollout.config import SampleSettings
 from alignkit.rollout.engine import SamplingParams, decode_responses, generate_many, score_by_prompt
 
-ROWS = 16  # sequences per forward when a model cannot take packed rows
+
 @dataclass
 class PolicySamples:
     prompts: list  # one entry per sample
@@ -71,13 +70,7 @@ def sample_policy(path: str, tok, prompts: list, s: SampleSettings) -> PolicySam
 def sequence_logps(model, prompt_ids: list[list[int]], response_ids: list[list[int]], pad_id: int,
                    temperature: float) -> list[float]:
     """Summed log-probs of each response after its prompt under `model` (`models.score`): packed with each distinct
-    prompt laid out once for all its responses (`rollout.engine.score_by_prompt`) where the model computes packed
-    rows exactly, else one sequence per row in chunks of `ROWS`."""
-    if capabilities(model).packing is None:
-        return score_by_prompt(lambda b: score(model, b, temperature=temperature).logp, prompt_ids, response_ids,
-                               pad_id).tolist()
-    out: list[float] = []
-    for i in range(0, len(prompt_ids), ROWS):
-        batch = pack_responses(prompt_ids[i : i + ROWS], response_ids[i : i + ROWS], pad_id, one_per_row=True)
-        out += score(model, batch, temperature=temperature).logp.tolist()
-    return out
+    prompt laid out once for all its responses where the model computes packed rows exactly, else one sequence
+    per row (`rollout.engine.score_by_prompt`)."""
+    return score_by_prompt(lambda b: score(model, b, temperature=temperature).logp, prompt_ids, response_ids, pad_id,
+                           packed=capabilities(model).packing is None).tolist()
