@@ -8,12 +8,22 @@ Tokenisation (`alignkit.data.tokenize`) and collators (`alignkit.data.collate`, 
 imported from their own modules, so that importing this package stays light.
 """
 
-from alignkit.data.formats import detect_format, load_pairs, load_prompts, load_rankings, load_sft
+from alignkit.data.formats import detect_format, load_kto, load_pairs, load_prompts, load_rankings, load_sft
 from alignkit.data.readers import iter_raw
-from alignkit.data.records import LoadReport, Message, PreferencePair, Ranking, SFTExample, Text, Where
+from alignkit.data.records import (
+    KTOExample,
+    LoadReport,
+    Message,
+    PreferencePair,
+    Ranking,
+    SFTExample,
+    Text,
+    Where,
+)
 from alignkit.data.votes import aggregate_votes, agreement_report, fleiss_kappa, pair_from_votes
 
 __all__ = [
+    "KTOExample",
     "LoadReport",
     "Message",
     "PreferencePair",
@@ -26,6 +36,7 @@ __all__ = [
     "detect_format",
     "fleiss_kappa",
     "iter_raw",
+    "load_kto",
     "load_pairs",
     "load_rankings",
     "load_sft",

@@ -6,6 +6,8 @@ Loaders (each returns `(records, LoadReport)`; `source` is anything `readers.ite
   assistant turn). When a record has `messages`, that shape wins and other keys are ignored.
 - `load_pairs(source, format=...)`: `PreferencePair`s from one of the formats below.
 - `load_rankings(source)`: `Ranking`s from `prompt` + `responses` (>= 2 distinct texts, best first).
+- `load_kto(source, format=...)`: unpaired `KTOExample`s from `prompt`, `completion`, `label` (true:
+  desirable, false: undesirable; JSON booleans only), or derived from any preference format (`unpaired`).
 
 Preference formats (`load_pairs(format=...)`):
 
@@ -79,11 +81,21 @@ from collections.abc import Callable
 from typing import Any
 
 from alignkit.data.readers import DEFAULT_MAX_RECORD_BYTES, read_records
-from alignkit.data.records import LoadReport, Message, PreferencePair, Ranking, SFTExample, Text, Where
+from alignkit.data.records import (
+    KTOExample,
+    LoadReport,
+    Message,
+    PreferencePair,
+    Ranking,
+    SFTExample,
+    Text,
+    Where,
+)
 from alignkit.data.votes import agreement_report, check_vote_options, normalize_votes, pair_from_votes
 from alignkit.errors import ConfigError, DataError, not_unicode
 
 PAIR_FORMATS = ("auto", "pairs", "hh", "alpaca_eval", "votes", "rankings")
+KTO_FORMATS = ("auto", "kto", *PAIR_FORMATS[1:])
 HH_MISMATCH_POLICIES = ("common-prefix", "drop")
 HH_MARKER = "\n\nAssistant:"
 ROLES = ("system", "user", "assistant")
@@ -406,6 +418,40 @@ def _pairs_from_ranking(rec: _Record, notes: Counter) -> list[PreferencePair]:
     return pairs
 
 
+def _kto(rec: _Record) -> KTOExample:
+    prompt = rec.prompt()
+    completion = _check_response(rec, "completion", prompt, rec.required("completion"))
+    label = rec.required("label")
+    if not isinstance(label, bool):
+        shown = repr(label) if isinstance(label, int | float) else _kind(label)
+        raise rec.error("label", f"must be true (desirable) or false (undesirable), got {shown}")
+    return KTOExample(prompt, completion, label, rec.where)
+
+
+def unpaired(pairs: list[PreferencePair], report: LoadReport) -> list[KTOExample]:
+    """Pairs as unpaired examples: each distinct response of a prompt is desirable when it was chosen in more of
+    its pairs than it was rejected in, undesirable when rejected more often. So plain pairs give chosen →
+    desirable and rejected → undesirable, and a panel's votes on every pair of K samples split them into good and
+    bad ones. Responses chosen and rejected equally often, and pairs without a preference (label 0.5), are
+    left out and counted (`unpaired_ties_dropped`, `no_preference_dropped`)."""
+    import json
+
+    balance: dict[tuple[str, str], list] = {}  # (prompt, response) -> [prompt, response, wins - losses, where]
+    for p in pairs:
+        if p.label == 0.5:
+            report.count("no_preference_dropped")
+            continue
+        for response, sign in ((p.chosen, 1), (p.rejected, -1)):
+            key = (json.dumps(p.prompt), json.dumps(response))
+            entry = balance.setdefault(key, [p.prompt, response, 0, p.where])
+            entry[2] += sign
+    out = [KTOExample(prompt, response, net > 0, where) for prompt, response, net, where in balance.values() if net]
+    if len(out) < len(balance):
+        report.count("unpaired_ties_dropped", len(balance) - len(out))
+    report.count("pairs_read", len(pairs))
+    return out
+
+
 def _sft(rec: _Record) -> SFTExample:
     if rec.raw.get("messages") is not None:
         messages = _check_messages(rec, "messages", rec.raw["messages"])
@@ -483,6 +529,8 @@ def detect_format(raw: dict[str, Any]) -> str | None:
         if "prompt" in keys or isinstance(raw["chosen"], list):
             return "pairs"
         return "hh"
+    if {"completion", "label"} <= keys:
+        return "kto"
     return None
 
 
@@ -518,6 +566,9 @@ def load_pairs(
                 None,
                 f"cannot tell the data format from the keys {sorted(rec.raw)}; expected {_EXPECTED_KEYS}",
             )
+        if found == "kto":
+            raise rec.error(None, "this is unpaired data (prompt, completion, label), not preference pairs; "
+                                  "train on it with `alignkit kto`")
         chosen_format[0] = found
 
     def convert(rec: _Record, notes: Counter) -> list[PreferencePair]:
@@ -545,6 +596,34 @@ def load_pairs(
             if math.isfinite(agreement[key]):
                 report.stats[key] = agreement[key]
     return pairs, report
+
+
+def load_kto(
+    source: Any, *, format: str = "auto", skip_invalid: bool = False,
+    max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> tuple[list[KTOExample], LoadReport]:
+    """Load unpaired examples: the "kto" format (`prompt`, `completion`, boolean `label`), or any preference
+    format turned into unpaired examples by `unpaired`. "auto" reads the first record's keys. The report counts
+    `desirable` and `undesirable`."""
+    if format not in KTO_FORMATS:
+        raise ConfigError(f"format must be one of {', '.join(KTO_FORMATS)}, got {format!r}")
+    if format == "auto":
+        for _, raw in read_records(source, max_record_bytes=max_record_bytes)[1]:  # the first record decides
+            if isinstance(raw, dict) and detect_format(raw) == "kto":
+                format = "kto"
+            break
+    if format == "kto":
+        examples, report = _load(source, lambda rec, notes: [_kto(rec)], skip_invalid=skip_invalid,
+                                 max_record_bytes=max_record_bytes)
+    else:
+        pairs, report = load_pairs(source, format=format, skip_invalid=skip_invalid,
+                                   max_record_bytes=max_record_bytes)
+        examples = unpaired(pairs, report)
+        report.loaded = len(examples)
+    good = sum(e.desirable for e in examples)
+    report.count("desirable", good)
+    report.count("undesirable", len(examples) - good)
+    return examples, report
 
 
 def load_rankings(

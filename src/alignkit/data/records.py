@@ -48,6 +48,17 @@ class PreferencePair:
 
 
 @dataclass
+class KTOExample:
+    """An unpaired response judged on its own: `desirable` (thumbs up) or not (thumbs down). `prompt` and
+    `completion` as in `PreferencePair`."""
+
+    prompt: Text
+    completion: Text
+    desirable: bool
+    where: Where | None = None
+
+
+@dataclass
 class Ranking:
     """A prompt with K >= 2 responses ordered best first."""
 
