@@ -8,6 +8,7 @@ from alignkit.train import (
     CoHConfig,
     DPOConfig,
     GRPOConfig,
+    KTOConfig,
     PPOConfig,
     RewardConfig,
     RLOOConfig,
@@ -15,6 +16,7 @@ from alignkit.train import (
     run_coh,
     run_dpo,
     run_grpo,
+    run_kto,
     run_ppo,
     run_reward,
     run_rloo,
@@ -23,5 +25,5 @@ from alignkit.train import (
 
 __version__ = "0.1.0"
 
-__all__ = ["SFTConfig", "RewardConfig", "DPOConfig", "CoHConfig", "PPOConfig", "RLOOConfig", "GRPOConfig",
-           "run_sft", "run_reward", "run_dpo", "run_coh", "run_ppo", "run_rloo", "run_grpo"]
+__all__ = ["SFTConfig", "RewardConfig", "DPOConfig", "KTOConfig", "CoHConfig", "PPOConfig", "RLOOConfig",
+           "GRPOConfig", "run_sft", "run_reward", "run_dpo", "run_kto", "run_coh", "run_ppo", "run_rloo", "run_grpo"]

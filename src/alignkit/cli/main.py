@@ -15,11 +15,12 @@ from alignkit import __version__  # noqa: I001
 from alignkit.cli.args import check_utf8, float_in, int_at_least
 from alignkit.console import quiet_model_libraries
 from alignkit.errors import AlignkitError
-from alignkit.train import run_coh, run_dpo, run_grpo, run_ppo, run_reward, run_rloo, run_sft
+from alignkit.train import run_coh, run_dpo, run_grpo, run_kto, run_ppo, run_reward, run_rloo, run_sft
 from alignkit.train.config import (
     CoHConfig,
     DPOConfig,
     GRPOConfig,
+    KTOConfig,
     PPOConfig,
     RewardConfig,
     RLOOConfig,
@@ -32,7 +33,10 @@ from alignkit.train.inputs import preflight
 TRAINERS = {
     "sft": (SFTConfig, run_sft, "supervised fine-tuning on demonstrations (prompt/completion or chat messages)"),
     "rm": (RewardConfig, run_reward, "train a Bradley-Terry reward model on preference pairs or rankings"),
-    "dpo": (DPOConfig, run_dpo, "direct preference optimisation: dpo, cdpo, ipo, hinge, gdpo, gipo"),
+    "dpo": (DPOConfig, run_dpo, "direct preference optimisation: dpo, cdpo, ipo, hinge, gdpo, gipo; reference-free "
+                                "simpo, orpo"),
+    "kto": (KTOConfig, run_kto, "KTO: learn from unpaired good and bad responses (thumbs up/down), or pairs split "
+                                "into them"),
     "coh": (CoHConfig, run_coh, "Chain of Hindsight: learn from pairs turned into feedback-annotated text"),
     "ppo": (PPOConfig, run_ppo, "online RL: PPO with a per-token KL penalty to the reference"),
     "rloo": (RLOOConfig, run_rloo, "online RL: RLOO, k samples per prompt with a leave-one-out baseline"),

@@ -4,6 +4,7 @@ from alignkit.train.config import (
     CoHConfig,
     DPOConfig,
     GRPOConfig,
+    KTOConfig,
     PPOConfig,
     RewardConfig,
     RLOOConfig,
@@ -13,8 +14,8 @@ from alignkit.train.config import (
 )
 
 __all__ = ["TrainConfig", "SFTConfig", "RewardConfig", "DPOConfig", "CoHConfig", "load_config",
-           "PPOConfig", "RLOOConfig", "GRPOConfig", "run_sft", "run_reward", "run_dpo", "run_coh", "run_ppo",
-           "run_rloo", "run_grpo"]
+           "PPOConfig", "RLOOConfig", "GRPOConfig", "KTOConfig", "run_sft", "run_reward", "run_dpo", "run_kto", "run_coh",
+           "run_ppo", "run_rloo", "run_grpo"]
 
 
 
@@ -38,6 +39,7 @@ def _lazy(module: str, name: str):
 run_sft = _lazy("sft", "run_sft")
 run_reward = _lazy("reward", "run_reward")
 run_dpo = _lazy("preference", "run_dpo")
+run_kto = _lazy("kto", "run_kto")
 run_coh = _lazy("coh", "run_coh")
 run_ppo = _lazy("ppo", "run_ppo")
 run_rloo = _lazy("rloo", "run_rloo")

@@ -21,13 +21,15 @@ METHODS = {  # task name -> (what it is, tags)
     "rm": ("a reward model trained on preferences (Bradley-Terry on pairs, the K-wise loss on rankings)",
            ["reward-model"]),
     "dpo": ("direct preference optimisation (DPO family) on preference pairs", ["dpo"]),
+    "kto": ("KTO (Kahneman-Tversky optimisation) on unpaired desirable and undesirable responses", ["kto"]),
     "coh": ("Chain of Hindsight on preference pairs", ["chain-of-hindsight"]),
     "ppo": ("PPO (online RL with a value model and a KL penalty to the reference)", ["ppo", "rlhf"]),
     "rloo": ("RLOO (online RL, leave-one-out baseline over k samples per prompt)", ["rloo", "rlhf"]),
+    "grpo": ("GRPO (online RL, advantages relative to a group of samples per prompt)", ["grpo", "rlhf"]),
 }
 
 # settings shown in the card, when the method has them (the full config is in config.yaml)
-SETTINGS = ("loss", "beta", "label_smoothing", "reference", "reference_model", "reward_model", "reward", "k",
+SETTINGS = ("loss", "beta", "desirable_weight", "undesirable_weight", "num_generations", "loss_type", "label_smoothing", "reference", "reference_model", "reward_model", "reward", "k",
             "adaptive_kl", "kl_target", "positive", "negative", "sft_weight", "normalize", "learning_rate",
             "lr_scheduler", "warmup_ratio", "epochs", "max_steps", "batch_size", "mini_batch_size",
             "gradient_accumulation_steps", "ppo_epochs", "max_length", "max_prompt_length", "max_new_tokens",

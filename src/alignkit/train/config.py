@@ -27,7 +27,7 @@ class RunConfig(BaseModel):
     """Settings shared by every trainer (offline and online)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
-    inputs: ClassVar[str]  # what the run reads (train.inputs): sft, pairs, pairs-or-rankings or prompts
+    inputs: ClassVar[str]  # what the run reads (train.inputs): sft, pairs, pairs-or-rankings, kto or prompts
 
     model: str = Field(description="policy to start from: a folder, a hub id, or a built-in name (smollm2-135m-instruct)")
     output_dir: str = Field(description="folder for the trained model, checkpoints, metrics.jsonl and config.yaml")
@@ -153,7 +153,23 @@ PreferenceLoss = Literal["dpo", "cdpo", "ipo", "hinge", "gdpo", "gipo", "simpo",
 REFERENCE_FREE = ("simpo", "orpo")  # losses that need no reference model
 
 
-class DPOConfig(TrainConfig):
+class ReferenceConfig(TrainConfig):
+    """Offline methods measured against a reference policy (DPO's family, KTO)."""
+
+    reference: Literal["precomputed", "copy", "lora-disabled"] = Field(
+        "precomputed", description="reference log-probs: precomputed once (cached), a frozen copy, or the base with LoRA disabled")
+    reference_model: str | None = Field(None, description="a different reference model (default: the starting policy)")
+
+    @model_validator(mode="after")
+    def _reference_source(self):
+        if self.reference == "lora-disabled" and not self.lora:
+            raise ValueError("reference 'lora-disabled' needs --lora")
+        if self.reference == "lora-disabled" and self.reference_model:
+            raise ValueError("reference 'lora-disabled' uses the base model; drop --reference-model")
+        return self
+
+
+class DPOConfig(ReferenceConfig):
     """Reward-free preference optimisation: DPO and its family."""
 
     inputs: ClassVar[str] = "pairs"
@@ -167,9 +183,6 @@ class DPOConfig(TrainConfig):
     simpo_gamma: float = Field(1.0, ge=0, description="simpo: target reward margin γ")
     orpo_weight: float = Field(0.1, gt=0, description="orpo: weight λ of the odds-ratio term beside the SFT loss")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="cdpo: fixed label-noise rate ε (0 = take ε = 1 − p from soft labels)")
-    reference: Literal["precomputed", "copy", "lora-disabled"] = Field(
-        "precomputed", description="reference log-probs: precomputed once (cached), a frozen copy, or the base with LoRA disabled")
-    reference_model: str | None = Field(None, description="a different reference model (default: the starting policy)")
     ipo_average: bool = Field(False, description="ipo/gipo: use per-token-averaged log-probs instead of sums")
 
     @model_validator(mode="after")
@@ -178,11 +191,24 @@ class DPOConfig(TrainConfig):
             self.beta = 2.0
         if self.loss in REFERENCE_FREE and self.reference_model:
             raise ValueError(f"loss '{self.loss}' uses no reference model; drop --reference-model")
-        if self.reference == "lora-disabled" and not self.lora:
-            raise ValueError("reference 'lora-disabled' needs --lora")
-        if self.reference == "lora-disabled" and self.reference_model:
-            raise ValueError("reference 'lora-disabled' uses the base model; drop --reference-model")
         return self
+
+
+class KTOConfig(ReferenceConfig):
+    """KTO: unpaired desirable and undesirable responses, a KL reference point (docs/algorithms.md, KTO)."""
+
+    inputs: ClassVar[str] = "kto"
+
+    data_format: str = Field("auto", description="record format: auto, kto (prompt, completion, label true/false), "
+                             "or a preference format (pairs, hh, alpaca_eval, votes, rankings) split into unpaired "
+                             "desirable and undesirable responses")
+    learning_rate: float = Field(5e-6, gt=0, description="peak learning rate (AdamW)")
+    beta: float = Field(0.1, gt=0, description="strength of the KL constraint to the reference")
+    desirable_weight: float | None = Field(None, gt=0, description="λ_D, the weight of desirable examples (default: 1, "
+                                           "or raised or lowered so that λ_D·n_D / λ_U·n_U = 1 when the counts are "
+                                           "outside the KTO paper's [1, 4/3])")
+    undesirable_weight: float | None = Field(None, gt=0, description="λ_U, the weight of undesirable examples "
+                                             "(default: 1, or set as for --desirable-weight)")
 
 
 class CoHConfig(TrainConfig):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from alignkit.console import say
@@ -131,7 +132,7 @@ def _prompt_key(record, index: int) -> str:
 
 
 def _read(cfg: RunConfig) -> tuple[list, list, dict]:
-    from alignkit.data import load_pairs, load_prompts, load_rankings, load_sft
+    from alignkit.data import load_kto, load_pairs, load_prompts, load_rankings, load_sft
 
     kind = cfg.inputs
     if kind == "prompts":
@@ -140,6 +141,8 @@ def _read(cfg: RunConfig) -> tuple[list, list, dict]:
         return load_split(cfg, load_sft, cfg.data, cfg.eval_data)
     if kind == "pairs-or-rankings" and is_rankings(cfg):
         return load_split(cfg, load_rankings, cfg.data, cfg.eval_data)
+    if kind == "kto":
+        return load_split(cfg, partial(load_kto, format=cfg.data_format), cfg.data, cfg.eval_data)
 
     def pairs(source, skip_invalid):
         return load_pairs(source, format=cfg.data_format, skip_invalid=skip_invalid)

@@ -40,7 +40,7 @@ from alignkit.train.common import (
     saver,
     use_packing,
 )
-from alignkit.train.config import REFERENCE_FREE, DPOConfig
+from alignkit.train.config import REFERENCE_FREE, DPOConfig, ReferenceConfig
 from alignkit.train.inputs import load_inputs
 from alignkit.train.loop import Task, TrainResult, train
 
@@ -51,6 +51,21 @@ def pair_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     logps = score(model, batch).logp
     b = logps.shape[0] // 2
     return logps[:b], logps[b:]
+
+
+def reference_logprobs(model, batch, reference) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's log-probs of both halves of a pair batch: precomputed ones carried in the batch, else a
+    live pass of the frozen `reference`, or (None) of the policy with its LoRA adapter off."""
+    if "ref_chosen" in batch:
+        return batch["ref_chosen"], batch["ref_rejected"]
+    with torch.no_grad():
+        if reference is None:  # lora-disabled
+            with model.disable_adapter():
+                return pair_logprobs(model, batch)
+        device = next(model.parameters()).device
+        if next(reference.parameters()).device != device:
+            reference.to(device)
+        return pair_logprobs(reference, batch)
 
 
 def make_reference_free_step(cfg: DPOConfig):
@@ -80,17 +95,7 @@ def make_dpo_step(cfg: DPOConfig, reference=None):
 
     def step(model, batch):
         pc, pr = pair_logprobs(model, batch)
-        if "ref_chosen" in batch:
-            rc, rr = batch["ref_chosen"], batch["ref_rejected"]
-        else:
-            with torch.no_grad():
-                if reference is not None and next(reference.parameters()).device != pc.device:
-                    reference.to(pc.device)
-                if reference is None:  # lora-disabled
-                    with model.disable_adapter():
-                        rc, rr = pair_logprobs(model, batch)
-                else:
-                    rc, rr = pair_logprobs(reference, batch)
+        rc, rr = reference_logprobs(model, batch, reference)
         if cfg.ipo_average and cfg.loss in ("ipo", "gipo"):
             n = batch["response_tokens"].clamp(min=1).float()
             b = pc.shape[0]
@@ -180,19 +185,11 @@ def make_pair_collate(cfg: DPOConfig, tok, *models):
     return partial(collate_pairs, pad_id=tok.pad_token_id)
 
 
-def build_dpo(cfg: DPOConfig) -> Task:
-    train_recs, eval_recs, info = load_inputs(cfg)
-    model, tok = policy_and_tokenizer(cfg)
-    enc = make_encoder(cfg, tok)
-    train_items = encode_all(train_recs, enc.encode_pair, "train", cfg.progress)
-    eval_items = encode_all(eval_recs, enc.encode_pair, "eval", cfg.progress)
-    info["truncation"] = dict(enc.counts)
-    info["soft_labels"] = sum(1 for it in train_items if it["label"] < 1.0)
-
-    if cfg.loss in REFERENCE_FREE:  # no reference model, loaded or computed
-        collate = make_pair_collate(cfg, tok, model)
-        return Task(f"dpo-{cfg.loss}", model, train_items, eval_items, collate, make_reference_free_step(cfg),
-                    saver(tok), info)
+def setup_reference(cfg: ReferenceConfig, model, tok, items: list[dict], info: dict):
+    """(reference model or None, pair collate) of a run. The reference is `cfg.reference_model`, else the starting
+    policy: a frozen copy ("copy"), the policy with its adapter off ("lora-disabled", None returned), or, by default
+    ("precomputed"), its log-probs of every item computed now (or found in the cache) and carried in the batches,
+    so no reference stays in memory (None returned)."""
     reference = None
     if cfg.reference_model:
         reference = load_causal_lm(cfg.reference_model, dtype=cfg.dtype)
@@ -206,14 +203,29 @@ def build_dpo(cfg: DPOConfig) -> Task:
         # before the first step the policy IS the reference (with LoRA: its base, adapter off)
         source = reference if reference is not None else model
         bs = cfg.eval_batch_size or 4 * cfg.batch_size
-        how = precompute_reference(source, train_items + eval_items, collate, bs, progress=cfg.progress,
+        how = precompute_reference(source, items, collate, bs, progress=cfg.progress,
                                    adapter_off=reference is None and cfg.lora)
-        say(f"reference log-probs: {how} for {len(train_items) + len(eval_items)} pairs")
+        say(f"reference log-probs: {how} for {len(items)} {'pairs' if isinstance(cfg, DPOConfig) else 'examples'}")
         info["reference_logps"] = how
         reference = None  # not needed any more: frees its memory
-        step = make_dpo_step(cfg)
-    else:
-        step = make_dpo_step(cfg, reference)
+    return reference, collate
+
+
+def build_dpo(cfg: DPOConfig) -> Task:
+    train_recs, eval_recs, info = load_inputs(cfg)
+    model, tok = policy_and_tokenizer(cfg)
+    enc = make_encoder(cfg, tok)
+    train_items = encode_all(train_recs, enc.encode_pair, "train", cfg.progress)
+    eval_items = encode_all(eval_recs, enc.encode_pair, "eval", cfg.progress)
+    info["truncation"] = dict(enc.counts)
+    info["soft_labels"] = sum(1 for it in train_items if it["label"] < 1.0)
+
+    if cfg.loss in REFERENCE_FREE:  # no reference model, loaded or computed
+        collate = make_pair_collate(cfg, tok, model)
+        return Task(f"dpo-{cfg.loss}", model, train_items, eval_items, collate, make_reference_free_step(cfg),
+                    saver(tok), info)
+    reference, collate = setup_reference(cfg, model, tok, train_items + eval_items, info)
+    step = make_dpo_step(cfg, reference)
     return Task(f"dpo-{cfg.loss}" if cfg.loss != "dpo" else "dpo", model, train_items, eval_items, collate, step,
                 saver(tok), info)
 
