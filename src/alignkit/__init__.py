@@ -9,6 +9,7 @@ from alignkit.train import (
     DPOConfig,
     GRPOConfig,
     KTOConfig,
+    OnlineDPOConfig,
     PPOConfig,
     RewardConfig,
     RLOOConfig,
@@ -17,6 +18,7 @@ from alignkit.train import (
     run_dpo,
     run_grpo,
     run_kto,
+    run_online_dpo,
     run_ppo,
     run_reward,
     run_rloo,
@@ -26,4 +28,5 @@ from alignkit.train import (
 __version__ = "0.1.0"
 
 __all__ = ["SFTConfig", "RewardConfig", "DPOConfig", "KTOConfig", "CoHConfig", "PPOConfig", "RLOOConfig",
-           "GRPOConfig", "run_sft", "run_reward", "run_dpo", "run_kto", "run_coh", "run_ppo", "run_rloo", "run_grpo"]
+           "GRPOConfig", "OnlineDPOConfig", "run_sft", "run_reward", "run_dpo", "run_kto", "run_coh", "run_ppo", "run_rloo", "run_grpo",
+           "run_online_dpo"]

@@ -15,12 +15,23 @@ from alignkit import __version__  # noqa: I001
 from alignkit.cli.args import check_utf8, float_in, int_at_least
 from alignkit.console import quiet_model_libraries
 from alignkit.errors import AlignkitError
-from alignkit.train import run_coh, run_dpo, run_grpo, run_kto, run_ppo, run_reward, run_rloo, run_sft
+from alignkit.train import (
+    run_coh,
+    run_dpo,
+    run_grpo,
+    run_kto,
+    run_online_dpo,
+    run_ppo,
+    run_reward,
+    run_rloo,
+    run_sft,
+)
 from alignkit.train.config import (
     CoHConfig,
     DPOConfig,
     GRPOConfig,
     KTOConfig,
+    OnlineDPOConfig,
     PPOConfig,
     RewardConfig,
     RLOOConfig,
@@ -42,6 +53,8 @@ TRAINERS = {
     "rloo": (RLOOConfig, run_rloo, "online RL: RLOO, k samples per prompt with a leave-one-out baseline"),
     "grpo": (GRPOConfig, run_grpo, "online RL: GRPO, G samples per prompt, advantages relative to the group "
                                    "(--loss-type grpo, dr_grpo, dapo)"),
+    "online-dpo": (OnlineDPOConfig, run_online_dpo, "online DPO: two samples per prompt from the policy, the better "
+                                                    "by the reward model or function, the DPO loss on the pairs"),
 }
 
 EXAMPLES = """examples:

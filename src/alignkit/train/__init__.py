@@ -5,6 +5,7 @@ from alignkit.train.config import (
     DPOConfig,
     GRPOConfig,
     KTOConfig,
+    OnlineDPOConfig,
     PPOConfig,
     RewardConfig,
     RLOOConfig,
@@ -14,8 +15,8 @@ from alignkit.train.config import (
 )
 
 __all__ = ["TrainConfig", "SFTConfig", "RewardConfig", "DPOConfig", "CoHConfig", "load_config",
-           "PPOConfig", "RLOOConfig", "GRPOConfig", "KTOConfig", "run_sft", "run_reward", "run_dpo", "run_kto", "run_coh",
-           "run_ppo", "run_rloo", "run_grpo"]
+           "PPOConfig", "RLOOConfig", "GRPOConfig", "KTOConfig", "OnlineDPOConfig", "run_sft", "run_reward", "run_dpo", "run_kto", "run_coh",
+           "run_ppo", "run_rloo", "run_grpo", "run_online_dpo"]
 
 
 
@@ -44,3 +45,4 @@ run_coh = _lazy("coh", "run_coh")
 run_ppo = _lazy("ppo", "run_ppo")
 run_rloo = _lazy("rloo", "run_rloo")
 run_grpo = _lazy("grpo", "run_grpo")
+run_online_dpo = _lazy("online_dpo", "run_online_dpo")

@@ -25,6 +25,8 @@ METHODS = {  # task name -> (what it is, tags)
     "coh": ("Chain of Hindsight on preference pairs", ["chain-of-hindsight"]),
     "ppo": ("PPO (online RL with a value model and a KL penalty to the reference)", ["ppo", "rlhf"]),
     "rloo": ("RLOO (online RL, leave-one-out baseline over k samples per prompt)", ["rloo", "rlhf"]),
+    "online-dpo": ("online DPO (pairs of the policy's own samples, labelled by a reward model or function)",
+                   ["online-dpo", "dpo"]),
     "grpo": ("GRPO (online RL, advantages relative to a group of samples per prompt)", ["grpo", "rlhf"]),
 }
 

@@ -328,6 +328,24 @@ class GRPOConfig(RLConfig):
         return self.loss_type != "dr_grpo" if self.scale_rewards is None else self.scale_rewards
 
 
+class OnlineDPOConfig(RLConfig):
+    """Online DPO: two samples per prompt from the current policy, the better one by the reward source chosen, a
+    DPO-family loss on the pairs (docs/algorithms.md, Online DPO)."""
+
+    loss: Literal["dpo", "ipo", "hinge"] = Field("dpo", description="preference loss on the sampled pairs")
+    beta: float = Field(0.1, gt=0, description="strength of the KL constraint to the reference")
+    batch_size: int = Field(8, gt=0, description="prompts per rollout batch (each sampled twice: one pair)")
+    mini_batch_size: int = Field(16, ge=2, description="sequences (two per pair) per optimizer update")
+    ppo_epochs: int = Field(1, gt=0, description="passes over each rollout batch's pairs")
+    learning_rate: float = Field(5e-6, gt=0, description="peak learning rate (AdamW)")
+
+    @model_validator(mode="after")
+    def _no_adaptive_kl(self):
+        if self.adaptive_kl:
+            raise ValueError("online DPO keeps β fixed; drop --adaptive-kl")
+        return self
+
+
 def _format_validation(err: ValidationError, where: str) -> str:
     lines = []
     for e in err.errors():
