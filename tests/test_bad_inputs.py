@@ -369,6 +369,18 @@ CASES += [  # issue 18: own round
          {"d.jsonl": lines(*GOOD), "model/model.safetensors": b"\0" * 1000}),
 ]
 
+CASES += [  # the labeling app's import: single responses to judge good or bad (no database is created)
+    Case("label-thumbs-empty-completion", ["label", "import", "{dir}/one.jsonl", "--db", "{dir}/label.db"],
+         r"one\.jsonl:2: field 'completion': text is empty$",
+         {"one.jsonl": lines('{"prompt": "Review of Alpha:", "completion": " great."}',
+                             '{"prompt": "Review of Beta:", "completion": ""}')}),
+    Case("label-thumbs-missing-responses", ["label", "import", "{dir}/samples.jsonl", "--thumbs", "--db",
+                                            "{dir}/label.db"],
+         r"samples\.jsonl:2: field 'responses': required field is missing$",
+         {"samples.jsonl": lines('{"prompt": "Review of Alpha:", "responses": [" great.", " dull."]}',
+                                 '{"prompt": "Review of Beta:", "response": " fine."}')}),
+]
+
 
 def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "alignkit.cli.main", *args], capture_output=True, text=True,

@@ -145,6 +145,38 @@ def test_import_bad_records_one_clear_message(lines, expected, tmp_path, capsys)
     assert len(errors) == 1 and re.search(expected, errors[0]), err
 
 
+GOOD_SET = '{"prompt": "p", "responses": ["a", "b"]}'
+GOOD_ONE = '{"prompt": "p", "completion": "a", "label": true}'
+
+
+@pytest.mark.parametrize("args, lines, expected", [
+    (["--thumbs"], [GOOD_SET, '{"prompt": "p", "responses": ["a", ""]}'],
+     r"bad\.jsonl:2: field 'responses': response 2: text is empty$"),
+    (["--thumbs"], [GOOD_SET, '{"prompt": "p", "responses": []}'],
+     r"bad\.jsonl:2: field 'responses': expected a non-empty list of responses, got an empty list$"),
+    ([], [GOOD_ONE, '{"prompt": "p", "completion": ""}'], r"bad\.jsonl:2: field 'completion': text is empty$"),
+    ([], [GOOD_ONE, '{"prompt": "p"}'], r"bad\.jsonl:2: field 'completion': required field is missing$"),
+    ([], [GOOD_ONE, '{"completion": "a"}'], r"bad\.jsonl:2: field 'prompt': required field is missing$"),
+    ([], [GOOD_ONE, '{"prompt": "p", "completion": [{"role": "assistant", "content": "x"}]}'],
+     r"bad\.jsonl:2: field 'completion': the prompt is a string, so this must be one too"),
+    (["--gold"], [GOOD_ONE, '{"prompt": "p", "completion": "b", "label": 1}'],
+     r"bad\.jsonl:2: field 'label': a gold thumbs item needs its known label, true \(good\) or false \(bad\); got 1$"),
+    (["--thumbs", "--gold"], [GOOD_SET], r"bad\.jsonl: gold thumbs items need a known label: give prompt/completion/label"),
+    (["--thumbs"], ['{"prompt": "p", "chosen": "a", "rejected": "b"}'],
+     r"bad\.jsonl: thumbs items are made from prompt/responses or prompt/completion records"),
+], ids=["empty-response", "no-responses", "empty-completion", "missing-completion", "missing-prompt",
+        "completion-messages", "gold-label-int", "gold-from-responses", "thumbs-from-pairs"])
+def test_thumbs_import_bad_records_one_clear_message(args, lines, expected, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    code = main(["label", "import", str(bad), *args, "--db", str(tmp_path / "l.db")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    errors = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(errors) == 1 and re.search(expected, errors[0]), err
+    assert not (tmp_path / "l.db").exists()
+
+
 def test_import_skip_invalid_counts(tmp_path, capsys):
     rows = [json.dumps(r) for r in sets(5)]
     rows[1] = '{"prompt": "p", "responses": ["only one"]}'
@@ -154,7 +186,7 @@ def test_import_skip_invalid_counts(tmp_path, capsys):
     assert main(["label", "import", str(tmp_path / "some.jsonl"), "--db", db, "--skip-invalid"]) == 0
     out = capsys.readouterr()
     assert "3 loaded of 5 read; 2 invalid skipped" in out.err and ":2: field 'responses'" in out.err
-    assert "3 items (3 pairs, 0 rankings): 3 added" in out.out
+    assert "3 items (3 pairs, 0 rankings, 0 thumbs): 3 added" in out.out
     engine = open_db(db)
     assert store.status(engine)["items"] == 3
     engine.dispose()
@@ -424,7 +456,7 @@ def test_status_command_text_and_json(engine, db_url, tmp_path, capsys):
     assert s["votes"] == 1 and s["items"] == 2 and s["annotators"][0]["votes"] == 1
     assert main(["label", "status", "--db", db_url]) == 0
     out = capsys.readouterr().out
-    assert "items: 2 (2 pairs, 0 rankings, 0 gold); complete: 1" in out and "ann0" in out
+    assert "items: 2 (2 pairs, 0 rankings, 0 thumbs, 0 gold); complete: 1" in out and "ann0" in out
 
 
 def test_export_labels_in_the_trainers_formats(engine, tmp_path):
@@ -473,6 +505,72 @@ def test_export_labels_in_the_trainers_formats(engine, tmp_path):
     assert counts["soft_pairs.jsonl"] == 0 and counts["below_min_votes"] == 5 and counts["votes.jsonl"] == 4
     counts = store.export(engine, str(out), include_gold=True)
     assert counts["soft_pairs.jsonl"] == 7
+
+
+def test_thumbs_votes_status_and_kto_export(engine, db_url, tmp_path, capsys):
+    # items 1-4: each response of 2 sampled prompts on its own; 5: a {prompt, completion} record; 6: gold (bad)
+    new, report = read_items(write_jsonl(tmp_path / "samples.jsonl", sets(2)), thumbs=True)
+    assert [it.kind for it in new] == ["thumbs"] * 4 and report.loaded == 2
+    assert store.add_items(engine, new, 3) == {"added": 4, "duplicates": 0}
+    chat = [{"role": "user", "content": "chat"}]
+    add(engine, tmp_path, [{"prompt": chat, "completion": "one reply"}], replicas=3)
+    add(engine, tmp_path, [{"prompt": "gold", "completion": "known bad", "label": False}], replicas=3, gold=True)
+    a, b, c = people(engine, 3)
+    plan = {1: "ggb", 2: "bbb", 3: "gb-", 4: "ggg", 5: "bgb", 6: "bgb"}  # "-": skipped, so item 3 ends 1 to 1
+    for n, who in enumerate((a, b, c)):
+        while (task := store.next_task(engine, who)) is not None:
+            assert task.kind == "thumbs" and task.shown_order == [0] and len(task.shown) == 1
+            with pytest.raises(store.Refused, match="choice must be good or bad"):
+                store.submit_vote(engine, who, task.nonce, "left")
+            want = plan[task.item_id][n]
+            if want == "-":
+                assert store.skip_task(engine, who, task.nonce) == "skipped"
+            else:
+                store.submit_vote(engine, who, task.nonce, {"g": "good", "b": "bad"}[want])
+    s = store.status(engine)
+    assert (s["items"], s["thumbs_items"], s["gold_items"], s["votes"], s["skips"]) == (6, 6, 1, 17, 1)
+    assert s["complete_items"] == 5
+    assert [p["gold_score"] for p in s["annotators"]] == [1.0, 0.0, 1.0]
+    # agreeing pairs per item: 1/3, 1, 0, 1, 1/3, 1/3; 8 good and 9 bad of 17 votes
+    t = s["thumbs_agreement"]
+    p_e = (8 / 17) ** 2 + (9 / 17) ** 2
+    assert t["items"] == 6 and t["pairwise_agreement"] == pytest.approx(0.5)
+    assert t["fleiss_kappa"] == pytest.approx((0.5 - p_e) / (1 - p_e))
+    assert s["agreement"]["items"] == 0
+    assert main(["label", "status", "--db", db_url]) == 0
+    out = capsys.readouterr().out
+    assert "items: 6 (0 pairs, 0 rankings, 6 thumbs, 1 gold)" in out
+    assert "agreement on 6 thumbs items with 2+ votes: pairwise 0.500" in out
+
+    folder = tmp_path / "out"
+    assert main(["label", "export", "--db", db_url, "--output-dir", str(folder)]) == 0
+    printed = capsys.readouterr().out
+    assert "out/kto.jsonl: 4 records" in printed and "out/thumbs_votes.jsonl: 6 records" in printed
+    assert "thumbs ties left out: 1" in printed and "gold left out: 1" in printed
+    kto = [json.loads(line) for line in (folder / "kto.jsonl").read_text().splitlines()]
+    assert kto == [
+        {"prompt": "prompt 0", "completion": "response 0 to 0", "label": True, "votes_good": 2, "votes_bad": 1},
+        {"prompt": "prompt 0", "completion": "response 1 to 0", "label": False, "votes_good": 0, "votes_bad": 3},
+        {"prompt": "prompt 1", "completion": "response 1 to 1", "label": True, "votes_good": 3, "votes_bad": 0},
+        {"prompt": chat, "completion": "one reply", "label": False, "votes_good": 1, "votes_bad": 2},
+    ]
+    raw = [json.loads(line) for line in (folder / "thumbs_votes.jsonl").read_text().splitlines()]
+    assert [(r["completion"], [v["choice"] for v in r["votes"]]) for r in raw][2] == ("response 0 to 1", ["good", "bad"])
+    assert raw[5]["gold"] == "bad" and [v["annotator"] for v in raw[5]["votes"]] == ["ann0", "ann1", "ann2"]
+    for name in ("pairs.jsonl", "votes.jsonl", "rankings.jsonl"):
+        assert (folder / name).read_text() == ""  # only thumbs items go to kto.jsonl, and nowhere else
+    counts = store.export(engine, str(folder), include_gold=True)
+    assert counts["kto.jsonl"] == 5 and counts["thumbs_ties_left_out"] == 1
+
+
+def test_export_without_thumbs_items_leaves_kto_jsonl_alone(engine, tmp_path):
+    add(engine, tmp_path, sets(1), replicas=1)
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "kto.jsonl").write_text("my own KTO data\n")
+    counts = store.export(engine, str(folder))
+    assert "kto.jsonl" not in counts and "thumbs_votes.jsonl" not in counts
+    assert (folder / "kto.jsonl").read_text() == "my own KTO data\n" and not (folder / "thumbs_votes.jsonl").exists()
 
 
 def test_invite_tokens_are_hashed_and_unique(engine):
@@ -527,7 +625,7 @@ def test_http_admin_page_shows_the_item_count(engine, tmp_path):
     sign_in(admin, store.invite(engine, "boss", admin=True))
     page = admin.get("/admin")
     assert page.status_code == 200
-    assert "0 of 3 items complete (3 pairs, 0 rankings, 0 gold)" in page.text
+    assert "0 of 3 items complete (3 pairs, 0 rankings, 0 thumbs, 0 gold)" in page.text
     assert "built-in method" not in page.text and "0x" not in page.text
 
 

@@ -278,3 +278,38 @@ def test_browser_labels_pairs_and_export_holds_exactly_those_votes(db_url, tmp_p
     assert count_votes(db_url) == 4
     shutil.copy(screenshot, "/tmp/label_screenshot.png")
     print(f"\nscreenshot of the labeling page: {screenshot} (copied to /tmp/label_screenshot.png)")
+
+
+def test_browser_judges_single_responses_by_key(db_url, tmp_path):  # noqa: F811
+    sync_api = _chromium_or_skip()
+    rows = [{"prompt": "Is this polite?", "completion": "Go away."}, {"prompt": "Say hi", "completion": "Hello!"}]
+    link = "{}/login?token=" + setup_db(db_url, tmp_path, rows, ["judge"], replicas=1)["judge"]
+    expected = {}
+    with serving(db_url) as (base, _), sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        page = browser.new_page()
+        page.goto(link.format(base))
+        page.click("#sign-in")
+        page.wait_for_selector("#response-single .text")
+        page.wait_for_load_state("load")
+        # → picks a side on a pair page; here it must do nothing (it would be "bad"), so "g" is the vote
+        prompt = page.inner_text(".prompt .text")
+        assert page.inner_text("#response-single .text") == {r["prompt"]: r["completion"] for r in rows}[prompt]
+        page.keyboard.press("ArrowRight")
+        page.keyboard.press("g")
+        expected[prompt] = ("good", None)
+        page.wait_for_selector("text=1 done")
+        page.wait_for_load_state("load")
+        prompt = page.inner_text(".prompt .text")
+        page.keyboard.press("1")
+        page.keyboard.press("b")
+        expected[prompt] = ("bad", 1)
+        page.wait_for_selector("#done")
+        browser.close()
+    out = tmp_path / "export"
+    assert main(["label", "export", "--db", db_url, "--output-dir", str(out)]) == 0
+    raw = [json.loads(line) for line in (out / "thumbs_votes.jsonl").read_text().splitlines()]
+    assert {r["prompt"]: (r["votes"][0]["choice"], r["votes"][0]["confidence"]) for r in raw} == expected
+    assert count_votes(db_url) == 2
+    kto = {r["prompt"]: r["label"] for r in map(json.loads, (out / "kto.jsonl").read_text().splitlines())}
+    assert kto == {p: choice == "good" for p, (choice, _) in expected.items()}

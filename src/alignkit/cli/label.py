@@ -19,11 +19,13 @@ EXAMPLES = """examples:
   alignkit sample --model runs/sft --prompts prompts.jsonl -k 2 --output samples.jsonl
   alignkit label import samples.jsonl --per-item 3
   alignkit label import checks.jsonl --gold              (known answers: chosen is right)
+  alignkit label import samples.jsonl --thumbs           (each response judged on its own: good or bad)
   alignkit label invite alice --url http://127.0.0.1:8000
   alignkit label invite boss --admin
   alignkit label serve --port 8000 --url http://127.0.0.1:8000
   alignkit label status
   alignkit label export --output-dir labels/ && alignkit dpo --loss gdpo --data labels/soft_pairs.jsonl ...
+                                                         (thumbs items: labels/kto.jsonl, KTO data)
 """
 
 
@@ -54,25 +56,31 @@ port_number.__name__ = "int"
 def add_label_parser(sub) -> None:
     label = sub.add_parser(
         "label", help="collect preferences from people: a labeling web app over a database, soft labels out",
-        description="Collect preference labels from people. Import items (pairs, or K responses per prompt), "
+        description="Collect preference labels from people. Import items (pairs, K responses per prompt, or "
+                    "single responses judged good or bad), "
                     "invite annotators (personal links), serve the labeling app, watch progress and agreement, "
-                    "and export pairs with hard and soft labels, rankings and raw votes for the trainers.",
+                    "and export pairs with hard and soft labels, rankings, KTO data and raw votes for the trainers.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     cmds = label.add_subparsers(dest="label_command", metavar="SUBCOMMAND", required=True)
 
     imp = cmds.add_parser(
         "import", help="add items to label from data files (creates the database if needed)",
         description="Add items from JSON-lines/JSON/Parquet files: K-response sets {prompt, responses} (K = 2: a "
-                    "pair, K > 2: a ranking task), pairs {prompt, chosen, rejected} or {prompt, response_a, "
-                    "response_b}. An item already in the database is not added twice.")
+                    "pair, K > 2: a ranking task; with --thumbs each response on its own), pairs {prompt, chosen, "
+                    "rejected} or {prompt, response_a, response_b}, or single responses {prompt, completion} (a "
+                    "thumbs item: good or bad). An item already in the database is not added twice.")
     imp.add_argument("files", nargs="+", metavar="FILE", help="data files to import")
     imp.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     imp.add_argument("--per-item", type=int_at_least(1), default=3, metavar="R",
                      help="distinct annotators wanted for each item (default: 3)")
     imp.add_argument("--gold", action="store_true",
                      help="gold (attention-check) items with a known answer: `chosen` for pairs (a `label` of 0.5: "
-                          "'about the same'), the given order for `responses` (best first); status reports each "
-                          "annotator's score on them, export leaves them out unless --include-gold")
+                          "'about the same'), the given order for `responses` (best first), `label` (true: good, "
+                          "false: bad) for {prompt, completion}; status reports each annotator's score on them, "
+                          "export leaves them out unless --include-gold")
+    imp.add_argument("--thumbs", action="store_true",
+                     help="single-response items judged good or bad: every response of a {prompt, responses} record "
+                          "becomes its own item ({prompt, completion} records always are); export writes kto.jsonl")
     imp.add_argument("--skip-invalid", action="store_true",
                      help="skip invalid records (counted and reported) instead of stopping at the first one")
 
@@ -111,7 +119,8 @@ def add_label_parser(sub) -> None:
     st = cmds.add_parser("status", help="progress, per-annotator counts, gold scores and agreement",
                          description="Show progress (items complete, votes, skips), per-annotator counts with "
                                      "their score on gold items, and agreement on pair items (mean pairwise "
-                                     "agreement and Fleiss' kappa over a / b / about the same).")
+                                     "agreement and Fleiss' kappa over a / b / about the same) and on thumbs items "
+                                     "(over good / bad).")
     st.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     st.add_argument("--json", action="store_true", help="print the status as JSON")
 
@@ -120,12 +129,16 @@ def add_label_parser(sub) -> None:
         description="Write to --output-dir: pairs.jsonl (hard labels by majority; exact ties left out and "
                     "counted), soft_pairs.jsonl (label = vote share, for --loss gdpo / cdpo), rankings.jsonl "
                     "(K-way items by mean position), votes.jsonl (pair items with every vote, the 'votes' "
-                    "format) and ranking_votes.jsonl (every ranking vote).")
+                    "format) and ranking_votes.jsonl (every ranking vote); when there are thumbs items, also "
+                    "kto.jsonl ({prompt, completion, label}: label true when most votes say good; exact ties "
+                    "left out and counted) and thumbs_votes.jsonl (every thumbs vote).")
     ex.add_argument("--db", default=DEFAULT_DB, help=DB_HELP)
     ex.add_argument("--output-dir", required=True, help="folder for the exported files")
     ex.add_argument("--min-votes", type=int_at_least(1), default=1,
-                    help="put only items with at least this many votes in pairs/soft_pairs/rankings (default: 1)")
-    ex.add_argument("--include-gold", action="store_true", help="also put gold items in pairs/soft_pairs/rankings")
+                    help="put only items with at least this many votes in pairs/soft_pairs/rankings/kto "
+                         "(default: 1)")
+    ex.add_argument("--include-gold", action="store_true",
+                    help="also put gold items in pairs/soft_pairs/rankings/kto")
 
 
 def run_label(args) -> int:
@@ -150,7 +163,7 @@ def run_label(args) -> int:
             print(json.dumps(report, indent=2) if args.json else _status_text(report))
             return 0
         counts = store.export(engine, args.output_dir, min_votes=args.min_votes, include_gold=args.include_gold)
-        for name in store.EXPORT_FILES:
+        for name in (n for n in store.EXPORT_FILES if n in counts):
             print(f"{args.output_dir.rstrip('/')}/{name}: {counts[name]} records")
         notes = {k: v for k, v in counts.items() if k not in store.EXPORT_FILES and v}
         if notes:
@@ -164,7 +177,8 @@ def _read_imports(args) -> list:
     """(path, items, report) of every file to import: a bad file stops the import before anything is written."""
     from alignkit.label.importer import read_items
 
-    return [(path, *read_items(path, gold=args.gold, skip_invalid=args.skip_invalid)) for path in args.files]
+    return [(path, *read_items(path, gold=args.gold, thumbs=args.thumbs, skip_invalid=args.skip_invalid))
+            for path in args.files]
 
 
 def _import(engine, args, imports: list) -> int:
@@ -175,9 +189,10 @@ def _import(engine, args, imports: list) -> int:
         print(report.summary(), file=sys.stderr)
         for error in report.errors[:5]:
             print(f"  skipped: {error}", file=sys.stderr)
-        print(f"{path}: {len(new)} {'gold ' if args.gold else ''}items ({sum(i.kind == 'pair' for i in new)} pairs, "
-              f"{sum(i.kind == 'ranking' for i in new)} rankings): {counts['added']} added, {counts['duplicates']} "
-              f"already in the database; {args.per_item} annotators wanted per item")
+        kinds = ", ".join(f"{sum(i.kind == kind for i in new)} {name}"
+                          for kind, name in (("pair", "pairs"), ("ranking", "rankings"), ("thumbs", "thumbs")))
+        print(f"{path}: {len(new)} {'gold ' if args.gold else ''}items ({kinds}): {counts['added']} added, "
+              f"{counts['duplicates']} already in the database; {args.per_item} annotators wanted per item")
     return 0
 
 
@@ -247,17 +262,20 @@ def _serve(args) -> int:
 
 
 def _status_text(s: dict) -> str:
-    a = s["agreement"]
+    a, t = s["agreement"], s["thumbs_agreement"]
 
     def num(x, fmt=".3f"):
         return "n/a" if x is None else format(x, fmt)
 
     lines = [
-        f"items: {s['items']} ({s['pair_items']} pairs, {s['ranking_items']} rankings, {s['gold_items']} gold); "
+        f"items: {s['items']} ({s['pair_items']} pairs, {s['ranking_items']} rankings, {s['thumbs_items']} thumbs, "
+        f"{s['gold_items']} gold); "
         f"complete: {s['complete_items']}; without votes: {s['items_without_votes']}",
         f"votes: {s['votes']}; skips: {s['skips']}; open tasks: {s['open_tasks']}",
         f"agreement on {a['items']} pair items with 2+ votes: pairwise {num(a['pairwise_agreement'])}, "
         f"Fleiss' kappa {num(a['fleiss_kappa'])}",
+        *([f"agreement on {t['items']} thumbs items with 2+ votes: pairwise {num(t['pairwise_agreement'])}, "
+           f"Fleiss' kappa {num(t['fleiss_kappa'])}"] if s["thumbs_items"] else []),
         f"{'annotator':<24}{'votes':>7}{'skipped':>9}{'open':>6}{'gold votes':>12}{'gold score':>12}",
     ]
     for p in s["annotators"]:

@@ -3,8 +3,9 @@ runs it with uvicorn.
 
 Pages: `/login?token=...` (an annotator's personal link: a confirmation page, "Sign in as NAME?", whose form
 POSTs the token to `/login`; that sets an HttpOnly cookie holding the token and redirects to the task page),
-`/` (the next task: a pair or a ranking; the sign-in form when signed out), `POST /vote`, `POST /skip`,
-`/admin` (progress, annotators, agreement; admins only) and `POST /admin/invite`. HEAD is answered like GET.
+`/` (the next task: a pair, a ranking or one response to judge good or bad; the sign-in form when signed
+out), `POST /vote`, `POST /skip`, `/admin` (progress, annotators, agreement; admins only) and
+`POST /admin/invite`. HEAD is answered like GET.
 
 Security. A request's annotator is the one whose token hash matches the cookie; forms carry no annotator,
 so nobody can vote as someone else, and a vote for a task given to another annotator is refused (403).
@@ -226,7 +227,7 @@ def create_app(engine: Engine, *, timeout_s: float = store.DEFAULT_TIMEOUT_S, ma
                    "confidence": store.CONFIDENCE, "max_reason": store.MAX_REASON_CHARS}
         if task is None:
             return page("done.html", title="All done", **context)
-        return page("pair.html" if task.kind == "pair" else "ranking.html", title="Label", **context)
+        return page(f"{task.kind}.html", title="Label", **context)
 
     @app.post("/vote")
     def vote(request: Request, nonce: str = Form(), csrf: str = Form(), choice: str = Form(),

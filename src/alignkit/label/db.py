@@ -10,15 +10,17 @@ Tables (texts are stored as JSON: a string or a list of chat messages):
   database, upgrades an older version step by step (`MIGRATIONS`) and refuses a newer one.
 - `settings`: key/value pairs; `csrf_secret` (random, made once) signs the forms' CSRF tokens.
 - `annotators`: name, SHA-256 of the personal token (the token itself is never stored), admin flag.
-- `items`: one comparison: `kind` "pair" (2 responses) or "ranking" (K > 2), prompt, responses in their
-  canonical order (response a = index 0), `gold` (the known answer: "a", "b" or "tie" for a pair, the
-  canonical indices best first for a ranking; null for an ordinary item), `replicas` R (distinct
-  annotators wanted), the file and line it came from, and a hash of its content (an item is stored once).
+- `items`: one task: `kind` "pair" (2 responses), "ranking" (K > 2) or "thumbs" (1 response, judged good or
+  bad), prompt, responses in their canonical order (response a = index 0), `gold` (the known answer: "a",
+  "b" or "tie" for a pair, the canonical indices best first for a ranking, "good" or "bad" for a thumbs
+  item; null for an ordinary item), `replicas` R (distinct annotators wanted), the file and line it came
+  from, and a hash of its content (an item is stored once).
 - `assignments`: an item given to one annotator, with the order its responses were shown in (canonical
   index at each screen position, randomised) and a random nonce that the task's form carries. Status
   "open", "done" or "skipped". UNIQUE(item, annotator): nobody sees an item twice.
 - `votes`: one per finished assignment: the choice in canonical orientation ("a" / "b" / "tie" for a pair,
-  canonical indices best first for a ranking), the shown order, optional confidence (1-3) and reason, time.
+  canonical indices best first for a ranking, "good" / "bad" for a thumbs item), the shown order, optional
+  confidence (1-3) and reason, time.
   `idempotency_key` (the assignment's nonce) is UNIQUE, so a form sent twice stores one vote.
 """
 

@@ -8,6 +8,11 @@ Accepted records (the shape is picked from the first record, like `load_pairs(fo
   is "a" ("tie" when its `label` is exactly 0.5).
 - unlabelled pairs `{"prompt", "response_a", "response_b"}`: a pair item; they have no known answer, so
   they cannot be gold items.
+- single responses `{"prompt", "completion"}`: a thumbs item (one response, judged good or bad); as a gold
+  item its `label` is the known answer (true: good, false: bad), as in KTO data.
+
+With `thumbs=True` every response of a K-response set becomes its own thumbs item (K >= 1); such items
+have no known answer, so they cannot be gold items.
 
 Every rejected record names its file, line and field (`DataError`); with `skip_invalid` bad records are
 skipped and counted in the returned `LoadReport`.
@@ -15,10 +20,11 @@ skipped and counted in the returned `LoadReport`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from alignkit.data import LoadReport, Text, load_pairs, load_rankings
+from alignkit.data import LoadReport, Text, load_pairs, load_rankings, load_sft
 from alignkit.data.formats import MAX_ERRORS
 from alignkit.data.readers import read_records
 from alignkit.errors import DataError
@@ -26,14 +32,16 @@ from alignkit.errors import DataError
 
 @dataclass
 class NewItem:
-    kind: str  # "pair" or "ranking"
+    kind: str  # "pair", "ranking" or "thumbs" (one response)
     prompt: Text
     responses: list[Text]  # canonical order: response a = responses[0]
-    gold: Any  # None, or the known answer: "a" / "b" / "tie" (pair), canonical indices best first (ranking)
+    gold: Any  # None, or the known answer: "a" / "b" / "tie" (pair), canonical indices best first (ranking),
+    # "good" / "bad" (thumbs)
     source: str  # file:line
 
 
-def read_items(path: str, *, gold: bool = False, skip_invalid: bool = False) -> tuple[list[NewItem], LoadReport]:
+def read_items(path: str, *, gold: bool = False, thumbs: bool = False,
+               skip_invalid: bool = False) -> tuple[list[NewItem], LoadReport]:
     """The labeling items in the file at `path` (see the module docstring)."""
     name, records = read_records(path)
     first = first_error = None
@@ -45,6 +53,16 @@ def read_items(path: str, *, gold: bool = False, skip_invalid: bool = False) -> 
     if first is None:
         raise first_error
     keys = {k for k, v in first.items() if v is not None}
+    if thumbs and "responses" in keys:
+        if gold:
+            raise DataError(name, None, None, "gold thumbs items need a known label: give prompt/completion/label "
+                                              "records (label true: good, false: bad), not prompt/responses")
+        return _each_record(path, skip_invalid, lambda where, raw: _thumbs(name, where, raw, "responses", False))
+    if "completion" in keys and "responses" not in keys:
+        return _each_record(path, skip_invalid, lambda where, raw: _thumbs(name, where, raw, "completion", gold))
+    if thumbs:
+        raise DataError(name, None, None, f"thumbs items are made from prompt/responses or prompt/completion "
+                                          f"records; the keys {sorted(first)} have neither")
     if "responses" in keys:
         rankings, report = load_rankings(path, skip_invalid=skip_invalid)
         out = []
@@ -61,12 +79,15 @@ def read_items(path: str, *, gold: bool = False, skip_invalid: bool = False) -> 
         if gold:
             raise DataError(name, None, None, "gold items need a known answer: give prompt/chosen/rejected or "
                                               "prompt/responses (best first), not response_a/response_b")
-        return _unlabelled_pairs(path, skip_invalid)
+        return _each_record(path, skip_invalid, lambda where, raw: [_unlabelled_pair(name, where, raw)])
     raise DataError(name, None, None, f"cannot tell the data format from the keys {sorted(first)}; expected "
-                                      "prompt/responses, prompt/chosen/rejected or prompt/response_a/response_b")
+                                      "prompt/responses, prompt/chosen/rejected, prompt/response_a/response_b or "
+                                      "prompt/completion")
 
 
-def _unlabelled_pairs(path: str, skip_invalid: bool) -> tuple[list[NewItem], LoadReport]:
+def _each_record(path: str, skip_invalid: bool, convert) -> tuple[list[NewItem], LoadReport]:
+    """The items `convert(where, raw)` makes of each record of the file; a DataError stops the reading, or with
+    `skip_invalid` skips the record (counted in the report)."""
     name, records = read_records(path)
     report, out = LoadReport(name), []
     for where, raw in records:
@@ -74,24 +95,57 @@ def _unlabelled_pairs(path: str, skip_invalid: bool) -> tuple[list[NewItem], Loa
         try:
             if isinstance(raw, DataError):
                 raise raw
-            for key in ("prompt", "response_a", "response_b"):
-                if raw.get(key) is None:
-                    raise DataError(name, where.line, key, "required field is null" if key in raw
-                                    else "required field is missing")
-            # validated as a 2-response set by the data layer; its messages are re-aimed at this line and field
-            try:
-                (r,), _ = load_rankings([{"prompt": raw["prompt"], "responses": [raw["response_a"], raw["response_b"]]}])
-            except DataError as e:
-                field = "prompt" if e.field == "prompt" else "response_a" if e.message.startswith("response 1") \
-                    else "response_b"
-                raise DataError(name, where.line, field, e.message) from None
-            out.append(NewItem("pair", r.prompt, r.responses, None, str(where)))
+            out.extend(convert(where, raw))
+            report.loaded += 1  # records (a record of K responses gives K thumbs items)
         except DataError as e:
             if not skip_invalid:
                 raise
             report.skip(e, MAX_ERRORS)
-    report.loaded = len(out)
     if not out:
         raise DataError(name, None, None, f"no valid records: all {report.read} records are invalid; "
                                           f"the first: {report.errors[0]}")
     return out, report
+
+
+def _required(name: str, where, raw: dict, *keys: str) -> None:
+    for key in keys:
+        if raw.get(key) is None:
+            raise DataError(name, where.line, key, "required field is null" if key in raw else "required field is missing")
+
+
+def _unlabelled_pair(name: str, where, raw: dict) -> NewItem:
+    _required(name, where, raw, "prompt", "response_a", "response_b")
+    # validated as a 2-response set by the data layer; its messages are re-aimed at this line and field
+    try:
+        (r,), _ = load_rankings([{"prompt": raw["prompt"], "responses": [raw["response_a"], raw["response_b"]]}])
+    except DataError as e:
+        field = "prompt" if e.field == "prompt" else "response_a" if e.message.startswith("response 1") else "response_b"
+        raise DataError(name, where.line, field, e.message) from None
+    return NewItem("pair", r.prompt, r.responses, None, str(where))
+
+
+def _thumbs(name: str, where, raw: dict, field: str, gold: bool) -> list[NewItem]:
+    """The thumbs items of one record: its `completion`, or each of its `responses`."""
+    _required(name, where, raw, "prompt", field)
+    answer = None
+    if gold:
+        label = raw.get("label")
+        if not isinstance(label, bool):
+            got = "it is missing" if "label" not in raw else f"got {json.dumps(label)[:40]}"
+            raise DataError(name, where.line, "label", f"a gold thumbs item needs its known label, true (good) or "
+                                                       f"false (bad); {got}")
+        answer = "good" if label else "bad"
+    responses = raw[field] if field == "responses" else [raw[field]]
+    if field == "responses" and not (isinstance(responses, list) and responses):
+        raise DataError(name, where.line, field, f"expected a non-empty list of responses, got "
+                                                 f"{'an empty list' if responses == [] else type(responses).__name__}")
+    out = []
+    for i, response in enumerate(responses, 1):
+        # validated as a demonstration by the data layer; its messages are re-aimed at this line and field
+        try:
+            (example,), _ = load_sft([{"prompt": raw["prompt"], "completion": response}])
+        except DataError as e:
+            what = f"response {i}: " if field == "responses" and e.field != "prompt" else ""
+            raise DataError(name, where.line, "prompt" if e.field == "prompt" else field, what + e.message) from None
+        out.append(NewItem("thumbs", example.prompt, [example.completion], answer, str(where)))
+    return out

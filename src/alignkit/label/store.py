@@ -40,6 +40,7 @@ from alignkit.label.importer import NewItem
 DEFAULT_TIMEOUT_S = 3600
 MAX_REASON_CHARS = 2000
 CONFIDENCE = {1: "unsure", 2: "fairly sure", 3: "sure"}
+THUMBS = ("good", "bad")  # the choices on a thumbs item (one response)
 _shuffle = random.SystemRandom().shuffle
 
 
@@ -204,7 +205,12 @@ def next_task(engine: Engine, annotator_id: int, timeout_s: float = DEFAULT_TIME
 
 def _canonical(kind: str, order: list[int], answer: str) -> str:
     """The answer given on screen (pair: "left" / "right" / "tie"; ranking: screen positions best first,
-    comma-separated) in the canonical orientation: "a" / "b" / "tie", or a JSON list of canonical indices."""
+    comma-separated; thumbs: "good" / "bad") in the canonical orientation: "a" / "b" / "tie", a JSON list of
+    canonical indices, or "good" / "bad"."""
+    if kind == "thumbs":
+        if answer not in THUMBS:
+            raise Refused(400, "choice must be good or bad")
+        return answer
     if kind == "pair":
         if answer == "tie":
             return "tie"
@@ -313,9 +319,9 @@ def _load_all(conn):
 
 
 def gold_score(kind: str, gold: Any, choice: Any) -> float:
-    """1/0 for a pair (the known answer or not); for a ranking, the share of its pairs of responses put in
-    the known order."""
-    if kind == "pair":
+    """1/0 for a pair or a thumbs item (the known answer or not); for a ranking, the share of its pairs of
+    responses put in the known order."""
+    if kind != "ranking":
         return float(choice == gold)
     position = {c: i for i, c in enumerate(choice)}
     pairs = [(gold[i], gold[j]) for i in range(len(gold)) for j in range(i + 1, len(gold))]
@@ -324,7 +330,8 @@ def gold_score(kind: str, gold: Any, choice: Any) -> float:
 
 def status(engine: Engine) -> dict[str, Any]:
     """Progress (items complete, votes, skips), per-annotator counts with gold-item accuracy, and agreement
-    between annotators on pair items (mean pairwise agreement, Fleiss' kappa over a / b / tie)."""
+    between annotators on pair items (mean pairwise agreement, Fleiss' kappa over a / b / tie) and on thumbs
+    items (the same over good / bad)."""
     with engine.connect() as conn:
         all_items, all_votes = _load_all(conn)
         people = conn.execute(select(annotators).order_by(annotators.c.id)).all()
@@ -343,17 +350,20 @@ def status(engine: Engine) -> dict[str, Any]:
         person, item = per_person[v.annotator_id], all_items[v.item_id]
         person["votes"] += 1
         if item.gold is not None:
-            choice = v.choice if item.kind == "pair" else json.loads(v.choice)
+            choice = json.loads(v.choice) if item.kind == "ranking" else v.choice
             person["gold_votes"] += 1
             gold_sums[v.annotator_id] = gold_sums.get(v.annotator_id, 0.0) + gold_score(item.kind, json.loads(item.gold), choice)
     for annotator_id, total in gold_sums.items():
         per_person[annotator_id]["gold_score"] = total / per_person[annotator_id]["gold_votes"]
     pair_votes = [[v.choice for v in vs] for i, vs in per_item.items() if all_items[i].kind == "pair"]
-    agreement = agreement_report(pair_votes) if pair_votes else agreement_report([])
+    # thumbs votes as two categories of the same table: good as "a", bad as "b" (the tie column stays empty)
+    thumbs_votes = [["a" if v.choice == "good" else "b" for v in vs] for i, vs in per_item.items()
+                    if all_items[i].kind == "thumbs"]
     return {
         "items": len(all_items),
         "pair_items": sum(it.kind == "pair" for it in all_items.values()),
         "ranking_items": sum(it.kind == "ranking" for it in all_items.values()),
+        "thumbs_items": sum(it.kind == "thumbs" for it in all_items.values()),
         "gold_items": sum(it.gold is not None for it in all_items.values()),
         "complete_items": sum(len(per_item.get(i, [])) >= it.replicas for i, it in all_items.items()),
         "items_without_votes": sum(i not in per_item for i in all_items),
@@ -361,11 +371,20 @@ def status(engine: Engine) -> dict[str, Any]:
         "skips": sum(p["skipped"] for p in per_person.values()),
         "open_tasks": sum(p["open"] for p in per_person.values()),
         "annotators": list(per_person.values()),
-        "agreement": {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in agreement.items()},
+        "agreement": _agreement(pair_votes),
+        "thumbs_agreement": _agreement(thumbs_votes),
     }
 
 
-EXPORT_FILES = ("pairs.jsonl", "soft_pairs.jsonl", "rankings.jsonl", "votes.jsonl", "ranking_votes.jsonl")
+def _agreement(vote_lists: list[list[str]]) -> dict[str, Any]:
+    """agreement_report, with None for its NaNs (JSON has no NaN)."""
+    report = agreement_report(vote_lists)
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in report.items()}
+
+
+EXPORT_FILES = ("pairs.jsonl", "soft_pairs.jsonl", "rankings.jsonl", "votes.jsonl", "ranking_votes.jsonl",
+                "kto.jsonl", "thumbs_votes.jsonl")
+THUMBS_FILES = ("kto.jsonl", "thumbs_votes.jsonl")  # written only when the database holds thumbs items
 
 
 def _vote_record(v, **extra) -> dict[str, Any]:
@@ -384,10 +403,15 @@ def export(engine: Engine, out_dir: str, *, min_votes: int = 1, include_gold: bo
       one above the other);
     - pairs.jsonl: the same pairs with hard labels (majority side as `chosen`, no `label`); exact ties are
       left out and counted;
-    - rankings.jsonl: ranking items ordered by mean position over the annotators (Borda), best first.
+    - rankings.jsonl: ranking items ordered by mean position over the annotators (Borda), best first;
+    - thumbs_votes.jsonl: every thumbs item, its `completion` and each vote's `choice` ("good" / "bad");
+    - kto.jsonl: thumbs items by majority, `label` true when most votes say good (KTO's desirable), with
+      `votes_good` / `votes_bad`; exact ties are left out and counted.
 
-    Gold items go only into the raw vote files unless `include_gold`; items with fewer than `min_votes`
-    votes go nowhere but into the raw vote files."""
+    The two thumbs files are written only when the database holds thumbs items, so an export of pairs and
+    rankings leaves a kto.jsonl of the folder alone. Gold items go only into the raw vote files unless
+    `include_gold`; items with fewer than `min_votes` votes go nowhere but into the raw vote files.
+    Returns the number of records of each file written and the counts of what was left out."""
     if min_votes < 1:
         raise AlignkitError(f"--min-votes must be at least 1, got {min_votes}")
     with engine.connect() as conn:
@@ -395,9 +419,11 @@ def export(engine: Engine, out_dir: str, *, min_votes: int = 1, include_gold: bo
     per_item: dict[int, list] = {}
     for v in all_votes:
         per_item.setdefault(v.item_id, []).append(v)
-    out = {name: [] for name in EXPORT_FILES}
+    thumbs = any(it.kind == "thumbs" for it in all_items.values())
+    out = {name: [] for name in EXPORT_FILES if thumbs or name not in THUMBS_FILES}
     counts = {"items_without_votes": sum(i not in per_item for i in all_items), "below_min_votes": 0,
-              "gold_left_out": 0, "hard_ties_left_out": 0, "pairs_from_rankings": 0, "ranking_position_ties": 0}
+              "gold_left_out": 0, "hard_ties_left_out": 0, "pairs_from_rankings": 0, "ranking_position_ties": 0,
+              "thumbs_ties_left_out": 0}
     for item_id, vs in per_item.items():
         item = all_items[item_id]
         prompt, responses = json.loads(item.prompt), json.loads(item.responses)
@@ -406,6 +432,9 @@ def export(engine: Engine, out_dir: str, *, min_votes: int = 1, include_gold: bo
         if item.kind == "pair":
             out["votes.jsonl"].append({"prompt": prompt, "response_a": responses[0], "response_b": responses[1],
                                        "votes": [_vote_record(v, choice=v.choice) for v in vs], **extra})
+        elif item.kind == "thumbs":
+            out["thumbs_votes.jsonl"].append({"prompt": prompt, "completion": responses[0],
+                                              "votes": [_vote_record(v, choice=v.choice) for v in vs], **extra})
         else:
             out["ranking_votes.jsonl"].append({"prompt": prompt, "candidates": responses, "votes": [
                 _vote_record(v, ranking=json.loads(v.choice)) for v in vs], **extra})
@@ -414,6 +443,15 @@ def export(engine: Engine, out_dir: str, *, min_votes: int = 1, include_gold: bo
             continue
         if gold is not None and not include_gold:
             counts["gold_left_out"] += 1
+            continue
+        if item.kind == "thumbs":
+            good = sum(v.choice == "good" for v in vs)
+            bad = len(vs) - good
+            if good == bad:
+                counts["thumbs_ties_left_out"] += 1
+            else:
+                out["kto.jsonl"].append({"prompt": prompt, "completion": responses[0], "label": good > bad,
+                                         "votes_good": good, "votes_bad": bad})
             continue
         if item.kind == "pair":
             comparisons = [(responses[0], responses[1], [v.choice for v in vs])]

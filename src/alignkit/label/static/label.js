@@ -4,6 +4,8 @@
   "use strict";
   const ranking = document.getElementById("ranking");
   const order = document.getElementById("order");
+  // ← / → pick a side only on a pair page (on a thumbs page → would mean "bad")
+  const sides = document.getElementById("response-left") ? { ArrowLeft: "a", ArrowRight: "b", "=": "t" } : {};
   const cards = () => Array.from(ranking.children);
 
   function saveOrder() {  // the hidden field lists screen positions, best first
@@ -49,7 +51,7 @@
 
   document.addEventListener("keydown", (e) => {
     if (e.ctrlKey || e.metaKey || e.altKey || e.target.closest("textarea, input[type=text], input[type=password]")) return;
-    const key = { ArrowLeft: "a", ArrowRight: "b", "=": "t" }[e.key] || e.key.toLowerCase();
+    const key = sides[e.key] || e.key.toLowerCase();
     if (ranking && rankingKey(key)) { e.preventDefault(); return; }
     const target = document.querySelector('[data-key="' + key.replace(/["\\]/g, "") + '"]');
     if (!target) return;
