@@ -13,7 +13,8 @@ Stages (a stage whose folder holds a `DONE` marker is skipped when the demo is r
   labels   a simulated annotator panel votes on every pair of a prompt's samples -> all_votes.jsonl, and its
            best-vs-worst pair per prompt -> votes.jsonl (hard + soft labels)
   rm       a reward model trained on every pair's votes (soft labels, a prompt's responses scored once)
-  <method> ppo, rloo (against the reward model), dpo, cdpo, ipo, gdpo (soft labels), coh (from votes.jsonl)
+  <method> ppo, rloo, grpo, online-dpo (against the reward model), dpo, cdpo, ipo, gdpo (soft labels), simpo,
+           orpo, coh (from votes.jsonl), kto (from all_votes.jsonl, split into good and bad responses)
   eval     every policy and the reference on held-out prompts: gold score, win rate, KL, RM accuracy
 """
 
@@ -33,7 +34,8 @@ from alignkit.lab.annotators import annotate_groups
 from alignkit.lab.sentiment import prompt_capacity, quick_reviews, review_prompts
 from alignkit.train.config import comma_choices
 
-METHODS = ("ppo", "rloo", "dpo", "cdpo", "ipo", "gdpo", "coh")
+METHODS = ("ppo", "rloo", "grpo", "online-dpo", "dpo", "cdpo", "ipo", "gdpo", "simpo", "orpo", "kto", "coh")
+DEFAULT_METHODS = ("ppo", "rloo", "dpo", "cdpo", "ipo", "gdpo", "coh")  # the default run's time budget; --quick: all
 IMDB_HUB_ID = imdb.HUB_ID
 ALL_VOTES = "all_votes.jsonl"  # beside votes.jsonl in labels/: the panel's votes on every pair
 
@@ -52,7 +54,8 @@ class DemoConfig(BaseModel):
     sft_examples: int = Field(256, ge=0, description="imdb: reviews the policy first learns to continue (0 = none)")
     model: str = Field("smollm2-135m-instruct", description="policy and reference to start from")
     quick: bool = Field(False, description="a tiny model and small sizes: the whole demo in a few minutes")
-    methods: str = Field(",".join(METHODS), description="methods to run, comma-separated")
+    methods: str = Field(",".join(DEFAULT_METHODS), description=f"methods to run, comma-separated, of {', '.join(METHODS)} "
+                         "(--quick: all of them)")
     train_prompts: int = Field(96, gt=0, description="training prompts (K responses each are sampled and labelled)")
     heldout_prompts: int = Field(48, gt=0, description="held-out prompts for the evaluation")
     k: int = Field(4, ge=2, description="responses sampled per training prompt; the panel votes on every pair of them")
@@ -69,7 +72,7 @@ class DemoConfig(BaseModel):
     epochs: float = Field(1.0, gt=0, description="passes over the labelled pairs (offline methods)")
     coh_passes: float = Field(1.0, gt=0, description="Chain of Hindsight passes as a multiple of --epochs (it "
                               "learns the feedback-conditional more slowly than a pairwise loss)")
-    rl_steps: int = Field(8, gt=0, description="rollout batches for PPO and RLOO")
+    rl_steps: int = Field(8, gt=0, description="rollout batches for PPO, RLOO, GRPO and online DPO")
     lora: bool = Field(False, description="train LoRA adapters instead of all weights")
     train_layers: int = Field(0, ge=0, description="policies: train only the top N transformer blocks (0 = all)")
     rm_train_layers: int = Field(0, ge=0, description="reward model: train only its top N transformer blocks and "
@@ -102,7 +105,7 @@ class DemoConfig(BaseModel):
 
 QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rm_learning_rate=2e-3,
              rl_learning_rate=1e-3, ppo_learning_rate=1e-3, epochs=3.0, coh_passes=4.0, rl_steps=12, beta=0.1,
-             sft_examples=4000)
+             sft_examples=4000, methods=",".join(METHODS))
 
 
 def _done(stage: Path) -> bool:
@@ -235,11 +238,17 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
     from alignkit import (
         CoHConfig,
         DPOConfig,
+        GRPOConfig,
+        KTOConfig,
+        OnlineDPOConfig,
         PPOConfig,
         RewardConfig,
         RLOOConfig,
         run_coh,
         run_dpo,
+        run_grpo,
+        run_kto,
+        run_online_dpo,
         run_ppo,
         run_reward,
         run_rloo,
@@ -264,6 +273,10 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
     elif name in ("dpo", "cdpo", "ipo", "gdpo"):
         beta = cfg.ipo_beta if name == "ipo" else cfg.beta
         run_dpo(DPOConfig(loss=name, beta=beta, **offline))
+    elif name in ("simpo", "orpo"):  # no reference; SimPO at its own β scale (DPOConfig's default for it)
+        run_dpo(DPOConfig(loss=name, **offline))
+    elif name == "kto":  # the panel's votes on every pair: responses that won more of their pairs are the good ones
+        run_kto(KTOConfig(beta=cfg.beta, **{**offline, "data": str(Path(votes).with_name(ALL_VOTES))}))
     elif name == "coh":
         # both forms: the chained sequences, each response beside the other under its phrase, teach the contrast
         # that moves sampling; single sequences alone barely do (docs/benchmarks.md). A pair is four sequences,
@@ -275,6 +288,11 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
         run_ppo(PPOConfig(**{**online, "learning_rate": cfg.ppo_learning_rate, "beta": cfg.beta}))
     elif name == "rloo":
         run_rloo(RLOOConfig(k=4, **online))
+    elif name == "grpo":
+        run_grpo(GRPOConfig(num_generations=4, **online))
+    elif name == "online-dpo":  # 8 prompts, 8 pairs, one update per rollout batch, at the DPO family's rate
+        run_online_dpo(OnlineDPOConfig(**{**online, "mini_batch_size": 16, "beta": cfg.beta,
+                                          "learning_rate": cfg.learning_rate}))
     else:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
     _mark(out, {"seconds": time.perf_counter() - t0})
