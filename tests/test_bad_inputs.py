@@ -214,7 +214,8 @@ CASES = [
          r"options: field 'forms': unknown form 'triple'; choose from single, chained$",
          {"d.jsonl": lines(*GOOD)}),
     Case("demo-unknown-method", ["demo", "--output-dir", "{out}", "--methods", "dpo,grpoo", "--no-progress"],
-         r"options: field 'methods': unknown method 'grpoo'; choose from ppo, rloo, dpo, cdpo, ipo, gdpo, coh$"),
+         r"options: field 'methods': unknown method 'grpoo'; choose from ppo, rloo, grpo, online-dpo, dpo, cdpo, ipo, "
+         r"gdpo, simpo, orpo, kto, coh$"),
     # ---- issue 19 and 20: sampling backends, reference-free losses ------------------------------------------------
     Case("backend-vllm-without-vllm", [*RL, "--reward", "vader", "--backend", "vllm"],
          r'--backend vllm needs vLLM, which is not installed: pip install "alignkit\[vllm\]" on a machine with a CUDA '
@@ -222,6 +223,25 @@ CASES = [
     Case("orpo-with-reference-model", ["dpo", *TRAIN, "--data", "{dir}/d.jsonl", "--loss", "orpo",
                                        "--reference-model", "{model}"],
          r"options: loss 'orpo' uses no reference model; drop --reference-model$", {"d.jsonl": lines(*GOOD)}),
+    Case("kto-label-not-boolean", ["kto", *TRAIN, "--data", "{dir}/k.jsonl"],
+         r"k\.jsonl:2: field 'label': must be true \(desirable\) or false \(undesirable\), got 1$",
+         {"k.jsonl": lines('{"prompt": "a", "completion": "b", "label": true}',
+                           '{"prompt": "a", "completion": "c", "label": 1}')}),
+    Case("kto-empty-completion", ["kto", *TRAIN, "--data", "{dir}/k.jsonl"],
+         r"k\.jsonl:1: field 'completion': text is empty$",
+         {"k.jsonl": lines('{"prompt": "a", "completion": "", "label": false}')}),
+    Case("kto-data-given-to-dpo", ["dpo", *TRAIN, "--data", "{dir}/k.jsonl"],
+         r"k\.jsonl:1: this is unpaired data \(prompt, completion, label\), not preference pairs; train on it with "
+         r"`alignkit kto`$", {"k.jsonl": lines('{"prompt": "a", "completion": "b", "label": true}')}),
+    Case("kto-weight-zero", ["kto", *TRAIN, "--data", "{dir}/k.jsonl", "--desirable-weight", "0"],
+         r"options: field 'desirable_weight': Input should be greater than 0$",
+         {"k.jsonl": lines('{"prompt": "a", "completion": "b", "label": true}')}),
+    Case("grpo-one-generation", ["grpo", *ONLINE, "--prompts", "{dir}/prompts.jsonl", "--num-generations", "1"],
+         r"options: field 'num_generations': Input should be greater than or equal to 2$",
+         {"prompts.jsonl": lines('{"prompt": "Review of Alpha:"}')}),
+    Case("online-dpo-adaptive-kl", ["online-dpo", *ONLINE, "--prompts", "{dir}/prompts.jsonl", "--adaptive-kl"],
+         r"options: online DPO keeps β fixed; drop --adaptive-kl$",
+         {"prompts.jsonl": lines('{"prompt": "Review of Alpha:"}')}),
     Case("demo-too-many-prompts", ["demo", "--output-dir", "{out}", "--train-prompts", "1000000", "--no-progress"],
          r"options: the sentiment task has at most 67584 training and 50688 held-out prompts; asked for 1000000 training"),
 ]
