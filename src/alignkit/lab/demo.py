@@ -1,8 +1,10 @@
 """`alignkit demo`: a complete alignment experiment with a gold reward, every stage cached in the run folder.
 
-Two tasks: "sentiment" (default) asks a chat model for film reviews and scores them with VADER; "imdb" is the
+Three tasks: "sentiment" (default) asks a chat model for film reviews and scores them with VADER; "imdb" is the
 DPO paper's setup (`alignkit.lab.imdb`): the policy continues 2-8-token IMDb review prefixes and a TF-IDF +
-logistic-regression classifier trained on the IMDb train split is the gold.
+logistic-regression classifier trained on the IMDb train split is the gold; "arithmetic" (`alignkit.lab.arithmetic`)
+asks small word problems, and the reward the online methods train on is the gold itself, exact match of the final
+number (RL with a verifiable reward: no labels, no reward model, no offline methods).
 
 Stages (a stage whose folder holds a `DONE` marker is skipped when the demo is run again):
   base     --quick: a tiny model fine-tuned to write short reviews; imdb: the policy fine-tuned to continue
@@ -29,13 +31,14 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from alignkit.console import say
 from alignkit.errors import ConfigError
-from alignkit.lab import imdb
+from alignkit.lab import arithmetic, imdb
 from alignkit.lab.annotators import annotate_groups
 from alignkit.lab.sentiment import prompt_capacity, quick_reviews, review_prompts
 from alignkit.train.config import comma_choices
 
 METHODS = ("ppo", "rloo", "grpo", "online-dpo", "dpo", "cdpo", "ipo", "gdpo", "simpo", "orpo", "kto", "coh")
 DEFAULT_METHODS = ("ppo", "rloo", "dpo", "cdpo", "ipo", "gdpo", "coh")  # the default run's time budget; --quick: all
+VERIFIABLE_METHODS = ("ppo", "rloo", "grpo", "online-dpo")  # the arithmetic task's: online, on the gold reward
 IMDB_HUB_ID = imdb.HUB_ID
 ALL_VOTES = "all_votes.jsonl"  # beside votes.jsonl in labels/: the panel's votes on every pair
 
@@ -46,9 +49,11 @@ class DemoConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     output_dir: str = Field("runs/demo", description="run folder; stages already finished there are reused")
-    task: Literal["sentiment", "imdb"] = Field(
+    task: Literal["sentiment", "imdb", "arithmetic"] = Field(
         "sentiment", description="sentiment: review-writing prompts, VADER gold; imdb: IMDb review prefixes, a "
-        "TF-IDF + logistic-regression gold trained on the IMDb train split (see --data)")
+        "TF-IDF + logistic-regression gold trained on the IMDb train split (see --data); arithmetic: small word "
+        "problems, exact match of the final number as gold and as the reward of the online methods (default "
+        "methods grpo,rloo)")
     data: str = Field(IMDB_HUB_ID, description="imdb: a folder with train/test review files (e.g. "
                       "../shared/data/imdb) or a hub dataset id")
     sft_examples: int = Field(256, ge=0, description="imdb: reviews the policy first learns to continue (0 = none)")
@@ -58,10 +63,13 @@ class DemoConfig(BaseModel):
                          "(--quick: all of them)")
     train_prompts: int = Field(96, gt=0, description="training prompts (K responses each are sampled and labelled)")
     heldout_prompts: int = Field(48, gt=0, description="held-out prompts for the evaluation")
-    k: int = Field(4, ge=2, description="responses sampled per training prompt; the panel votes on every pair of them")
+    k: int = Field(4, ge=2, description="responses sampled per training prompt: the panel votes on every pair of "
+                   "them, and RLOO and GRPO sample as many per prompt (32 / k prompts per rollout batch)")
     annotators: int = Field(5, ge=1, description="simulated annotators per pair")
     noise: float = Field(0.2, ge=0, description="annotator Bradley-Terry noise on the gold scale (0 = perfect judge)")
     max_new_tokens: int = Field(32, gt=0, description="longest response sampled")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the labels' samples, the online "
+                               "methods and the evaluation")
     beta: float = Field(0.1, gt=0, description="KL strength for DPO-family and the RL penalty")
     ipo_beta: float = Field(0.1, gt=0, description="IPO's β (its target margin is 1/(2β) nats)")
     rm_epochs: float = Field(2.0, gt=0, description="passes of the reward model over the panel's votes")
@@ -95,6 +103,18 @@ class DemoConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _verifiable(self):
+        if self.task == "arithmetic":
+            if self.quick:
+                raise ValueError("the arithmetic task has no --quick form (a tiny model cannot learn arithmetic in a "
+                                 "minute); run it on a pretrained model such as the default SmolLM2")
+            other = [m for m in self.methods.split(",") if m not in VERIFIABLE_METHODS]
+            if other and "methods" in self.model_fields_set:
+                raise ValueError(f"the arithmetic task trains the online methods on its verifiable reward: "
+                                 f"{', '.join(VERIFIABLE_METHODS)}; not {', '.join(other)}")
+        return self
+
+    @model_validator(mode="after")
     def _prompt_counts(self):
         most = prompt_capacity("train") // 2, prompt_capacity("heldout") // 2
         if self.task == "sentiment" and (self.train_prompts > most[0] or self.heldout_prompts > most[1]):
@@ -106,6 +126,17 @@ class DemoConfig(BaseModel):
 QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rm_learning_rate=2e-3,
              rl_learning_rate=1e-3, ppo_learning_rate=1e-3, epochs=3.0, coh_passes=4.0, rl_steps=12, beta=0.1,
              sft_examples=4000, methods=",".join(METHODS))
+
+
+# the arithmetic task on SmolLM2: room to work the sum out in words (it writes the right number somewhere in a
+# quarter of its answers, last in half of those), 4 prompts x 8 samples per step, the top 12 of 30 blocks trained
+ARITHMETIC = dict(methods="grpo,rloo", train_prompts=512, heldout_prompts=96, k=8, max_new_tokens=48, rl_steps=14,
+                  rl_learning_rate=3e-5, temperature=0.7, train_layers=12)
+
+
+def _defaults(cfg: DemoConfig) -> dict:
+    """The settings a task or --quick changes from the field defaults (each only where not given)."""
+    return ARITHMETIC if cfg.task == "arithmetic" else QUICK if cfg.quick else {}
 
 
 def _done(stage: Path) -> bool:
@@ -162,7 +193,10 @@ def build_base(cfg: DemoConfig, run: Path) -> str:
 
 
 def stage_gold(cfg: DemoConfig, run: Path) -> str:
-    """The gold reward spec: VADER, or (imdb) the classifier trained on the IMDb train split."""
+    """The gold reward spec: VADER, (imdb) the classifier trained on the IMDb train split, or (arithmetic) exact
+    match of the final number."""
+    if cfg.task == "arithmetic":
+        return "alignkit.lab.arithmetic:exact_match"
     if cfg.task != "imdb":
         return "vader"
     stage = run / "gold"
@@ -185,6 +219,9 @@ def stage_prompts(cfg: DemoConfig, run: Path, reference: str) -> tuple[str, str]
             tok = load_tokenizer(reference)
             tr = imdb.prefix_prompts(imdb.read_reviews(cfg.data, "train")[0], tok, cfg.train_prompts, seed=cfg.seed)
             ho = imdb.prefix_prompts(imdb.read_reviews(cfg.data, "test")[0], tok, cfg.heldout_prompts, seed=cfg.seed)
+        elif cfg.task == "arithmetic":  # no problem in both
+            tr, ho = (list(map(_messages, x)) for x in arithmetic.problems(cfg.train_prompts, cfg.heldout_prompts,
+                                                                           seed=cfg.seed))
         else:
             tr = [_messages(p) for p in review_prompts(cfg.train_prompts, split="train", seed=cfg.seed)]
             ho = [_messages(p) for p in review_prompts(cfg.heldout_prompts, split="heldout", seed=cfg.seed)]
@@ -210,7 +247,7 @@ def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_p
     stage.mkdir(parents=True, exist_ok=True)
     prompts, _ = load_prompts(train_prompts)
     settings = SampleSettings(max_new_tokens=cfg.max_new_tokens, samples=cfg.k, seed=cfg.seed + 7, batch_size=64,
-                              backend=cfg.backend)
+                              temperature=cfg.temperature, backend=cfg.backend)
     t0 = time.perf_counter()
     sm = sample_policy(reference, load_tokenizer(reference), prompts, settings)
     gold = CallableReward(gold_spec)(sm.prompts, sm.responses).tolist()
@@ -263,8 +300,11 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
                    warmup_ratio=0.1, **_common(cfg, out))
     online = dict(model=reference, prompts=train_prompts, reward_model=rm, max_steps=cfg.rl_steps, batch_size=8,
                   mini_batch_size=4, warmup_ratio=0.1, learning_rate=cfg.rl_learning_rate, max_new_tokens=cfg.max_new_tokens,
-                  beta=cfg.beta * 0.5, eval_samples=0, max_length=256, max_prompt_length=128, monitor_reward=gold,
+                  temperature=cfg.temperature, beta=cfg.beta * 0.5, eval_samples=0, max_length=256, max_prompt_length=128, monitor_reward=gold,
                   reference="lora-disabled" if cfg.lora else "copy", backend=cfg.backend, **_common(cfg, out))
+    groups = {"batch_size": max(1, 32 // cfg.k)}  # RLOO and GRPO: 32 samples per rollout batch
+    if cfg.task == "arithmetic":  # the verifiable reward itself, no reward model
+        online = {**{k: v for k, v in online.items() if k != "reward_model"}, "reward": gold, "monitor_reward": None}
     if name == "rm":
         # every pair's votes, grouped by prompt: a batch of 2 prompts is 8 responses and 12 pairs
         run_reward(RewardConfig(**{**offline, "data": str(Path(votes).with_name(ALL_VOTES)), "batch_size": 2,
@@ -287,9 +327,9 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
     elif name == "ppo":
         run_ppo(PPOConfig(**{**online, "learning_rate": cfg.ppo_learning_rate, "beta": cfg.beta}))
     elif name == "rloo":
-        run_rloo(RLOOConfig(k=4, **online))
-    elif name == "grpo":
-        run_grpo(GRPOConfig(num_generations=4, **online))
+        run_rloo(RLOOConfig(**{**online, **groups, "k": cfg.k}))
+    elif name == "grpo":  # without a KL term (its default, as in TRL): the clipped ratio alone keeps it near
+        run_grpo(GRPOConfig(**{**online, **groups, "num_generations": cfg.k, "beta": 0.0}))
     elif name == "online-dpo":  # 8 prompts, 8 pairs, one update per rollout batch, at the DPO family's rate
         run_online_dpo(OnlineDPOConfig(**{**online, "mini_batch_size": 16, "beta": cfg.beta,
                                           "learning_rate": cfg.learning_rate}))
@@ -323,8 +363,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from alignkit.rollout.sample import SampleSettings
 
     check_backend(cfg.backend)
-    if cfg.quick:
-        cfg = cfg.model_copy(update={k: v for k, v in QUICK.items() if k not in cfg.model_fields_set})
+    cfg = cfg.model_copy(update={k: v for k, v in _defaults(cfg).items() if k not in cfg.model_fields_set})
     run = Path(cfg.output_dir)
     run.mkdir(parents=True, exist_ok=True)
     _check_same_settings(cfg, run / "demo_config.json")
@@ -341,13 +380,15 @@ def run_demo(cfg: DemoConfig) -> dict:
     reference = timed("base", build_base, cfg, run)
     gold = timed("gold", stage_gold, cfg, run)
     train_prompts, heldout = timed("prompts", stage_prompts, cfg, run, reference)
-    votes = timed("samples+labels", stage_samples_and_labels, cfg, run, reference, train_prompts, gold)
-    rm = timed("rm", stage_train, cfg, run, "rm", reference, votes, train_prompts, "", gold)
+    votes = rm = None
+    if cfg.task != "arithmetic":
+        votes = timed("samples+labels", stage_samples_and_labels, cfg, run, reference, train_prompts, gold)
+        rm = timed("rm", stage_train, cfg, run, "rm", reference, votes, train_prompts, "", gold)
     methods = cfg.methods.split(",")
     policies = {m: timed(m, stage_train, cfg, run, m, reference, votes, train_prompts, rm, gold) for m in methods}
     prompts, _ = load_prompts(heldout)
     settings = SampleSettings(max_new_tokens=cfg.max_new_tokens, samples=4 if cfg.quick else 2, seed=cfg.seed + 99,
-                              batch_size=64, backend=cfg.backend)
+                              batch_size=64, temperature=cfg.temperature, backend=cfg.backend)
     results = timed("eval", evaluate_policies, policies, reference, prompts, gold, reward_model=rm,
                     settings=settings, output_dir=run / "eval")
     results["stage_seconds"] = times
@@ -355,7 +396,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         results["gold_classifier"] = json.loads((run / "gold" / "DONE").read_text())
     (run / "eval" / "results.json").write_text(json.dumps(results, indent=2))
     table = results_table(results)
-    page = write_report(results, run / "eval", {"rm": Path(rm), **{m: Path(p) for m, p in policies.items()}}, table)
+    runs = {**({"rm": Path(rm)} if rm else {}), **{m: Path(p) for m, p in policies.items()}}
+    page = write_report(results, run / "eval", runs, table)
     print(table)
     print(f"report: {page} (frontier.png, curves.png and results.json beside it)")
     return results
