@@ -35,11 +35,19 @@ def frontier_plot(results: dict, path: str | Path) -> None:
     plt.close(fig)
 
 
+def _running_mean(values: list[float], window: int = 4) -> list[float]:
+    return [sum(values[max(0, i - window + 1) : i + 1]) / (i + 1 - max(0, i - window + 1)) for i in range(len(values))]
+
+
 def curves_plot(runs: dict[str, Path], path: str | Path) -> None:
-    """Training curves from each run's metrics.jsonl: loss for offline methods; for online ones the reward, the KL and,
-    when the run logged one (`--monitor-reward`), the monitor score of its rollouts."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 4, figsize=(17, 3.8), dpi=110)
+    """Training curves from each run's metrics.jsonl: loss for offline methods; for online ones the reward of the
+    rollouts, the KL and, when the run logged one (`--monitor-reward`), the monitor score of its rollouts. Online
+    curves are drawn thin per step with their running mean over 4 steps on top; panels with nothing to show are
+    left out."""
+    panels: dict[str, list[tuple[str, list[int], list[float]]]] = {
+        "offline methods: training loss": [], "online: reward of the rollouts": [], "online: KL": [],
+        "online: monitor (gold) score, not trained on": []}
+    titles = list(panels)
     for name, run in runs.items():
         f = Path(run) / "metrics.jsonl"
         if not f.exists():
@@ -48,15 +56,21 @@ def curves_plot(runs: dict[str, Path], path: str | Path) -> None:
         train = [m for m in train if m["split"] == "train"]
         steps = [m["step"] for m in train]
         if train and "reward" in train[0]:
-            axes[1].plot(steps, [m["reward"] for m in train], label=name)
-            axes[2].plot(steps, [m["kl"] for m in train], label=name)
-            if "monitor" in train[0]:
-                axes[3].plot(steps, [m["monitor"] for m in train], label=name)
+            for title, key in zip(titles[1:], ("reward", "kl", "monitor"), strict=True):
+                if key in train[0]:
+                    panels[title].append((name, steps, [m[key] for m in train]))
         elif train:
-            axes[0].plot(steps, [m["loss"] for m in train], label=name)
-    titles = ("offline methods: training loss", "online: reward-model score", "online: KL",
-              "online: monitor (gold) score, not trained on")
-    for ax, title in zip(axes, titles, strict=True):
+            panels[titles[0]].append((name, steps, [m["loss"] for m in train]))
+    shown = {t: series for t, series in panels.items() if series} or {titles[0]: []}
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(shown), figsize=(4.3 * len(shown), 3.8), dpi=110, squeeze=False)
+    for ax, (title, series) in zip(axes[0], shown.items(), strict=True):
+        for name, steps, values in series:
+            if title == titles[0]:
+                ax.plot(steps, values, label=name)
+            else:
+                line = ax.plot(steps, values, linewidth=0.7, alpha=0.45)[0]
+                ax.plot(steps, _running_mean(values), color=line.get_color(), linewidth=1.8, label=name)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
