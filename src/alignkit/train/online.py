@@ -1,6 +1,7 @@
-"""What PPO and RLOO share: prompt loading, the reference, sampling + scoring a batch, and evaluation.
+"""What the online methods share: prompt loading, the reference, sampling + scoring a batch, minibatches, and
+evaluation.
 
-The per-method parts (advantages and losses) are in `ppo.py` and `rloo.py`."""
+The per-method parts (advantages and losses) are in `ppo.py`, `rloo.py`, `grpo.py` and `online_dpo.py`."""
 
 from __future__ import annotations
 
