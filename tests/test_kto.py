@@ -11,10 +11,9 @@ import torch
 
 from alignkit import KTOConfig, run_kto
 from alignkit.data import load_kto
-from alignkit.data.collate import collate_pairs
 from alignkit.errors import DataError
 from alignkit.models.load import load_causal_lm
-from alignkit.train.kto import kto_weights, make_kto_step, with_kl_partners
+from alignkit.train.kto import collate_kto, kto_weights, make_kto_step, with_kl_partners
 from conftest import logps_by_hand, synthetic_pairs, write_jsonl
 
 
@@ -99,18 +98,20 @@ ITEMS = [{"prompt": [5, 6, 7, 8], "chosen": [9, 10, 11] * 4, "rejected": [12, 13
          {"prompt": [21, 22, 23], "chosen": [24, 25], "rejected": [26, 27, 28], "desirable": False}]
 
 
-def test_step_is_the_formula_on_plain_forward_logprobs(tiny_model):
+@pytest.mark.parametrize("packed", [True, False])
+def test_step_is_the_formula_on_plain_forward_logprobs(tiny_model, packed):
     """Reference log-probs are given (as precomputed), the policy's are its own: the loss, z and the rewards must be
-    the paper's formula on log-probs from a plain forward, written out here in float64."""
+    the paper's formula on log-probs from a plain forward, written out here in float64; packed or one sequence per
+    row."""
     model = load_causal_lm(tiny_model).eval()
     ref = [-30.0, -12.0, -9.0]
     kl_ref = [-20.0, -25.0, -11.0]
     items = [{**it, "ref_chosen": r, "ref_rejected": k} for it, r, k in zip(ITEMS, ref, kl_ref, strict=True)]
-    batch = collate_pairs(items, 0)
-    batch["desirable"] = torch.tensor([it["desirable"] for it in items])
+    batch = collate_kto(items, 0, packed=packed, varlen=True)
     cfg = KTOConfig(model="m", data="d", output_dir="o", beta=0.1)
-    with torch.no_grad():
-        loss, metrics = make_kto_step(cfg, (1.5, 0.5))(model, batch)
+    loss, metrics = make_kto_step(cfg, (1.5, 0.5))(model, batch)
+    loss.backward()
+    got_grad = {n: p.grad.clone() for n, p in model.named_parameters()}
     logps = logps_by_hand(model, items)
     logp, kl_logp = logps[:3], logps[3:]
     z = max(0.0, sum(a - b for a, b in zip(kl_logp, kl_ref, strict=True)) / 3)
@@ -125,9 +126,25 @@ def test_step_is_the_formula_on_plain_forward_logprobs(tiny_model):
         else:
             want.append(0.5 * (1 - sig(0.1 * (z - (lp - r)))))
     # float32 log-probs of ~30 tokens: ~1e-5 absolute; the loss is within a few 1e-7 of its float64 value
-    assert float(loss) == pytest.approx(sum(want) / 3, abs=1e-5)
+    assert float(loss.detach()) == pytest.approx(sum(want) / 3, abs=1e-5)
     assert float(metrics["kl"]) == pytest.approx(z, abs=1e-4)
     assert float(metrics["reward_desirable"]) == pytest.approx(0.1 * (logp[0] - ref[0]), abs=1e-5)
+    # the gradient: the same formula through plain forwards of the completions alone, z a constant (the KL pairs
+    # carry no gradient)
+    model.zero_grad()
+    total = 0
+    for it, r in zip(items, ref, strict=True):
+        ids = torch.tensor([it["prompt"] + it["chosen"]])
+        n = len(it["prompt"])
+        lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)[torch.arange(n - 1, ids.shape[1] - 1),
+                                                                         ids[0, n:]].sum()
+        if it["desirable"]:
+            total = total + 1.5 * (1 - torch.sigmoid(0.1 * (lp - r - z)))
+        else:
+            total = total + 0.5 * (1 - torch.sigmoid(0.1 * (z - (lp - r))))
+    (total / 3).backward()
+    for name, p in model.named_parameters():  # float32 sums in two orders: relative 1e-4 of the largest entry
+        torch.testing.assert_close(got_grad[name], p.grad, rtol=0, atol=1e-4 * float(p.grad.abs().max()) + 1e-9)
 
 
 @pytest.mark.parametrize("good_share", [0.5, 0.25])

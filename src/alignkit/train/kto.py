@@ -1,26 +1,37 @@
 """KTO: unpaired desirable and undesirable responses, each pulled above or pushed below a KL reference point
 (docs/algorithms.md, KTO; `losses.kto_loss`).
 
-Each example is laid out as a pair so that the DPO family's machinery serves it unchanged (packing with the prompt
-laid out once, the reference log-probs precomputed and cached): its completion in the `chosen` slot, and in the
+Each example is encoded as a pair, so that the DPO family's reference machinery serves it unchanged (the
+reference log-probs precomputed and cached, or a live reference): its completion in the `chosen` slot, and in the
 `rejected` slot the completion of another example of the data under this example's prompt. The policy's and the
-reference's log-probs of those mismatched pairs estimate KL(π‖π_ref) over the batch, the reference point z."""
+reference's log-probs of those mismatched pairs estimate KL(π‖π_ref) over the batch, the reference point z. A
+training batch holds the completions (with gradient) and, as `kl_batch`, the mismatched pairs (scored without
+gradient: z carries none), each packed with every prompt laid out once."""
 
 from __future__ import annotations
 
 import json
 import random
+from functools import partial
 
 import torch
 
 from alignkit.console import say
+from alignkit.data.collate import pack_responses
 from alignkit.data.records import KTOExample, PreferencePair
 from alignkit.losses import kto_loss
-from alignkit.train.common import encode_all, make_encoder, policy_and_tokenizer, reuse_freed_memory, saver
+from alignkit.models.logprobs import score
+from alignkit.train.common import (
+    encode_all,
+    make_encoder,
+    policy_and_tokenizer,
+    reuse_freed_memory,
+    saver,
+)
 from alignkit.train.config import KTOConfig
 from alignkit.train.inputs import load_inputs
 from alignkit.train.loop import Task, TrainResult, train
-from alignkit.train.preference import pair_logprobs, reference_logprobs, setup_reference
+from alignkit.train.preference import reference_logprobs, setup_reference
 
 PARTNER_SEARCH = 64  # examples looked at for a KL partner with another prompt
 
@@ -68,15 +79,38 @@ def encode_kto(examples: list[KTOExample], enc, seed: int, desc: str, progress: 
     return items
 
 
+def kto_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of the completions and of the mismatched KL pairs of a KTO batch."""
+    return score(model, batch).logp, score(model, batch["kl_batch"]).logp
+
+
+def collate_kto(items: list[dict], pad_id: int, packed: bool, varlen: bool) -> dict:
+    """The completions (sequence i is item i's), and as `kl_batch` the mismatched pairs, each a `pack_responses`
+    batch; the labels and any precomputed reference log-probs."""
+    prompts = [it["prompt"] for it in items]
+
+    def part(side):
+        return pack_responses(prompts, [it[side] for it in items], pad_id, varlen=varlen, one_per_row=not packed)
+
+    batch = {**part("chosen"), "kl_batch": part("rejected"),
+             "desirable": torch.tensor([it["desirable"] for it in items])}
+    if "ref_chosen" in items[0]:
+        for key in ("ref_chosen", "ref_rejected"):
+            batch[key] = torch.tensor([it[key] for it in items], dtype=torch.float32)
+    return batch
+
+
 def make_kto_step(cfg: KTOConfig, weights: tuple[float, float], reference=None):
-    """The step: log-probs of the completions and of the mismatched KL pairs in one forward, the reference's, the
-    loss. z is the batch mean of the mismatched pairs' log-ratio (no gradient), clamped at 0 by the loss."""
+    """The step: log-probs of the completions (with gradient) and of the mismatched KL pairs (without), the
+    reference's, the loss. z is the batch mean of the mismatched pairs' log-ratio, clamped at 0 by the loss."""
     lam_d, lam_u = weights
 
     def step(model, batch):
-        logp, kl_logp = pair_logprobs(model, batch)
-        ref, kl_ref = reference_logprobs(model, batch, reference)
-        kl = (kl_logp.detach().float() - kl_ref.float()).mean()
+        logp = score(model, batch).logp
+        with torch.no_grad():
+            kl_logp = score(model, batch["kl_batch"]).logp
+        ref, kl_ref = reference_logprobs(model, batch, reference, kto_logprobs)
+        kl = (kl_logp.float() - kl_ref.float()).mean()
         loss, stats = kto_loss(logp, ref, batch["desirable"], kl, beta=cfg.beta, desirable_weight=lam_d,
                                undesirable_weight=lam_u)
         return loss, {**stats, "logp": logp.detach().mean()}
@@ -102,13 +136,8 @@ def build_kto(cfg: KTOConfig) -> Task:
     train_items = encode_kto(train_recs, enc, cfg.seed, "train", cfg.progress)
     eval_items = encode_kto(eval_recs, enc, cfg.seed, "eval", cfg.progress)
     info["truncation"] = dict(enc.counts)
-    reference, pairs = setup_reference(cfg, model, tok, train_items + eval_items, info)
-
-    def collate(items):
-        batch = pairs(items)
-        batch["desirable"] = torch.tensor([it["desirable"] for it in items])
-        return batch
-
+    reference, _, packed = setup_reference(cfg, model, tok, train_items + eval_items, info)
+    collate = partial(collate_kto, pad_id=tok.pad_token_id, packed=packed, varlen=cfg.varlen)
     step = make_kto_step(cfg, (lam_d, lam_u), reference)
     return Task("kto", model, train_items, eval_items, collate, step, saver(tok), info)
 

@@ -53,19 +53,20 @@ def pair_logprobs(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
     return logps[:b], logps[b:]
 
 
-def reference_logprobs(model, batch, reference) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's log-probs of both halves of a pair batch: precomputed ones carried in the batch, else a
-    live pass of the frozen `reference`, or (None) of the policy with its LoRA adapter off."""
+def reference_logprobs(model, batch, reference, logprobs=pair_logprobs) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's log-probs of both halves of a pair batch (`logprobs(model, batch)` gives them):
+    precomputed ones carried in the batch, else a live pass of the frozen `reference`, or (None) of the policy
+    with its LoRA adapter off."""
     if "ref_chosen" in batch:
         return batch["ref_chosen"], batch["ref_rejected"]
     with torch.no_grad():
         if reference is None:  # lora-disabled
             with model.disable_adapter():
-                return pair_logprobs(model, batch)
+                return logprobs(model, batch)
         device = next(model.parameters()).device
         if next(reference.parameters()).device != device:
             reference.to(device)
-        return pair_logprobs(reference, batch)
+        return logprobs(reference, batch)
 
 
 def make_reference_free_step(cfg: DPOConfig):
@@ -177,16 +178,17 @@ def precompute_reference(reference, items: list[dict], collate, batch_size: int,
     return "computed"
 
 
-def make_pair_collate(cfg: DPOConfig, tok, *models):
-    """Pairs packed (a shared prompt laid out once) when every model takes packed rows, else one sequence per row."""
-    if use_packing(cfg, *models):
+def make_pair_collate(cfg: DPOConfig, tok, packed: bool):
+    """Pairs packed (a shared prompt laid out once; `packed`: every model takes packed rows, `use_packing`), else
+    one sequence per row."""
+    if packed:
         return partial(pack_pairs, pad_id=tok.pad_token_id, pack_tokens=cfg.pack_tokens, shared_prompt=cfg.shared_prompt,
                        varlen=cfg.varlen)
     return partial(collate_pairs, pad_id=tok.pad_token_id)
 
 
 def setup_reference(cfg: ReferenceConfig, model, tok, items: list[dict], info: dict):
-    """(reference model or None, pair collate) of a run. The reference is `cfg.reference_model`, else the starting
+    """(reference model or None, pair collate, whether batches are packed) of a run. The reference is `cfg.reference_model`, else the starting
     policy: a frozen copy ("copy"), the policy with its adapter off ("lora-disabled", None returned), or, by default
     ("precomputed"), its log-probs of every item computed now (or found in the cache) and carried in the batches,
     so no reference stays in memory (None returned)."""
@@ -198,7 +200,8 @@ def setup_reference(cfg: ReferenceConfig, model, tok, items: list[dict], info: d
     if reference is not None:
         reference.requires_grad_(False)
         reference.eval()
-    collate = make_pair_collate(cfg, tok, model, *([reference] if reference is not None else []))
+    packed = use_packing(cfg, model, *([reference] if reference is not None else []))
+    collate = make_pair_collate(cfg, tok, packed)
     if cfg.reference == "precomputed":
         # before the first step the policy IS the reference (with LoRA: its base, adapter off)
         source = reference if reference is not None else model
@@ -208,7 +211,7 @@ def setup_reference(cfg: ReferenceConfig, model, tok, items: list[dict], info: d
         say(f"reference log-probs: {how} for {len(items)} {'pairs' if isinstance(cfg, DPOConfig) else 'examples'}")
         info["reference_logps"] = how
         reference = None  # not needed any more: frees its memory
-    return reference, collate
+    return reference, collate, packed
 
 
 def build_dpo(cfg: DPOConfig) -> Task:
@@ -221,10 +224,10 @@ def build_dpo(cfg: DPOConfig) -> Task:
     info["soft_labels"] = sum(1 for it in train_items if it["label"] < 1.0)
 
     if cfg.loss in REFERENCE_FREE:  # no reference model, loaded or computed
-        collate = make_pair_collate(cfg, tok, model)
+        collate = make_pair_collate(cfg, tok, use_packing(cfg, model))
         return Task(f"dpo-{cfg.loss}", model, train_items, eval_items, collate, make_reference_free_step(cfg),
                     saver(tok), info)
-    reference, collate = setup_reference(cfg, model, tok, train_items + eval_items, info)
+    reference, collate, _ = setup_reference(cfg, model, tok, train_items + eval_items, info)
     step = make_dpo_step(cfg, reference)
     return Task(f"dpo-{cfg.loss}" if cfg.loss != "dpo" else "dpo", model, train_items, eval_items, collate, step,
                 saver(tok), info)
