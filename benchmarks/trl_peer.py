@@ -28,6 +28,20 @@ Settings:
   lr 1e-5, 16 optimizer steps. One step: 8 prompts x 4 completions sampled with model.generate, a no-grad
   forward of the policy (old log-probs) and of the reference, rewards, leave-one-out advantages, one
   forward/backward over the 32 sequences, one AdamW step; 16 x 32 = 512 completions in all.
+Whole process (`--whole-process`, settings `kto` and `grpo`): each side run as a user runs it, in a fresh process
+timed from the outside (wall time and peak RSS of the process, as /usr/bin/time gives them), alternating alignkit
+and TRL `--repeats` times (default 3), on cold caches (a fresh ALIGNKIT_CACHE per alignkit run: its reference
+log-probs are computed every time), both saving the trained model. alignkit runs its CLI (`alignkit kto`,
+`alignkit grpo`), TRL a script that builds its trainer, trains and saves (`KTOTrainer`, `GRPOTrainer`), logging
+every step, so that the first step's loss of both is reported beside the times.
+- kto: 512 unpaired examples from the pairs (pair i gives its chosen response as desirable when i is even, its
+  rejected one as undesirable when odd), batch 8, one epoch, β 0.1, λ_D = λ_U = 1, lr 1e-5, max_length 512,
+  alignkit with --eval-fraction 0 so both train on all 512; TRL with a live reference (its default), alignkit
+  with its default (reference log-probs precomputed, here from a cold cache).
+- grpo: the RLOO setting's prompts and reward, 8 prompts x 4 generations per step, 32 new tokens, temperature 1,
+  loss type "grpo" (per-response token mean), rewards scaled by the group std, β 0 (TRL's default: no reference
+  model), one update of 32 sequences per step, 16 steps, lr 1e-5; alignkit without held-out evaluation.
+
 Reported: pairs/s (completions/s for RLOO) = examples / trainer.train() wall time, and end_to_end_* =
 examples / end_to_end_s (as train.py's and rl.py's end-to-end figures: loading included); step_median_* over the
 optimizer steps only (after the batch is collated, so comparable with train.py's median per-step figures) and
@@ -211,6 +225,120 @@ def run_trl(name: str, job: dict) -> dict:
     return r
 
 
+# ---- whole process: both sides as commands, timed from outside ------------------------------------------------
+WHOLE = {
+    "kto": dict(examples=512, batch=8, epochs=1, beta=0.1, lr=1e-5, max_length=512, warmup_ratio=0.1, seed=42),
+    "grpo": dict(prompts_per_step=8, k=4, max_new_tokens=32, temperature=1.0, beta=0.0, loss_type="grpo", steps=16,
+                 lr=1e-5, warmup_ratio=0.1, seed=42),
+}
+
+
+def run_trl_whole(name: str, job: dict) -> dict:
+    """The TRL side of a whole-process setting: load, build the trainer, train, save; the first step's loss."""
+    import datasets
+    import torch
+    import trl
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    datasets.disable_progress_bar()
+    s, model_dir, out = WHOLE[name], job["model"], job["out"]
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    common = dict(output_dir=out, learning_rate=s["lr"], gradient_checkpointing=False, bf16=False, fp16=False,
+                  use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1,
+                  disable_tqdm=True, warmup_steps=s["warmup_ratio"], seed=s["seed"])
+    if name == "kto":
+        from trl import KTOConfig, KTOTrainer
+
+        rows = [json.loads(x) for x in Path(job["kto"]).read_text().splitlines()]
+        cfg = KTOConfig(per_device_train_batch_size=s["batch"], num_train_epochs=s["epochs"], beta=s["beta"],
+                        max_length=s["max_length"], **common)
+        trainer = KTOTrainer(model=model, args=cfg, train_dataset=datasets.Dataset.from_list(rows), processing_class=tok)
+    else:
+        from trl import GRPOConfig, GRPOTrainer
+
+        sys.path.insert(0, str(Path(job["reward"]).parent))
+        from words import score
+
+        def reward(prompts, completions, **kw):
+            return score(prompts, completions)
+
+        cfg = GRPOConfig(per_device_train_batch_size=s["prompts_per_step"] * s["k"], num_generations=s["k"],
+                         max_completion_length=s["max_new_tokens"], temperature=s["temperature"], beta=s["beta"],
+                         loss_type=s["loss_type"], max_steps=s["steps"], **common)
+        prompts = datasets.Dataset.from_list([{"prompt": json.loads(x)["prompt"]}
+                                              for x in Path(job["prompts"]).read_text().splitlines()])
+        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=prompts, processing_class=tok)
+    trainer.train()
+    trainer.save_model(out)
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    return {"trl_version": trl.__version__, "steps": trainer.state.global_step, "first_loss": logs[0]["loss"],
+            "first_log": {k: v for k, v in logs[0].items() if isinstance(v, int | float)}}
+
+
+def _timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float, int]:
+    """(wall seconds, peak RSS in MB, exit code) of a command in a fresh process, its output kept in `log`."""
+    with open(log, "w") as f:
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return round(wall, 1), round(usage.ru_maxrss / 1024, 1), proc.returncode
+
+
+def _alignkit_cmd(name: str, job: dict, out: str) -> list[str]:
+    s = WHOLE[name]
+    exe = str(Path(sys.executable).with_name("alignkit"))
+    common = ["--model", job["model"], "--output-dir", out, "--learning-rate", str(s["lr"]), "--warmup-ratio",
+              str(s["warmup_ratio"]), "--seed", str(s["seed"]), "--no-progress", "--eval-fraction", "0"]
+    if name == "kto":
+        return [exe, "kto", *common, "--data", job["kto"], "--batch-size", str(s["batch"]), "--epochs",
+                str(s["epochs"]), "--beta", str(s["beta"]), "--max-length", str(s["max_length"]),
+                "--desirable-weight", "1", "--undesirable-weight", "1", "--lr-scheduler", "linear"]
+    return [exe, "grpo", *common, "--prompts", job["prompts"], "--reward", f"{job['reward']}:score",
+            "--max-steps", str(s["steps"]), "--batch-size", str(s["prompts_per_step"]), "--num-generations",
+            str(s["k"]), "--mini-batch-size", str(s["prompts_per_step"] * s["k"]), "--max-new-tokens",
+            str(s["max_new_tokens"]), "--temperature", str(s["temperature"]), "--beta", str(s["beta"]),
+            "--loss-type", s["loss_type"], "--eval-samples", "0", "--lr-scheduler", "linear"]
+
+
+def _first_loss(out: str) -> dict:
+    lines = [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    first = next(m for m in lines if m["split"] == "train")
+    return {"steps": lines[-1]["step"], "first_loss": first["loss"],
+            "first_log": {k: v for k, v in first.items() if isinstance(v, int | float) and k != "step"}}
+
+
+def whole_process(name: str, python: str, job: dict, work: Path, repeats: int, env: dict) -> dict:
+    runs = []
+    for i in range(repeats):
+        pair = {}
+        for side in ("alignkit", "trl"):
+            out = str(work / f"{name}-{side}-{i}")
+            log = work / f"{name}-{side}-{i}.log"
+            if side == "alignkit":
+                cache = work / f"cache-{i}"  # cold: nothing cached from an earlier run
+                wall, rss, rc = _timed(_alignkit_cmd(name, job, out), {**env, "ALIGNKIT_CACHE": str(cache)}, log)
+                extra = _first_loss(out) if rc == 0 else {}
+            else:
+                side_job = work / f"{name}-job-{i}.json"
+                side_job.write_text(json.dumps({**job, "out": out}))
+                wall, rss, rc = _timed([python, __file__, "--setting", name, "--run-trl-whole", str(side_job)], env, log)
+                lines = [ln for ln in log.read_text().splitlines() if ln.startswith("{")]
+                extra = json.loads(lines[-1]) if rc == 0 and lines else {}
+            if rc != 0:
+                extra = {"error": log.read_text().strip().splitlines()[-3:]}
+            pair[side] = {"wall_s": wall, "peak_rss_mb": rss, **extra}
+        if "error" not in pair["alignkit"] and "error" not in pair["trl"]:
+            pair["speedup"] = round(pair["trl"]["wall_s"] / pair["alignkit"]["wall_s"], 2)
+        runs.append(pair)
+    speedups = [r["speedup"] for r in runs if "speedup" in r]
+    return {"benchmark": "whole-process", "setting": name, **WHOLE[name], "runs": runs,
+            "speedup_median": statistics.median(speedups) if speedups else None,
+            "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
 # ---- alignkit side: prepares the data and the model, runs each setting in the TRL interpreter ----------------
 def trl_missing(python: str) -> str | None:
     if not Path(python).exists():
@@ -223,24 +351,37 @@ def trl_missing(python: str) -> str | None:
 
 def prepare(work: Path) -> dict:
     from common import make_pairs, tiny_gpt2
-    from rl import BAD, GOOD
+    from rl import BAD, GOOD, REWARD_PY
 
     pairs = make_pairs(512, 0, 4, 120)  # as train.py's tiny settings
     (work / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    kto = [{"prompt": p["prompt"], "completion": p["chosen"] if i % 2 == 0 else p["rejected"], "label": i % 2 == 0}
+           for i, p in enumerate(pairs)]
+    (work / "kto.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kto))
+    (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p["prompt"]}) + "\n" for p in pairs))
+    (work / "words.py").write_text(REWARD_PY)
     return {"pairs": str(work / "pairs.jsonl"), "model": tiny_gpt2(work / "model", pairs), "out": str(work / "out"),
-            "good": GOOD, "bad": BAD}
+            "good": GOOD, "bad": BAD, "kto": str(work / "kto.jsonl"), "prompts": str(work / "prompts.jsonl"),
+            "reward": str(work / "words.py")}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--setting", choices=list(SETTINGS), help="run one setting")
+    ap.add_argument("--setting", choices=[*SETTINGS, *WHOLE], help="run one setting")
+    ap.add_argument("--whole-process", action="store_true", help=f"the whole-process settings ({', '.join(WHOLE)})")
+    ap.add_argument("--repeats", type=int, default=3, help="whole process: alternating alignkit/TRL runs")
+    ap.add_argument("--run-trl-whole", metavar="JOB_JSON", help=argparse.SUPPRESS)  # internal
     ap.add_argument("--python", default=DEFAULT_PYTHON, help=f"interpreter of the TRL venv (default {DEFAULT_PYTHON})")
     ap.add_argument("--run-trl", metavar="JOB_JSON", help=argparse.SUPPRESS)  # internal: the TRL-side runner
     args = ap.parse_args()
     if args.run_trl:
         print(json.dumps(run_trl(args.setting, json.loads(Path(args.run_trl).read_text()))), flush=True)
         return
-    names = [args.setting] if args.setting else list(SETTINGS)
+    if args.run_trl_whole:
+        print(json.dumps(run_trl_whole(args.setting, json.loads(Path(args.run_trl_whole).read_text()))), flush=True)
+        return
+    whole = args.whole_process or args.setting in WHOLE
+    names = [args.setting] if args.setting else list(WHOLE if whole else SETTINGS)
     reason = trl_missing(args.python)
     if reason:
         for name in names:
@@ -251,6 +392,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
         job = Path(tmp) / "job.json"
         job.write_text(json.dumps(prepare(Path(tmp))))
+        if whole:
+            for name in names:
+                print(json.dumps(whole_process(name, args.python, json.loads(job.read_text()), Path(tmp), args.repeats,
+                                               env)), flush=True)
+            return
         for name in names:
             r = subprocess.run([args.python, __file__, "--setting", name, "--run-trl", str(job)], capture_output=True,
                                text=True, env=env)
