@@ -55,3 +55,15 @@ def test_grpo_settings():
     assert not GRPOConfig(**base, loss_type="dr_grpo").scaled
     with pytest.raises(ConfigError, match="num_generations"):
         load_config(GRPOConfig, overrides={**base, "num_generations": 1})
+
+
+def test_rollout_kl_is_not_overwritten_by_the_loss_kl(rl_setup, tmp_path):  # noqa: F811
+    """With β > 0 the loss reports its per-token k3 as `kl_penalty`; `kl` stays the rollout's sequence KL, which is 0
+    at the first step (sampled before any update, the policy is the reference) while the penalty is not (4 updates
+    of 8 sequences, the later ones after the policy moved)."""
+    out = tmp_path / "g"
+    run_grpo(GRPOConfig(model=rl_setup["policy"], prompts=rl_setup["prompts"], reward=rl_setup["reward"],
+                        output_dir=str(out), max_steps=1, batch_size=8, num_generations=4, mini_batch_size=8,
+                        beta=0.05, eval_samples=0, **COMMON))
+    first = next(json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"train"' in x)
+    assert first["kl"] == pytest.approx(0.0, abs=1e-5) and first["kl_penalty"] > 1e-4, first

@@ -93,7 +93,7 @@ def test_grpo_loss_by_hand(aggregation, eps_high, beta):
     assert close(loss, want)
     loss.backward()
     assert logp.grad[1, 2] == 0  # the padding position gets no gradient
-    assert ("kl" in stats) == (beta > 0)
+    assert ("kl_penalty" in stats) == (beta > 0)
 
 
 def test_grpo_clip_higher_changes_only_the_upper_bound():

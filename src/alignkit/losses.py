@@ -649,7 +649,7 @@ def grpo_loss(
         dr_grpo:  Σ_{i,t} l_{i,t} / (N · max_length)     (a constant normaliser: no length bias)
 
     ``dr_grpo`` needs ``max_length`` (the longest response that could be sampled). Stats: ``clip_fraction``,
-    ``ratio_mean`` and, with β > 0, ``kl`` (mean k3 per token).
+    ``ratio_mean`` and, with β > 0, ``kl_penalty`` (mean k3 per token).
 
     Source: Shao et al. 2024, "DeepSeekMath" (GRPO); Yu et al. 2025, "DAPO" (clip-higher, token-level loss);
     Liu et al. 2025 (Dr. GRPO); Schulman 2020 (k3).
@@ -670,7 +670,7 @@ def grpo_loss(
     if beta > 0:
         k3 = torch.where(m, kl_k3(logp, ref_logp.detach()), zero)
         per_token = per_token + beta * k3
-        stats["kl"] = masked_mean(k3.detach(), m)
+        stats["kl_penalty"] = masked_mean(k3.detach(), m)  # per token; the rollout's "kl" is per sequence
     per_token = torch.where(m, per_token, zero)
     lengths = m.sum(dim=1)
     if aggregation == "grpo":
