@@ -64,6 +64,7 @@ EXAMPLES = """examples:
   alignkit dpo --model smollm2-135m-instruct --data pairs.jsonl --loss gdpo --beta 0.1 --lora --output-dir runs/dpo
   alignkit ppo --model runs/sft --reward-model runs/rm --prompts prompts.jsonl --output-dir runs/ppo
   alignkit rloo --model runs/sft --reward mymodule:score --prompts prompts.jsonl --k 4 --output-dir runs/rloo
+  alignkit kto --model runs/sft --data labels/kto.jsonl --output-dir runs/kto
   alignkit dpo --config dpo.yaml --max-steps 50      (flags override the YAML file)
 """
 
@@ -93,7 +94,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[RunConfig]) -> N
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alignkit",
-        description="Align language models with human preferences: SFT, reward models, DPO family, Chain of Hindsight, PPO, RLOO.",
+        description="Align language models with human preferences: SFT, reward models, the DPO family, SimPO, ORPO, "
+                    "KTO, Chain of Hindsight, PPO, RLOO, GRPO and online DPO.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
