@@ -65,6 +65,7 @@ EXAMPLES = """examples:
   alignkit ppo --model runs/sft --reward-model runs/rm --prompts prompts.jsonl --output-dir runs/ppo
   alignkit rloo --model runs/sft --reward mymodule:score --prompts prompts.jsonl --k 4 --output-dir runs/rloo
   alignkit kto --model runs/sft --data labels/kto.jsonl --output-dir runs/kto
+  alignkit serve --model runs/dpo --port 8000      (an OpenAI-compatible API at http://127.0.0.1:8000/v1)
   alignkit dpo --config dpo.yaml --max-steps 50      (flags override the YAML file)
 """
 
@@ -150,9 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--layers", type=int_at_least(1), default=2, help="number of layers (default: 2)")
     from alignkit.cli.label import add_label_parser
     from alignkit.cli.sample import add_sample_parser
+    from alignkit.cli.serve import add_serve_parser
 
     add_sample_parser(sub)
     add_label_parser(sub)
+    add_serve_parser(sub)
     return parser
 
 
@@ -213,6 +216,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             return _eval(args)
+        if args.command == "serve":
+            from alignkit.cli.serve import run_serve
+
+            return run_serve(args)
         if args.command in ("label", "sample"):
             from alignkit.cli.label import run_label
             from alignkit.cli.sample import run_sample
