@@ -74,6 +74,7 @@ record at all is valid, DataError is raised.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from collections import Counter
@@ -434,8 +435,6 @@ def unpaired(pairs: list[PreferencePair], report: LoadReport) -> list[KTOExample
     desirable and rejected → undesirable, and a panel's votes on every pair of K samples split them into good and
     bad ones. Responses chosen and rejected equally often, and pairs without a preference (label 0.5), are
     left out and counted (`unpaired_ties_dropped`, `no_preference_dropped`)."""
-    import json
-
     balance: dict[tuple[str, str], list] = {}  # (prompt, response) -> [prompt, response, wins - losses, where]
     for p in pairs:
         if p.label == 0.5:

@@ -58,7 +58,7 @@ def with_kl_partners(examples: list[KTOExample], seed: int) -> list[PreferencePa
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     keys = [json.dumps(e.prompt) for e in examples]
-    pairs = []
+    pairs: list[PreferencePair | None] = [None] * len(examples)
     for pos, i in enumerate(order):
         partner = i
         for step in range(1, min(PARTNER_SEARCH, len(order))):
@@ -67,9 +67,8 @@ def with_kl_partners(examples: list[KTOExample], seed: int) -> list[PreferencePa
                 partner = j
                 break
         e = examples[i]
-        pairs.append((i, PreferencePair(e.prompt, e.completion, examples[partner].completion, where=e.where)))
-    pairs.sort(key=lambda x: x[0])
-    return [p for _, p in pairs]
+        pairs[i] = PreferencePair(e.prompt, e.completion, examples[partner].completion, where=e.where)
+    return pairs
 
 
 def encode_kto(examples: list[KTOExample], enc, seed: int, desc: str, progress: bool) -> list[dict]:
