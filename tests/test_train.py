@@ -346,3 +346,18 @@ def test_mixed_precision_reaches_the_model(tiny_model, sft_files, tmp_path):
     (eval32, curve32), (eval16, curve16) = results["no"], results["bf16"]
     assert eval16 != eval32 and abs(eval16 - eval32) < 0.02 * eval32
     assert len(curve16) == len(curve32) and all(abs(a - b) < 0.02 * a for a, b in zip(curve32, curve16, strict=True))
+
+
+def test_step_metrics_refuse_a_name_from_both_the_rollout_and_the_loss():
+    """A method whose rollout and loss step report the same metric name would hide one of them in the logs."""
+    from types import SimpleNamespace
+
+    from alignkit.train.loop import Window, _step_metrics
+
+    acc = SimpleNamespace(num_processes=1)
+    window = Window()
+    window.add({"loss": torch.tensor(1.0), "kl": torch.tensor(0.5)}, {"n": 2})
+    metrics, _ = _step_metrics(acc, {"reward": 2.0}, window, 1.0, 0)
+    assert metrics == {"reward": 2.0, "loss": 1.0, "kl": 0.5}
+    with pytest.raises(ValueError, match="kl"):
+        _step_metrics(acc, {"kl": 0.1, "reward": 2.0}, window, 1.0, 0)

@@ -299,8 +299,12 @@ def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
 
 def _step_metrics(accelerator, step_metrics: dict, window: Window, busy: float, skipped: int) -> tuple[dict, list[float]]:
     """A step's training metrics (the method's, then the window's means; over processes, their mean) and its
-    throughput in tokens and examples per second of optimisation (over processes, their sum)."""
+    throughput in tokens and examples per second of optimisation (over processes, their sum). A name in both the
+    experience's metrics and the step function's is a method's bug (one would hide the other): refused."""
     means, tokens = window.read()
+    clash = sorted(step_metrics.keys() & means.keys())
+    if clash:
+        raise ValueError(f"metric name(s) {clash} come from both the rollout and the loss step; rename one")
     metrics = {**step_metrics, **means}
     speed = [tokens / max(busy, 1e-9), window.examples / max(busy, 1e-9)]
     if accelerator.num_processes > 1:
