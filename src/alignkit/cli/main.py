@@ -65,6 +65,7 @@ EXAMPLES = """examples:
   alignkit ppo --model runs/sft --reward-model runs/rm --prompts prompts.jsonl --output-dir runs/ppo
   alignkit rloo --model runs/sft --reward mymodule:score --prompts prompts.jsonl --k 4 --output-dir runs/rloo
   alignkit kto --model runs/sft --data labels/kto.jsonl --output-dir runs/kto
+  alignkit judge --judge smollm2-135m-instruct --data samples.jsonl --output-dir labels   (an LM as annotator)
   alignkit serve --model runs/dpo --port 8000      (an OpenAI-compatible API at http://127.0.0.1:8000/v1)
   alignkit dpo --config dpo.yaml --max-steps 50      (flags override the YAML file)
 """
@@ -84,8 +85,10 @@ def _flag_type(annotation):
     return {"type": annotation, "metavar": annotation.__name__.upper()}
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type[RunConfig]) -> None:
-    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (any option below, by its field name)")
+def add_config_flags(parser: argparse.ArgumentParser, cls: type[RunConfig], *, config_flag: bool = True) -> None:
+    if config_flag:
+        parser.add_argument("--config", metavar="FILE.yaml",
+                            help="YAML file of settings (any option below, by its field name)")
     for name, field in cls.model_fields.items():
         default = "required" if field.is_required() else f"default: {field.default}"
         parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
@@ -149,12 +152,14 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("--hidden-size", type=int_at_least(8, multiple_of=8), default=64,
                       help="model width, a multiple of 8 (4 heads of an even size; default: 64)")
     tiny.add_argument("--layers", type=int_at_least(1), default=2, help="number of layers (default: 2)")
+    from alignkit.cli.judge import add_judge_parser
     from alignkit.cli.label import add_label_parser
     from alignkit.cli.sample import add_sample_parser
     from alignkit.cli.serve import add_serve_parser
 
     add_sample_parser(sub)
     add_label_parser(sub)
+    add_judge_parser(sub)
     add_serve_parser(sub)
     return parser
 
@@ -216,6 +221,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "eval":
             return _eval(args)
+        if args.command == "judge":
+            from alignkit.cli.judge import run_judge
+
+            return run_judge(args)
         if args.command == "serve":
             from alignkit.cli.serve import run_serve
 

@@ -21,7 +21,7 @@ import torch
 
 from alignkit.evaluate.stats import mean_ci, paired_difference, pairwise_agreement, win_rate
 from alignkit.losses import kl_k1
-from alignkit.models.load import load_causal_lm, load_tokenizer
+from alignkit.models.load import folder_stamp, load_causal_lm, load_tokenizer
 from alignkit.rollout.rewards import CallableReward, ModelReward
 from alignkit.rollout.sample import (
     PolicySamples,
@@ -35,20 +35,11 @@ RM_GAPS = (0.3, 0.6)  # gold gaps at which the reward model's accuracy is also r
 SAMPLES_VERSION = 2  # part of the sample cache's key: bump when PolicySamples changes
 
 
-def _folder_stamp(path: str) -> list:
-    """What identifies a model folder's contents cheaply: each file's name, size and modification time."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return [str(path)]
-    return [str(folder.resolve())] + sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns]
-                                            for f in folder.iterdir() if f.is_file())
-
-
 def _cached_samples(cache: Path | None, name: str, path: str, tok, prompts: list, s: SampleSettings) -> PolicySamples:
     """`sample_policy`, reusing `cache/<name>.json` when the policy, prompts and settings match."""
     if cache is None:
         return sample_policy(path, tok, prompts, s)
-    key = hashlib.blake2b(json.dumps([SAMPLES_VERSION, _folder_stamp(path), prompts, vars(s)]).encode(),
+    key = hashlib.blake2b(json.dumps([SAMPLES_VERSION, folder_stamp(path), prompts, vars(s)]).encode(),
                           digest_size=16).hexdigest()
     file = cache / f"{name}.json"
     if file.exists():

@@ -59,6 +59,16 @@ def resolve_model(name: str) -> str:
     return str(Path(name).expanduser()) if kind == "folder" else name
 
 
+def folder_stamp(path: str) -> list:
+    """What identifies a model folder's contents cheaply: each file's name, size and modification time (a hub id
+    or built-in name stands for itself)."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return [str(path)]
+    return [str(folder.resolve())] + sorted([f.name, f.stat().st_size, f.stat().st_mtime_ns]
+                                            for f in folder.iterdir() if f.is_file())
+
+
 def _from_pretrained(loader, name: str, **kwargs):
     path = resolve_model(name)
     try:
