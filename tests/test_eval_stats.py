@@ -129,3 +129,31 @@ def test_eval_kl_is_to_the_reference_on_the_plain_prompt(tiny_model, tmp_path, m
     res = evaluate_policies({"same": str(same), "coh": str(coh)}, tiny_model, prompts, "vader", settings=s)
     assert res["models"]["same"]["kl"] == pytest.approx(0.0, abs=1e-3)
     assert res["models"]["coh"]["kl"] == pytest.approx(sum(gap) / len(gap), abs=1e-3)
+
+
+def test_length_controlled_win_rate_matches_a_weighted_logistic_regression():
+    """σ(θ₀) of the soft-label logistic regression on tanh(Δ/s_Δ), against scikit-learn fitting the same model on
+    the outcomes duplicated as wins and losses weighted p and 1 − p (the soft-label likelihood)."""
+    import math
+    import random
+
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from alignkit.evaluate.stats import length_controlled_win_rate
+
+    rng = random.Random(0)
+    d = [rng.gauss(0, 20) for _ in range(200)]
+    sd = float(np.std(d))
+    p = [min(0.99, max(0.01, 1 / (1 + math.exp(-(0.4 + 1.5 * math.tanh(x / sd)))) + rng.uniform(-0.05, 0.05)))
+         for x in d]
+    x = np.array([[math.tanh(v / sd)] for v in d])
+    fit = LogisticRegression(C=1e8, tol=1e-12, max_iter=10000).fit(
+        np.vstack([x, x]), np.array([1] * 200 + [0] * 200), sample_weight=np.array(p + [1 - q for q in p]))
+    lc = length_controlled_win_rate(p, d)
+    assert lc == pytest.approx(1 / (1 + math.exp(-fit.intercept_[0])), abs=1e-5)
+    assert lc > sum(p) / len(p) + 0.02  # the raw mean averages σ over the length spread, which pulls it towards 1/2
+    # a judge that only rewards length: at equal length it is a coin flip
+    only_length = [1 / (1 + math.exp(-2.0 * math.tanh(v / sd))) for v in d]
+    assert length_controlled_win_rate(only_length, d) == pytest.approx(0.5, abs=1e-6)
+    assert length_controlled_win_rate([0.7, 0.9], [3.0, 3.0]) == pytest.approx(0.8)  # no spread: the mean

@@ -364,3 +364,28 @@ def test_unreachable_server_and_bad_judge_settings(tmp_path, capsys):
     assert main(["judge", "--data", data, "--output-dir", str(tmp_path / "mine"), "--judge", "x"]) == 2
     assert "not written by alignkit judge" in capsys.readouterr().err
     assert (tmp_path / "mine" / "pairs.jsonl").read_text() == "my own labels\n"
+
+
+def test_eval_with_a_judge_and_no_gold(tiny_model, ab_judge, tmp_path, capsys):
+    """`alignkit eval --judge`: the judge's win rate against the reference, its length-controlled form and the
+    position consistency, without a gold scorer; every sample carries its verdict into the HTML report."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": f"Tell me about film {i}."} for i in range(6)])
+    out = tmp_path / "eval"
+    rc = main(["eval", "--model", f"same={tiny_model}", "--reference", tiny_model, "--prompts", prompts,
+               "--max-new-tokens", "6", "--samples", "2", "--judge", ab_judge, "--judge-cache", str(tmp_path / "c.jsonl"),
+               "--output-dir", str(out)])
+    assert rc == 0
+    table = capsys.readouterr().out
+    assert "judge win (95% CI)" in table and "gold" not in table.splitlines()[0]
+    res = json.loads((out / "results.json").read_text())
+    j = res["models"]["same"]["judge"]
+    samples = res["models"]["same"]["samples"]
+    assert len(samples) == 12 and all(0.0 <= s["judge"] <= 1.0 and "gold" not in s for s in samples)
+    # the policy is the reference with the same sampling noise: identical responses, so both orders are one and the
+    # same presentation, P(policy better) = (p + 1 - p) / 2 = 1/2 exactly, and the judge is as inconsistent as it
+    # is decided
+    assert all(s["response"] == r["response"] for s, r in zip(samples, res["models"]["reference"]["samples"], strict=True))
+    assert all(s["judge"] == pytest.approx(0.5, abs=1e-12) for s in samples)
+    assert j["win_rate"] == pytest.approx(0.5, abs=1e-12) and j["lc_win_rate"] == pytest.approx(0.5, abs=1e-12)
+    assert 0.0 <= j["consistency"] <= 1.0
+    assert "judge 0." in (out / "report.html").read_text() and (out / "frontier.png").exists()

@@ -14,13 +14,6 @@ OUTPUTS = ("votes.jsonl", "soft_pairs.jsonl", "pairs.jsonl", "rankings.jsonl")
 REPORT = "judge_report.json"
 
 
-def add_judge_flags(parser, cls) -> None:
-    """A flag for every field of `cls` (a `judges.config.JudgeSettings`) that `parser` lacks."""
-    from alignkit.cli.main import add_config_flags
-
-    add_config_flags(parser, cls, config_flag=False)
-
-
 def add_judge_parser(sub) -> None:
     from alignkit.cli.main import add_config_flags
     from alignkit.judges.config import JudgeConfig
@@ -82,18 +75,16 @@ def run_judge(args) -> int:
     cfg = command_config(JudgeConfig, args)
     from alignkit.judges import (
         agreement,
+        check_judge,
         judge_name,
         judge_pairs,
         label_files,
-        load_rubric,
         make_judge,
         open_cache,
         rank_sets,
     )
 
-    rubrics = [load_rubric(r.strip(), cfg.criterion) for r in cfg.rubric.split(",") if r.strip()]
-    if not rubrics:
-        raise AlignkitError("--rubric names no rubric")
+    rubrics = check_judge(cfg)
     out = Path(cfg.output_dir)
     _check_output(out)
     prompts, a, b, labels, sets = read_items(cfg)
@@ -108,7 +99,7 @@ def run_judge(args) -> int:
     print(f"judging {len(prompts)} pairs with {judge_name(cfg)}, "
           f"{len(rubrics)} rubric(s) x 2 orders; cache {cache.path}", file=sys.stderr)
     t0 = time.perf_counter()
-    j = judge_with_resume_hint(judge_pairs, judge, prompts, a, b, rubrics=rubrics, cache=cache, progress=cfg.progress)
+    j = judge_pairs(judge, prompts, a, b, rubrics=rubrics, cache=cache, progress=cfg.progress)
     seconds = time.perf_counter() - t0
     rankings = None
     if sets is not None:
@@ -142,16 +133,3 @@ def run_judge(args) -> int:
               f"({clear}); correlation {corr}")
     print(f"written to {out}: " + ", ".join(f"{name} {n}" for name, n in report["written"].items()))
     return 0
-
-
-def judge_with_resume_hint(fn, judge, *args, cache, **kwargs):
-    """`fn(judge, *args, cache=cache, **kwargs)`; a judge server failing mid-run ends with its line and where the
-    verdicts so far are kept."""
-    from alignkit.judges.server import JudgeServerError
-
-    try:
-        return fn(judge, *args, cache=cache, **kwargs)
-    except JudgeServerError as e:
-        kept = f"; the {len(cache.entries)} verdicts so far are kept in {cache.path}, and a rerun resumes from them" \
-            if cache.path else ""
-        raise AlignkitError(f"{e}{kept}") from e

@@ -124,12 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a policy folder to evaluate (repeat for several); NAME defaults to the folder name (required)")
     ev.add_argument("--reference", default=S, help="the reference policy (KL and win rate are against it) (required)")
     ev.add_argument("--prompts", default=S, help="held-out prompt file (records with `prompt`) (required)")
-    ev.add_argument("--gold", default=S, help="gold scorer: vader, sklearn:PATH (a joblib text classifier), module:function or file.py:function (default: vader)")
+    ev.add_argument("--gold", default=S, help="gold scorer: vader, sklearn:PATH (a joblib text classifier), module:function or file.py:function (default: vader; none when a judge is given)")
     ev.add_argument("--reward-model", default=S, help="also score with this reward model and report its accuracy against gold")
     ev.add_argument("--output-dir", default=S, help="folder for results.json and config.yaml (required)")
     ev.add_argument("--samples", type=int_at_least(1), default=S, help="responses per prompt and policy (default: 1)")
     add_sampling_flags(ev, max_new_tokens=48)
     ev.add_argument("--top-p", type=float_in(0, 1), default=S, help="nucleus sampling threshold (default: 1.0, off)")
+    from alignkit.judges.config import JudgeSettings
+
+    add_config_flags(ev, JudgeSettings, config_flag=False)  # --judge ...: also judge each policy against the reference
     ch = sub.add_parser("chat", help="talk to a trained policy (optionally side by side with a second model)",
                         description="Chat with a model through its chat template; with --compare a second model "
                                     "answers the same messages beside it. Reads messages from standard input.")
@@ -279,6 +282,10 @@ def _eval(args) -> int:
 
     cfg = command_config(EvalConfig, args)
     check_backend(cfg.backend)
+    if cfg.judged():
+        from alignkit.judges import check_judge
+
+        check_judge(cfg)
     policies = cfg.policies()
     for path in [*policies.values(), cfg.reference, *([cfg.reward_model] if cfg.reward_model else [])]:
         check_model(path)
@@ -290,11 +297,18 @@ def _eval(args) -> int:
     from alignkit.train.config import save_config
 
     quiet_model_libraries()
-    results = evaluate_policies(policies, cfg.reference, prompts, cfg.gold, reward_model=cfg.reward_model,
-                                settings=cfg.settings(cfg.samples), output_dir=cfg.output_dir)
+    results = evaluate_policies(policies, cfg.reference, prompts, cfg.gold_scorer(), reward_model=cfg.reward_model,
+                                settings=cfg.settings(cfg.samples), output_dir=cfg.output_dir,
+                                judge=cfg if cfg.judged() else None)
     save_config(cfg, Path(cfg.output_dir) / "config.yaml", method="eval")
-    print(results_table(results))
-    print(f"results written to {cfg.output_dir}/results.json")
+    from alignkit.evaluate.report import frontier_plot, html_report
+
+    table = results_table(results)
+    out = Path(cfg.output_dir)
+    frontier_plot(results, out / "frontier.png")
+    html_report(results, out / "report.html", images={"Reward vs KL frontier": "frontier.png"}, table=table)
+    print(table)
+    print(f"results written to {out}/results.json, with report.html and frontier.png")
     return 0
 
 

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from alignkit.judges.config import JudgeSettings
 from alignkit.rollout.config import BatchSampling
 
 
-class EvalConfig(BatchSampling):
+class EvalConfig(BatchSampling, JudgeSettings):
     """`alignkit eval`: policies against their reference on held-out prompts."""
 
     model: list[str] = Field(description="policy folders to evaluate, each DIR or NAME=DIR (NAME defaults to the "
                              "folder name)")
     reference: str = Field(description="the reference policy (KL and win rate are against it)")
     prompts: str = Field(description="held-out prompt file (records with `prompt`)")
-    gold: str = Field("vader", description="gold scorer: vader, sklearn:PATH (a joblib text classifier), "
-                      "module:function or file.py:function")
+    gold: str | None = Field(None, description="gold scorer: vader, sklearn:PATH (a joblib text classifier), "
+                             "module:function or file.py:function; default: vader, or none when a judge is given")
     reward_model: str | None = Field(None, description="also score with this reward model and report its accuracy "
                                      "against gold")
     output_dir: str = Field(description="folder for results.json (and config.yaml)")
     samples: int = Field(1, gt=0, description="responses per prompt and policy")
     max_new_tokens: int = Field(48, gt=0, description="longest response in tokens")
+
+    def gold_scorer(self) -> str | None:
+        """--gold, else vader, or no gold scorer at all when a judge is given."""
+        return self.gold or (None if self.judge or self.judge_url else "vader")
+
+    def judged(self) -> bool:
+        return bool(self.judge or self.judge_url)
 
     def policies(self) -> dict[str, str]:
         """name -> folder of each policy."""

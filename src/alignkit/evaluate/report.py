@@ -17,16 +17,32 @@ def _pyplot():
     return plt
 
 
+def _frontier_y(results: dict, name: str, e: dict) -> tuple[float, float] | None:
+    """(value, 95% half-width) a model is plotted at: its gold score, or without a gold scorer the judge's win rate
+    against the reference (the reference itself at 0.5)."""
+    if "gold_mean" in e:
+        return e["gold_mean"], e["gold_ci95"]
+    if "judge" in results:
+        j = e.get("judge") or {}
+        return (0.5, 0.0) if name == "reference" else (j["win_rate"], j["win_rate_ci95"]) if "win_rate" in j else None
+    return None
+
+
 def frontier_plot(results: dict, path: str | Path) -> None:
-    """Gold score (mean ± 95% CI) against sampled KL to the reference, one point per model."""
+    """Gold score (mean ± 95% CI), or without gold the judge's win rate, against sampled KL to the reference, one
+    point per model."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=120)
     for name, e in results["models"].items():
-        ax.errorbar(e["kl"], e["gold_mean"], xerr=e["kl_ci95"], yerr=e["gold_ci95"], fmt="o", capsize=3,
+        y = _frontier_y(results, name, e)
+        if y is None:
+            continue
+        ax.errorbar(e["kl"], y[0], xerr=e["kl_ci95"], yerr=y[1], fmt="o", capsize=3,
                     color="black" if name == "reference" else None, label=name)
-        ax.annotate(name, (e["kl"], e["gold_mean"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        ax.annotate(name, (e["kl"], y[0]), textcoords="offset points", xytext=(5, 5), fontsize=8)
     ax.set_xlabel("KL to reference (nats per response, sampled)")
-    ax.set_ylabel(f"gold reward ({results.get('gold', 'gold')})")
+    ax.set_ylabel(f"gold reward ({results['gold']})" if results.get("gold") else
+                  f"judge win rate vs reference ({results.get('judge', {}).get('name', 'judge')})")
     ax.set_title("Reward vs KL frontier (held-out prompts)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -95,8 +111,10 @@ def html_report(results: dict, path: str | Path, *, images: dict[str, str], tabl
     rows = []
     ref_samples = models["reference"]["samples"]
     def cell(sample: dict) -> str:
-        gold = "{:.2f}".format(sample["gold"])
-        return f"<td><b>{gold}</b> {esc(sample['response'])}</td>"
+        gold = "<b>{:.2f}</b> ".format(sample["gold"]) if "gold" in sample else ""
+        p = sample.get("judge")
+        verdict = f"<i>judge {p:.2f}</i> " if p is not None else ""
+        return f"<td>{gold}{verdict}{esc(sample['response'])}</td>"
 
     for i in range(min(samples, len(ref_samples))):
         cells = "".join(cell(models[n]["samples"][i]) for n in ["reference", *names])
@@ -108,9 +126,10 @@ def html_report(results: dict, path: str | Path, *, images: dict[str, str], tabl
 table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;padding:6px;vertical-align:top}}
 td.p{{max-width:260px;color:#444}} img{{max-width:100%}}</style></head><body>
 <h1>alignkit evaluation</h1>
-<p>Held-out prompts; gold scorer: {esc(str(results.get('gold')))}; reference: {esc(str(results.get('reference')))}.</p>
+<p>Held-out prompts; gold scorer: {esc(str(results.get('gold')))}; judge: {esc(str(results.get('judge', {}).get('name')))};
+reference: {esc(str(results.get('reference')))}.</p>
 <h2>Results</h2><pre>{esc(table)}</pre>{imgs}
-<h2>Side by side (gold score in bold)</h2><table><tr>{head}</tr>{''.join(rows)}</table>
+<h2>Side by side (gold score in bold; the judge's P(policy better than the reference) in italics)</h2><table><tr>{head}</tr>{''.join(rows)}</table>
 </body></html>"""
     Path(path).write_text(page)
 

@@ -54,18 +54,20 @@ def _cached_samples(cache: Path | None, name: str, path: str, tok, prompts: list
     return sm
 
 
-def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, gold: str, *,
+def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, gold: str | None, *,
                       reward_model: str | None = None, settings: SampleSettings | None = None,
-                      output_dir: str | Path | None = None) -> dict:
+                      output_dir: str | Path | None = None, judge=None, progress: bool = True) -> dict:
     """Evaluate each named policy folder and the reference; returns (and writes `results.json`) a dict with one
-    entry per model, plus the reward model's accuracy against gold when `reward_model` is given. With an
+    entry per model, plus the reward model's accuracy against gold when `reward_model` is given. Without a
+    `gold` scorer there are no gold figures; with `judge` (a `judges.config.JudgeSettings`) each policy's samples
+    are also judged against the reference's (`evaluate.judged`). With an
     `output_dir`, each model's samples are kept in `output_dir/samples/` and reused while the model folder,
     the prompts and the settings are unchanged. The reference scores every policy's responses in one pass,
     each prompt laid out once (the KL of a Chain of Hindsight policy is to the reference answering the plain
     prompt: the phrase is part of how that policy is used, not of what the reference is asked)."""
     s = settings or SampleSettings()
     tok = load_tokenizer(reference)
-    gold_fn = CallableReward(gold)
+    gold_fn = CallableReward(gold) if gold else None
     cache = Path(output_dir) / "samples" if output_dir is not None else None
     samples = {"reference": _cached_samples(cache, "reference", reference, tok, prompts, s)}
     for name, path in policies.items():
@@ -98,33 +100,46 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
         return sums
 
     results: dict = {"settings": vars(s), "gold": gold, "reference": reference, "models": {}}
-    golds = {name: gold_fn(sm.prompts, sm.responses).tolist() for name, sm in samples.items()}
-    ref_prompt_gold = per_prompt(golds["reference"], samples["reference"].prompt_index)
+    judged = None
+    if judge is not None:
+        from alignkit.evaluate.judged import judge_policies
+
+        judged = judge_policies(samples, judge, progress=progress)
+        results["judge"] = judged["judge"]
+    golds = {name: gold_fn(sm.prompts, sm.responses).tolist() for name, sm in samples.items()} if gold_fn else {}
+    ref_prompt_gold = per_prompt(golds["reference"], samples["reference"].prompt_index) if golds else None
     all_rm, all_gold, groups = [], [], []
     for name, sm in samples.items():
-        g = golds[name]
-        mean, half = mean_ci(g)
         kl_mean, kl_half = mean_ci(sm.kl)
         entry = {
             "path": reference if name == "reference" else policies[name],
-            "gold_mean": mean, "gold_ci95": half,
-            "win_rate": win_rate(per_prompt(g, sm.prompt_index), ref_prompt_gold),
             "kl": kl_mean, "kl_ci95": kl_half,
             "length": sum(sm.lengths) / len(sm.lengths),
-            "samples": [{"prompt": p, "response": r, "gold": gs}
-                        for p, r, gs in zip(sm.prompts, sm.responses, g, strict=True)],
+            "samples": [{"prompt": p, "response": r} for p, r in zip(sm.prompts, sm.responses, strict=True)],
         }
+        if golds:
+            g = golds[name]
+            entry["gold_mean"], entry["gold_ci95"] = mean_ci(g)
+            entry["win_rate"] = win_rate(per_prompt(g, sm.prompt_index), ref_prompt_gold)
+            for sample, gs in zip(entry["samples"], g, strict=True):
+                sample["gold"] = gs
+            if name != "reference":
+                entry["gold_diff"], entry["gold_diff_ci95"] = paired_difference(per_prompt(g, sm.prompt_index),
+                                                                                ref_prompt_gold)
+        if judged is not None and name in judged["models"]:
+            j = judged["models"][name]
+            for sample, p in zip(entry["samples"], j.pop("verdicts"), strict=True):
+                sample["judge"] = p
+            entry["judge"] = j
         if rm is not None:
             scores = rm_scores[name]
             entry["rm_mean"] = sum(scores) / len(scores)
-            all_rm += scores
-            all_gold += g
-            groups += sm.prompt_index
-        if name != "reference":
-            entry["gold_diff"], entry["gold_diff_ci95"] = paired_difference(per_prompt(g, sm.prompt_index),
-                                                                            ref_prompt_gold)
+            if golds:
+                all_rm += scores
+                all_gold += golds[name]
+                groups += sm.prompt_index
         results["models"][name] = entry
-    if rm is not None:
+    if rm is not None and golds:
         acc, n = pairwise_agreement(all_rm, all_gold, groups)
         results["reward_model"] = {"path": reward_model, "accuracy_vs_gold": acc, "pairs": n, "by_gold_gap": {
             str(gap): dict(zip(("accuracy", "pairs"), pairwise_agreement(all_rm, all_gold, groups, min_gap=gap),
@@ -137,18 +152,38 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
 
 
 def results_table(results: dict) -> str:
-    """A plain-text table of the results: one row per model."""
-    has_rm = any("rm_mean" in e for e in results["models"].values())
-    head = (f"{'model':<16} {'gold (95% CI)':>20} {'vs reference (paired)':>22} {'win rate':>9} {'KL':>14} "
-            f"{'length':>7}" + ("  RM score" if has_rm else ""))
+    """A plain-text table of the results: one row per model; the gold columns with a gold scorer, the judge's with
+    a judge."""
+    models = results["models"]
+    has_gold = any("gold_mean" in e for e in models.values())
+    has_judge = any("judge" in e for e in models.values())
+    has_rm = any("rm_mean" in e for e in models.values())
+    head = f"{'model':<16}"
+    if has_gold:
+        head += f" {'gold (95% CI)':>20} {'vs reference (paired)':>22} {'win rate':>9}"
+    if has_judge:
+        head += f" {'judge win (95% CI)':>20} {'LC win':>7} {'consist.':>8}"
+    head += f" {'KL':>14} {'length':>7}" + ("  RM score" if has_rm else "")
     lines = [head, "-" * len(head)]
-    for name, e in results["models"].items():
-        diff = f"{e['gold_diff']:>+10.3f} ± {e['gold_diff_ci95']:<7.3f}" if "gold_diff" in e else f"{'':>20}"
-        row = (f"{name:<16} {e['gold_mean']:>10.3f} ± {e['gold_ci95']:<7.3f} {diff:>22} {e['win_rate']:>9.3f} "
-               f"{e['kl']:>7.2f} ± {e['kl_ci95']:<4.2f} {e['length']:>7.1f}")
+    for name, e in models.items():
+        row = f"{name:<16}"
+        if has_gold:
+            diff = f"{e['gold_diff']:>+10.3f} ± {e['gold_diff_ci95']:<7.3f}" if "gold_diff" in e else f"{'':>20}"
+            row += f" {e['gold_mean']:>10.3f} ± {e['gold_ci95']:<7.3f} {diff:>22} {e['win_rate']:>9.3f}"
+        if has_judge:
+            j = e.get("judge") or {}
+            if "win_rate" in j:
+                consist = f"{j['consistency']:.3f}" if j.get("consistency") is not None else "-"
+                row += f" {j['win_rate']:>10.3f} ± {j['win_rate_ci95']:<7.3f} {j['lc_win_rate']:>7.3f} {consist:>8}"
+            else:
+                row += f" {'-' if j else '':>20} {'':>7} {'':>8}"
+        row += f" {e['kl']:>7.2f} ± {e['kl_ci95']:<4.2f} {e['length']:>7.1f}"
         if has_rm:
             row += f"  {e['rm_mean']:>8.3f}"
         lines.append(row)
+    if "judge" in results:
+        lines.append(f"judge: {results['judge']['name']} ({', '.join(results['judge']['rubrics'])}); judge win = mean "
+                     "P(policy better than the reference), both orders; LC = length-controlled")
     if "reward_model" in results:
         rmr = results["reward_model"]
         gaps = "; ".join(f"gold gap >= {gap}: {b['accuracy']:.3f} over {b['pairs']}"

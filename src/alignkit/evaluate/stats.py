@@ -60,3 +60,40 @@ def pairwise_agreement(model_scores: Sequence[float], gold_scores: Sequence[floa
                 total += 1
                 agree += (model_scores[i] - model_scores[j]) * dg > 0
     return (agree / total if total else float("nan")), total
+
+
+def length_controlled_win_rate(p: Sequence[float], length_diff: Sequence[float], *, iters: int = 50,
+                               ridge: float = 1e-6) -> float:
+    """The win rate a judge would give at equal length: σ(θ₀) of the logistic regression
+    logit P(win) = θ₀ + θ₁·tanh(Δ / s_Δ), fitted by maximum likelihood (Newton's method, a `ridge` on both
+    weights for stability) to the judge's probabilities `p` as soft outcomes, where Δ is the policy's response
+    length minus the reference's and s_Δ its standard deviation. AlpacaEval 2's length control (Dubois et al.
+    2024), without its per-instruction term. With no spread in Δ it is the plain mean of `p`."""
+    n = len(p)
+    if n == 0 or len(length_diff) != n:
+        raise ValueError("length_controlled_win_rate needs two equally long, non-empty lists")
+    mean_d = sum(length_diff) / n
+    sd = math.sqrt(sum((d - mean_d) ** 2 for d in length_diff) / n)
+    if sd == 0:
+        return sum(p) / n
+    xs = [math.tanh(d / sd) for d in length_diff]
+    t0 = t1 = 0.0
+    for _ in range(iters):
+        g0 = g1 = 0.0
+        h00, h01, h11 = ridge, 0.0, ridge
+        for y, x in zip(p, xs, strict=True):
+            q = 1.0 / (1.0 + math.exp(-(t0 + t1 * x)))
+            w = q * (1.0 - q)
+            g0 += y - q
+            g1 += (y - q) * x
+            h00 += w
+            h01 += w * x
+            h11 += w * x * x
+        g0 -= ridge * t0
+        g1 -= ridge * t1
+        det = h00 * h11 - h01 * h01
+        d0, d1 = (h11 * g0 - h01 * g1) / det, (h00 * g1 - h01 * g0) / det
+        t0, t1 = t0 + d0, t1 + d1
+        if abs(d0) + abs(d1) < 1e-12:
+            break
+    return 1.0 / (1.0 + math.exp(-t0))

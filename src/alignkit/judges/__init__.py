@@ -23,7 +23,7 @@ from alignkit.judges.verdicts import (
     set_pairs,
 )
 
-__all__ = ["RUBRICS", "Judgments", "Rubric", "Verdict", "VerdictCache", "agreement", "judge_pairs", "label_files",
+__all__ = ["RUBRICS", "check_judge", "Judgments", "Rubric", "Verdict", "VerdictCache", "agreement", "judge_pairs", "label_files",
            "judge_name", "load_rubric", "make_judge", "open_cache", "parse_judge_spec", "rank_sets", "set_pairs"]
 
 
@@ -36,9 +36,8 @@ def parse_judge_spec(spec: str) -> tuple[str, str | None]:
     return model.strip(), url.strip() or None
 
 
-def make_judge(settings):
-    """The judge that `settings` (`config.JudgeSettings`) names: --judge-model at --judge-url, or the local
-    model --judge."""
+def check_judge(settings) -> list[Rubric]:
+    """Refuse judge settings that cannot work, before anything is loaded or sampled; returns the rubrics."""
     if settings.judge_url:
         if not settings.judge_model:
             raise AlignkitError("--judge-url needs --judge-model, the name of the model the server serves")
@@ -46,17 +45,28 @@ def make_judge(settings):
             raise AlignkitError("give --judge (a local model) or --judge-url with --judge-model, not both")
         if not settings.judge_url.startswith(("http://", "https://")):
             raise AlignkitError(f"--judge-url '{settings.judge_url}' is not an http(s) URL")
+    elif settings.judge_model:
+        raise AlignkitError("--judge-model names a server's model: give --judge-url too (or --judge for a local model)")
+    elif not settings.judge:
+        raise AlignkitError("no judge given: --judge MODEL (a local model), or --judge-url URL --judge-model NAME")
+    rubrics = [load_rubric(r.strip(), settings.criterion) for r in settings.rubric.split(",") if r.strip()]
+    if not rubrics:
+        raise AlignkitError("--rubric names no rubric")
+    if not settings.judge_url:
+        from alignkit.models.names import check_model
+
+        check_model(settings.judge)
+    return rubrics
+
+
+def make_judge(settings):
+    """The judge that `settings` (`config.JudgeSettings`, checked by `check_judge`) names: --judge-model at
+    --judge-url, or the local model --judge."""
+    if settings.judge_url:
         from alignkit.judges.server import ServerJudge
 
         return ServerJudge(settings.judge_url, settings.judge_model, concurrency=settings.judge_concurrency,
                            timeout=settings.judge_timeout, retries=settings.judge_retries)
-    if settings.judge_model:
-        raise AlignkitError("--judge-model names a server's model: give --judge-url too (or --judge for a local model)")
-    if not settings.judge:
-        raise AlignkitError("no judge given: --judge MODEL (a local model), or --judge-url URL --judge-model NAME")
-    from alignkit.models.names import check_model
-
-    check_model(settings.judge)
     from alignkit.judges.local import LocalJudge
 
     return LocalJudge(settings.judge, max_length=settings.judge_max_length)

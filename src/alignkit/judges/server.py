@@ -11,14 +11,9 @@ import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from alignkit.errors import AlignkitError
-from alignkit.judges.verdicts import Verdict
+from alignkit.judges.verdicts import JudgeServerError, Verdict
 
 TOP_LOGPROBS = 20  # the most the OpenAI API lists
-
-
-class JudgeServerError(AlignkitError):
-    """The server cannot be used: unreachable, refusing, failing or too slow after the retries."""
 
 
 def _letter(token: str) -> str | None:

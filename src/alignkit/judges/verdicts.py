@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from alignkit.data.records import Text
+from alignkit.errors import AlignkitError
+
+
+class JudgeServerError(AlignkitError):
+    """A judge server cannot be used: unreachable, refusing, failing or too slow after the retries."""
 
 
 @dataclass(frozen=True)
@@ -81,7 +86,12 @@ def judge_pairs(judge: Judge, prompts: list[Text], a: list[str], b: list[str], *
     with tqdm(total=len(keys), unit="judgment", desc="judging", disable=not progress or not keys) as bar:
         for s in range(0, len(keys), chunk):
             part = keys[s : s + chunk]
-            verdicts = judge.judge([todo[k] for k in part])
+            try:
+                verdicts = judge.judge([todo[k] for k in part])
+            except JudgeServerError as e:
+                kept = f"; the {len(cache.entries)} verdicts so far are kept in {cache.path}, and a rerun resumes " \
+                       "from them" if cache.path else ""
+                raise JudgeServerError(f"{e}{kept}") from e
             cache.put([{"key": k, "p": v.p, "mass": v.mass, "why": v.why} for k, v in zip(part, verdicts, strict=True)])
             bar.update(len(part))
     counts["judged"] = len(keys)
