@@ -389,3 +389,23 @@ def test_eval_with_a_judge_and_no_gold(tiny_model, ab_judge, tmp_path, capsys):
     assert j["win_rate"] == pytest.approx(0.5, abs=1e-12) and j["lc_win_rate"] == pytest.approx(0.5, abs=1e-12)
     assert 0.0 <= j["consistency"] <= 1.0
     assert "judge 0." in (out / "report.html").read_text() and (out / "frontier.png").exists()
+
+
+def test_quick_demo_with_a_judge_as_annotator(ab_judge, tmp_path):
+    """`alignkit demo --quick --annotator judge:MODEL`: the judge labels every pair of the samples, and the reward
+    model and the methods train on its votes and are evaluated as usual."""
+    out = tmp_path / "demo"
+    rc = main(["demo", "--quick", "--methods", "dpo,rloo", "--annotator", f"judge:{ab_judge}", "--output-dir", str(out),
+               "--no-progress"])
+    assert rc == 0
+    every = [json.loads(x) for x in (out / "labels" / "all_votes.jsonl").read_text().splitlines()]
+    best = [json.loads(x) for x in (out / "labels" / "votes.jsonl").read_text().splitlines()]
+    assert len(best) > 50 and len(every) > 2 * len(best)
+    # one vote per rubric, for the side the mean over both orders prefers
+    assert all(r["votes"] == ["a" if r["p_a"] > 0.5 else "b" if r["p_a"] < 0.5 else "tie"] for r in every)
+    assert sum(r["votes"] == ["a"] for r in every) > 0.2 * len(every) and sum(r["votes"] == ["b"] for r in every) > 0.2 * len(every)
+    res = json.loads((out / "eval" / "results.json").read_text())
+    assert set(res["models"]) == {"reference", "dpo", "rloo"}
+    assert all("gold_diff" in res["models"][m] for m in ("dpo", "rloo"))
+    assert main(["demo", "--quick", "--annotator", "judge:", "--output-dir", str(tmp_path / "bad")]) == 2
+    assert not (tmp_path / "bad").exists()

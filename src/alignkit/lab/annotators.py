@@ -78,3 +78,46 @@ def annotate_groups(prompts: Sequence, groups: Sequence[Sequence[str]], golds: S
         records.append(record(prompt, responses, gold, a, b, votes[a, b]))
         every += [record(prompt, responses, gold, a, b, v) for (a, b), v in votes.items()]
     return records, every, skipped
+
+
+def judge_groups(settings, prompts: Sequence, groups: Sequence[Sequence[str]], golds: Sequence[Sequence[float]], *,
+                 seed: int = 0, progress: bool = True) -> tuple[list[dict], list[dict], int]:
+    """`annotate_groups` with a language model as the annotator (`judges`, `settings` a JudgeSettings): it judges
+    every pair of a prompt's distinct non-empty responses in both orders under each rubric and casts one vote per
+    rubric, for the side its mean probability over the two orders prefers (a judge biased towards one position
+    would otherwise vote once for each side, a tie); the record keeps that probability as `p_a`. The best-vs-worst
+    pair is the judge's best against its worst by summed probability of winning (`rank_sets`). Records as
+    `annotate_groups` gives them, gold kept for diagnostics, in random a/b order."""
+    from alignkit.judges import check_judge, judge_pairs, make_judge, open_cache, rank_sets, set_pairs
+
+    rubrics = check_judge(settings)
+    judge = make_judge(settings)
+    pairs = set_pairs(groups)
+    j = judge_pairs(judge, [prompts[s] for s, _, _ in pairs], [groups[s][a] for s, a, _ in pairs],
+                    [groups[s][b] for s, _, b in pairs], rubrics=rubrics, cache=open_cache(settings, judge),
+                    progress=progress)
+    rng = random.Random(seed)
+    judged = {}
+    for (s, a, b), p, vs in zip(pairs, j.p_a, j.votes, strict=True):
+        by_rubric: dict[str, list[float]] = {}
+        for v in vs:
+            by_rubric.setdefault(v["annotator"].rsplit("/", 1)[0], []).append(v["p_a"])
+        judged[s, a, b] = (p, [sum(x) / len(x) for x in by_rubric.values()])
+
+    def record(s, a, b):
+        p, per_rubric = judged[s, a, b]
+        if rng.random() < 0.5:  # random presentation order
+            a, b, p, per_rubric = b, a, 1.0 - p, [1.0 - x for x in per_rubric]
+        votes = ["a" if x > 0.5 else "b" if x < 0.5 else "tie" for x in per_rubric]
+        return {"prompt": prompts[s], "response_a": groups[s][a], "response_b": groups[s][b], "votes": votes,
+                "p_a": p, "gold_a": golds[s][a], "gold_b": golds[s][b]}
+
+    ranked = rank_sets(groups, pairs, j.p_a)
+    records, every = [], []
+    for s, order in enumerate(ranked):
+        if order is None:
+            continue
+        best, worst = groups[s].index(order[0]), groups[s].index(order[-1])
+        records.append(record(s, *sorted((best, worst))))
+        every += [record(*key) for key in judged if key[0] == s and judged[key][0] is not None]
+    return records, every, sum(r is None for r in ranked)

@@ -12,8 +12,8 @@ Stages (a stage whose folder holds a `DONE` marker is skipped when the demo is r
   gold     imdb only: the gold classifier, with its test-split accuracy
   prompts  training and held-out prompts (held-out ones: other phrasings, subjects and titles; imdb: the test split)
   samples  K responses per training prompt from the reference, with their gold scores
-  labels   a simulated annotator panel votes on every pair of a prompt's samples -> all_votes.jsonl, and its
-           best-vs-worst pair per prompt -> votes.jsonl (hard + soft labels)
+  labels   a simulated annotator panel (or with --annotator judge:..., a language model as judge) votes on every
+           pair of a prompt's samples -> all_votes.jsonl, and its best-vs-worst pair per prompt -> votes.jsonl
   rm       a reward model trained on every pair's votes (soft labels, a prompt's responses scored once)
   <method> ppo, rloo, grpo, online-dpo (against the reward model), dpo, cdpo, ipo, gdpo (soft labels), simpo,
            orpo, coh (from votes.jsonl), kto (from all_votes.jsonl, split into good and bad responses)
@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from alignkit.console import say
 from alignkit.errors import ConfigError
 from alignkit.lab import arithmetic, imdb
-from alignkit.lab.annotators import annotate_groups
+from alignkit.lab.annotators import annotate_groups, judge_groups
 from alignkit.lab.sentiment import prompt_capacity, quick_reviews, review_prompts
 from alignkit.train.config import comma_choices
 
@@ -41,6 +41,7 @@ DEFAULT_METHODS = ("ppo", "rloo", "dpo", "cdpo", "ipo", "gdpo", "coh")  # the de
 VERIFIABLE_METHODS = ("ppo", "rloo", "grpo", "online-dpo")  # the arithmetic task's: online, on the gold reward
 IMDB_HUB_ID = imdb.HUB_ID
 ALL_VOTES = "all_votes.jsonl"  # beside votes.jsonl in labels/: the panel's votes on every pair
+JUDGE_CRITERION = "the more positive review: more enthusiastic and more favourable about the film"
 
 
 class DemoConfig(BaseModel):
@@ -65,6 +66,9 @@ class DemoConfig(BaseModel):
     heldout_prompts: int = Field(48, gt=0, description="held-out prompts for the evaluation")
     k: int = Field(4, ge=2, description="responses sampled per training prompt: the panel votes on every pair of "
                    "them, and RLOO and GRPO sample as many per prompt (32 / k prompts per rollout batch)")
+    annotator: str = Field("panel", description="who labels the samples: panel (simulated annotators who see the "
+                           "gold score), or judge:MODEL (a local language model as judge) or judge:MODEL@URL (a model "
+                           "an OpenAI-compatible server serves), asked which review is more positive")
     annotators: int = Field(5, ge=1, description="simulated annotators per pair")
     noise: float = Field(0.2, ge=0, description="annotator Bradley-Terry noise on the gold scale (0 = perfect judge)")
     max_new_tokens: int = Field(32, gt=0, description="longest response sampled")
@@ -95,6 +99,25 @@ class DemoConfig(BaseModel):
     @classmethod
     def _methods(cls, value: str) -> str:
         return comma_choices(value, METHODS, "method")
+
+    @field_validator("annotator")
+    @classmethod
+    def _annotator(cls, value: str) -> str:
+        if value != "panel" and not value.startswith("judge:"):
+            raise ValueError(f"annotator must be panel, judge:MODEL or judge:MODEL@URL, got {value!r}")
+        return value
+
+    def judge_settings(self):
+        """The judge of `--annotator judge:...` (None for the simulated panel): the criterion rubric, asking for the
+        more positive review, with the judge's verdicts cached under $ALIGNKIT_CACHE."""
+        if self.annotator == "panel":
+            return None
+        from alignkit.judges import parse_judge_spec
+        from alignkit.judges.config import JudgeSettings
+
+        model, url = parse_judge_spec(self.annotator.removeprefix("judge:"))
+        where = {"judge_url": url, "judge_model": model} if url else {"judge": model}
+        return JudgeSettings(**where, rubric="criterion", criterion=JUDGE_CRITERION)
 
     @model_validator(mode="after")
     def _what_trains(self):
@@ -254,9 +277,15 @@ def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_p
     _jsonl(stage / "samples.jsonl", [{"prompt": p, "response": r, "gold": g}
                                      for p, r, g in zip(sm.prompts, sm.responses, gold, strict=True)])
     k = cfg.k  # the k samples of one prompt are consecutive
-    records, every, skipped = annotate_groups(sm.prompts[::k], [sm.responses[i : i + k] for i in range(0, len(sm.responses), k)],
-                                       [gold[i : i + k] for i in range(0, len(gold), k)], annotators=cfg.annotators,
-                                       noise=cfg.noise, seed=cfg.seed)
+    groups = [sm.responses[i : i + k] for i in range(0, len(sm.responses), k)]
+    group_gold = [gold[i : i + k] for i in range(0, len(gold), k)]
+    judge = cfg.judge_settings()
+    if judge is None:
+        records, every, skipped = annotate_groups(sm.prompts[::k], groups, group_gold, annotators=cfg.annotators,
+                                                  noise=cfg.noise, seed=cfg.seed)
+    else:
+        records, every, skipped = judge_groups(judge, sm.prompts[::k], groups, group_gold, seed=cfg.seed,
+                                               progress=cfg.progress)
     if skipped:
         say(f"{skipped} prompts skipped: fewer than two distinct non-empty responses")
     _jsonl(votes, records)
@@ -363,6 +392,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     from alignkit.rollout.sample import SampleSettings
 
     check_backend(cfg.backend)
+    if cfg.judge_settings() is not None:  # a judge that cannot work is refused before any stage runs
+        from alignkit.judges import check_judge
+
+        check_judge(cfg.judge_settings())
     cfg = cfg.model_copy(update={k: v for k, v in _defaults(cfg).items() if k not in cfg.model_fields_set})
     run = Path(cfg.output_dir)
     run.mkdir(parents=True, exist_ok=True)
