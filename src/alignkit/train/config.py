@@ -10,6 +10,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alignkit.errors import ConfigError, not_unicode
+from alignkit.judges.config import JudgeSettings
 
 
 def comma_choices(value: str, choices: tuple[str, ...], what: str) -> str:
@@ -276,10 +277,13 @@ class RLConfig(RunConfig):
     cliprange: float = Field(0.2, gt=0, description="clipping of the policy ratio")
     eval_samples: int = Field(64, ge=0, description="held-out prompts scored at each evaluation (0 = no evaluation)")
 
-    @model_validator(mode="after")
-    def _rl(self):
+    def _check_reward(self):
         if bool(self.reward_model) == bool(self.reward):
             raise ValueError("give exactly one of --reward-model PATH or --reward module:function")
+
+    @model_validator(mode="after")
+    def _rl(self):
+        self._check_reward()
         if self.reference == "lora-disabled" and not self.lora:
             raise ValueError("reference 'lora-disabled' needs --lora")
         if self.gradient_accumulation_steps != 1:
@@ -328,9 +332,9 @@ class GRPOConfig(RLConfig):
         return self.loss_type != "dr_grpo" if self.scale_rewards is None else self.scale_rewards
 
 
-class OnlineDPOConfig(RLConfig):
-    """Online DPO: two samples per prompt from the current policy, the better one by the reward source chosen, a
-    DPO-family loss on the pairs (docs/algorithms.md, Online DPO)."""
+class OnlineDPOConfig(RLConfig, JudgeSettings):
+    """Online DPO: two samples per prompt from the current policy, the better one by the reward source or the
+    judge, a DPO-family loss on the pairs (docs/algorithms.md, Online DPO)."""
 
     loss: Literal["dpo", "ipo", "hinge"] = Field("dpo", description="preference loss on the sampled pairs")
     beta: float = Field(0.1, gt=0, description="strength of the KL constraint to the reference")
@@ -344,6 +348,11 @@ class OnlineDPOConfig(RLConfig):
         if self.adaptive_kl:
             raise ValueError("online DPO keeps β fixed; drop --adaptive-kl")
         return self
+
+    def _check_reward(self):  # a judge is a third way to label the pairs
+        if sum(map(bool, (self.reward_model, self.reward, self.judge or self.judge_url))) != 1:
+            raise ValueError("give exactly one of --reward-model PATH, --reward module:function, or a judge (--judge "
+                             "MODEL, or --judge-url URL --judge-model NAME)")
 
 
 def _format_validation(err: ValidationError, where: str) -> str:

@@ -118,16 +118,16 @@ class Sampler:
     `score_rollout`: each prompt once for all its samples when packed, in chunks of at most `cfg.score_tokens`
     tokens."""
 
-    def __init__(self, cfg: RLConfig, tokenizer, reference):
+    def __init__(self, cfg: RLConfig, tokenizer, reference, reward=None):
         self.cfg = cfg
         self.tok = tokenizer
         self.reference = reference  # None: the policy with its LoRA adapter disabled
         self.backend = make_backend(cfg.backend, cfg.model, seed=cfg.seed)
         self.params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                      top_p=cfg.top_p, top_k=cfg.top_k)
-        self.reward = reward_source(cfg.reward_model, cfg.reward, timeout=cfg.reward_timeout,
-                                    max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
-                                    chat_template=cfg.chat_template)
+        self.reward = reward or reward_source(cfg.reward_model, cfg.reward, timeout=cfg.reward_timeout,
+                                              max_length=cfg.max_length, max_prompt_length=cfg.max_prompt_length,
+                                              chat_template=cfg.chat_template)
         self.monitor = (CallableReward(cfg.monitor_reward, timeout=cfg.reward_timeout, option="--monitor-reward")
                         if cfg.monitor_reward else None)
 
@@ -168,7 +168,7 @@ class Sampler:
         bad = (~torch.isfinite(scores)).nonzero().flatten().tolist()
         if bad:
             i = bad[0]
-            raise AlignkitError(f"the reward ({self.cfg.reward_model or self.cfg.reward}) gave {scores[i].item()} for "
+            raise AlignkitError(f"the reward ({self.reward.name}) gave {scores[i].item()} for "
                                 f"{len(bad)} of {len(texts)} responses in this batch; the first: prompt {prompts[i]!r}, "
                                 f"response {texts[i]!r}")
         raw_scores = scores.clone()
@@ -260,12 +260,13 @@ def make_eval(cfg: RLConfig, sampler: Sampler, items: list[dict]):
     return evaluate
 
 
-def setup_online(cfg: RLConfig, *, value: bool = False):
-    """Prompts, policy (+ LoRA), tokenizer, reference and sampler for an online method."""
+def setup_online(cfg: RLConfig, *, value: bool = False, reward=None):
+    """Prompts, policy (+ LoRA), tokenizer, reference and sampler for an online method; `reward` (a callable
+    (prompts, texts) -> scores with a `name`) replaces the one the config names."""
     train_prompts, eval_prompts, info = load_inputs(cfg)
     policy, tok = policy_and_tokenizer(cfg)
     reference = make_reference(cfg, policy)
-    sampler = Sampler(cfg, tok, reference)
+    sampler = Sampler(cfg, tok, reference, reward)
     train_items = prompt_items(cfg, tok, train_prompts)
     eval_items = prompt_items(cfg, tok, eval_prompts)
     random.Random(cfg.seed).shuffle(eval_items)

@@ -1,7 +1,7 @@
 """Online (iterative) DPO: each rollout batch samples two responses per prompt from the current policy, the reward
-source (a reward model or a function) picks the better one, and the DPO family's loss is applied to the pairs
-(docs/algorithms.md, Online DPO). Pairs whose two responses score the same carry no preference and are left out
-(counted as `tied_share`).
+source (a reward model or a function) or a judge (`judges`, both orders) picks the better one, and the DPO
+family's loss is applied to the pairs (docs/algorithms.md, Online DPO). Pairs whose two responses score the same
+carry no preference and are left out (counted as `tied_share`).
 
 The reference log-probs come with the samples (the sampler scores every rollout with the reference); the
 policy's are taken again at each update, both at the sampling temperature."""
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from alignkit.console import say
 from alignkit.losses import implicit_accuracy, implicit_rewards, preference_loss
 from alignkit.models.logprobs import score
 from alignkit.train.common import reuse_freed_memory, saver
@@ -36,8 +37,35 @@ def preference_pairs(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(first, rows, rows + 1), torch.where(first, rows + 1, rows)
 
 
+class JudgeScores:
+    """A judge as online DPO's labeller: rows 2i and 2i+1 (the two samples of a prompt) score p and 1 − p, with p
+    the judge's P(row 2i better) over both orders and every rubric (`judges.judge_pairs`); a pair the judge left
+    unanswered scores ½ and ½, a tie, so it is left out."""
+
+    def __init__(self, cfg: OnlineDPOConfig):
+        from alignkit.judges import check_judge, judge_name, make_judge, open_cache
+
+        self.rubrics = check_judge(cfg)
+        self.judge = make_judge(cfg)
+        self.cache = open_cache(cfg, self.judge)
+        self.name = f"judge {judge_name(cfg)}"
+
+    def __call__(self, prompts: list, texts: list[str]) -> torch.Tensor:
+        from alignkit.judges import judge_pairs
+
+        j = judge_pairs(self.judge, prompts[0::2], texts[0::2], texts[1::2], rubrics=self.rubrics, cache=self.cache,
+                        progress=False)
+        p = torch.tensor([0.5 if x is None else x for x in j.p_a], dtype=torch.float32)
+        return torch.stack([p, 1 - p], 1).flatten()
+
+
 def build_online_dpo(cfg: OnlineDPOConfig) -> Task:
-    policy, tok, sampler, train_items, eval_items, info = setup_online(cfg)
+    judged = bool(cfg.judge or cfg.judge_url)
+    if judged and cfg.eval_samples:
+        say("held-out reward evaluation is off: a judge compares pairs and gives no score per response (measure the "
+            "policy with `alignkit eval --judge`)")
+        cfg = cfg.model_copy(update={"eval_samples": 0})
+    policy, tok, sampler, train_items, eval_items, info = setup_online(cfg, reward=JudgeScores(cfg) if judged else None)
     state = {"rollouts": 0}
     pack = packs_rollouts(cfg, policy)  # the two samples of a prompt share its copy
 
@@ -74,7 +102,8 @@ def build_online_dpo(cfg: OnlineDPOConfig) -> Task:
 
 
 def run_online_dpo(cfg: OnlineDPOConfig) -> TrainResult:
-    """Online DPO: train `cfg.model` on pairs of its own samples labelled by `cfg.reward_model` or `cfg.reward`;
+    """Online DPO: train `cfg.model` on pairs of its own samples labelled by `cfg.reward_model`, `cfg.reward` or
+    a judge;
     the policy is saved in `cfg.output_dir`."""
     reuse_freed_memory()
     return train(build_online_dpo(cfg), cfg)
