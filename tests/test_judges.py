@@ -361,7 +361,7 @@ def test_unreachable_server_and_bad_judge_settings(tmp_path, capsys):
     assert "--criterion" in capsys.readouterr().err
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "pairs.jsonl").write_text("my own labels\n")
-    assert main(["judge", "--data", data, "--output-dir", str(tmp_path / "mine"), "--judge", "x"]) == 2
+    assert main(["judge", "--data", data, "--output-dir", str(tmp_path / "mine"), "--judge", "smollm2-135m-instruct"]) == 2
     assert "not written by alignkit judge" in capsys.readouterr().err
     assert (tmp_path / "mine" / "pairs.jsonl").read_text() == "my own labels\n"
 
@@ -409,3 +409,19 @@ def test_quick_demo_with_a_judge_as_annotator(ab_judge, tmp_path):
     assert all("gold_diff" in res["models"][m] for m in ("dpo", "rloo"))
     assert main(["demo", "--quick", "--annotator", "judge:", "--output-dir", str(tmp_path / "bad")]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_next_token_logprobs_of_a_packed_batch_with_a_shared_prefix(causal_lm):
+    """`score(model, batch, "next")`: at each sequence's last token, the next-token log-probs equal the model's own
+    forward on that sequence alone (two sequences share a prefix copy, a third stands alone)."""
+    from alignkit.data.collate import pack_responses
+    from alignkit.models.logprobs import score
+
+    model = causal_lm
+    prefix, rows = [5, 9, 14, 3], [[7, 8], [11], [4, 4, 6]]
+    batch = pack_responses([prefix, prefix, [2, 6]], rows, 0)
+    with torch.no_grad():
+        got = score(model, batch, "next").next
+        for i, (p, r) in enumerate(zip([prefix, prefix, [2, 6]], rows, strict=True)):
+            want = torch.log_softmax(model(torch.tensor([p + r])).logits[0, -1].float(), -1)
+            assert torch.allclose(got[i], want, atol=1e-4), (i, (got[i] - want).abs().max())

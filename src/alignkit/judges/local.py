@@ -12,11 +12,12 @@ import json
 
 import torch
 
+from alignkit.data.collate import pack_responses
 from alignkit.data.tokenize import Encoder
 from alignkit.errors import AlignkitError
 from alignkit.judges.verdicts import Verdict
 from alignkit.models.load import folder_stamp, load_causal_lm, load_tokenizer, resolve_model
-from alignkit.rollout.sample import sequence_logps
+from alignkit.models.logprobs import capabilities, score
 
 LETTERS = ("A", "B")
 
@@ -39,7 +40,7 @@ class LocalJudge:
             raise AlignkitError(f"judge '{name}': its tokenizer has no single token for the letter "
                                 f"{LETTERS[self.answers.index([])]}, so its answer cannot be read")
         self.id = "local:" + json.dumps(folder_stamp(resolve_model(name)))
-        self.chunk = 32  # presentations per forward (and between cache writes)
+        self.chunk = 16  # presentations per forward (and between cache writes)
 
     def prompt_ids(self, text: str) -> list[int]:
         """The judge's input: the filled rubric as a user turn (or as text ending in "Answer:"); one longer than
@@ -48,11 +49,32 @@ class LocalJudge:
 
     @torch.inference_mode()
     def judge(self, texts: list[str]) -> list[Verdict]:
-        prompts = [self.prompt_ids(t) for t in texts]
-        cands = [i for ids in self.answers for i in ids]
-        rows = [p for p in prompts for _ in cands]  # every candidate letter after a prompt: one shared copy of it
-        lp = sequence_logps(self.model, rows, [[c] for _ in prompts for c in cands], self.tok.pad_token_id, 1.0)
-        probs = torch.tensor(lp, dtype=torch.float64).exp().view(len(texts), len(cands))
-        p_a = probs[:, : len(self.answers[0])].sum(-1)
-        p_b = probs[:, len(self.answers[0]):].sum(-1)
+        """Verdicts for `texts` (filled rubrics). Neighbours (texts 2i and 2i+1: judge_pairs gives a pair's two
+        orders side by side) share their common token prefix, the rubric's head and the request, laid out once in
+        a packed batch; the next-token distribution is read at each input's last token only."""
+        ids = [self.prompt_ids(t) for t in texts]
+        prefixes, suffixes = [], []
+        for i in range(0, len(ids), 2):
+            group = ids[i : i + 2]
+            n = _common_prefix(group) if len(group) == 2 else 0
+            n = min([n, *(len(x) - 1 for x in group)])  # every suffix keeps at least its last token
+            prefixes += [group[0][:n]] * len(group)
+            suffixes += [x[n:] for x in group]
+        packed = capabilities(self.model).packing is None
+        logp = []
+        for i in range(0, len(ids), self.chunk):
+            batch = pack_responses(prefixes[i : i + self.chunk], suffixes[i : i + self.chunk], self.tok.pad_token_id,
+                                   one_per_row=not packed)
+            logp.append(score(self.model, batch, "next").next.double())
+        probs = torch.cat(logp).exp()
+        p_a, p_b = (probs[:, torch.tensor(x)].sum(-1) for x in self.answers)
         return [Verdict(float(a / (a + b)) if a + b > 0 else 0.5, float(a + b)) for a, b in zip(p_a, p_b, strict=True)]
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    n = 0
+    for column in zip(*rows, strict=False):
+        if len(set(column)) > 1:
+            break
+        n += 1
+    return n

@@ -261,6 +261,7 @@ class Scores:
     counts: torch.Tensor | None = None  # (S,) scored tokens per sequence
     entropy: torch.Tensor | None = None  # (N,) entropy of each scored token's distribution (no gradient)
     reward: torch.Tensor | None = None  # (S,) a scalar head read at each sequence's last token
+    next: torch.Tensor | None = None  # (S, V) log-probs of the token after each sequence's last token
     values: torch.Tensor | None = None  # (N,) a scalar head read at the position predicting each scored token
 
 
@@ -270,17 +271,25 @@ def score(model, batch: dict, what: str = "logprobs", *, temperature: float = 1.
     - "logprobs": log-probs of the scored tokens at `temperature`, their per-sequence sums and counts, and with
       `entropy=True` their entropies;
     - "reward": a scalar-head model's score at each sequence's last token;
-    - "values": a scalar-head model's value at the positions that predict the scored tokens.
+    - "values": a scalar-head model's value at the positions that predict the scored tokens;
+    - "next": a causal LM's log-probs (at `temperature`) of the token that would follow each sequence, read at its
+      last token (a judge's answer), with the last layer and the LM head run at those positions only.
     The forward is picked from `capabilities(model)`: flat varlen, the rows under their mask, the last layer read
     out at the needed positions only, or the model's own forward."""
     caps = capabilities(model)
     if what == "reward":
         return Scores(reward=_reward_at_last(model, batch, caps))
+    if what == "next":
+        if caps.split_head:
+            logits = unwrap(model).get_output_embeddings()(_hidden_at_last(model, batch, caps))
+        else:
+            logits = _packed_forward(model, batch, caps)[0].index_select(0, batch["last_index"])
+        return Scores(next=torch.log_softmax(logits.float() / temperature, -1))
     if what == "values":
         hidden = _packed_hidden(model, batch, caps)
         return Scores(values=unwrap(model).score(hidden.index_select(0, batch["score_index"])).squeeze(-1).float())
     if what != "logprobs":
-        raise ValueError(f"score: what={what!r}; choose logprobs, reward or values")
+        raise ValueError(f"score: what={what!r}; choose logprobs, reward, values or next")
     counts = torch.bincount(batch["score_seq"], minlength=batch["last_index"].shape[0])
     out, head = _packed_forward(model, batch, caps)
     where, labels = batch["score_index"], batch["score_label"]
@@ -304,15 +313,18 @@ def packed_reward_scores(model, batch: dict) -> torch.Tensor:
     return score(model, batch, "reward").reward
 
 
-def _reward_at_last(model, batch: dict, caps: Capabilities) -> torch.Tensor:
+def _hidden_at_last(model, batch: dict, caps: Capabilities) -> torch.Tensor:
+    """The backbone's final hidden states (S, H) at each sequence's last token (`readout.hidden_at`)."""
     if _use_varlen(caps, batch):
         with flat_inputs(model, batch) as (args, keep):
             real = torch.full((batch["input_ids"].numel(),), -1, dtype=torch.long, device=keep.device)
             real[keep] = torch.arange(keep.shape[0], device=keep.device)
-            last = hidden_at(model, **args, index=real[batch["last_index"]])
-    else:
-        last = hidden_at(model, **_packed_inputs(model, batch), index=batch["last_index"])
-    return unwrap(model).score(last).squeeze(-1).float()
+            return hidden_at(model, **args, index=real[batch["last_index"]])
+    return hidden_at(model, **_packed_inputs(model, batch), index=batch["last_index"])
+
+
+def _reward_at_last(model, batch: dict, caps: Capabilities) -> torch.Tensor:
+    return unwrap(model).score(_hidden_at_last(model, batch, caps)).squeeze(-1).float()
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
