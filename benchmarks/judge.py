@@ -35,10 +35,6 @@ def _judge_data(judge, cache_path, prompts, a, b, labels, rubric: str, name: str
             "pairs_per_s": round(len(prompts) / seconds, 3), "truncated_inputs": judge.enc.counts["prompt_truncated"]}
 
 
-def _text(t) -> str:
-    return t if isinstance(t, str) else "".join(m["content"] for m in t if m["role"] == "assistant")
-
-
 def _sample(records, n: int, seed: int) -> list:
     rng = random.Random(seed)
     return rng.sample(records, min(n, len(records)))
@@ -92,6 +88,7 @@ def main() -> int:
 
     from alignkit.console import quiet_model_libraries
     from alignkit.data import load_pairs
+    from alignkit.data.records import response_text
     from alignkit.judges.local import LocalJudge
 
     quiet_model_libraries()
@@ -101,13 +98,13 @@ def main() -> int:
         data = Path(args.data)
         hh, _ = load_pairs(str(data / "hh-rlhf" / "harmless-base-test.jsonl.gz"))
         hh = _sample(hh, args.pairs, args.seed)
-        print(json.dumps(_judge_data(judge, tmp / "hh.jsonl", [p.prompt for p in hh], [_text(p.chosen) for p in hh],
-                                     [_text(p.rejected) for p in hh], [p.label for p in hh], "harmless", "hh-rlhf")),
+        print(json.dumps(_judge_data(judge, tmp / "hh.jsonl", [p.prompt for p in hh], [response_text(p.chosen) for p in hh],
+                                     [response_text(p.rejected) for p in hh], [p.label for p in hh], "harmless", "hh-rlhf")),
               flush=True)
         ae, _ = load_pairs(str(data / "alpaca-eval-soft" / "annotations.jsonl.gz"))
         ae = _sample(ae, args.pairs, args.seed)
-        print(json.dumps(_judge_data(judge, tmp / "ae.jsonl", [p.prompt for p in ae], [_text(p.chosen) for p in ae],
-                                     [_text(p.rejected) for p in ae], [p.label for p in ae], "helpful", "alpaca-eval")),
+        print(json.dumps(_judge_data(judge, tmp / "ae.jsonl", [p.prompt for p in ae], [response_text(p.chosen) for p in ae],
+                                     [response_text(p.rejected) for p in ae], [p.label for p in ae], "helpful", "alpaca-eval")),
               flush=True)
     if args.samples:
         rows = [json.loads(x) for x in Path(args.samples).read_text().splitlines()]

@@ -28,13 +28,10 @@ def add_judge_parser(sub) -> None:
     add_config_flags(p, JudgeConfig)
 
 
-def _text(t) -> str:
-    return t if isinstance(t, str) else "".join(m.get("content", "") for m in t if m.get("role") == "assistant")
-
-
 def read_items(cfg):
     """(prompts, a, b, labels or None, sets or None) of the records in `cfg.data`."""
     from alignkit.data import iter_raw, load_pairs, load_rankings
+    from alignkit.data.records import response_text
 
     fmt = cfg.data_format
     if fmt == "auto":
@@ -47,14 +44,14 @@ def read_items(cfg):
         sets = sets[: cfg.max_records] if cfg.max_records else sets
         from alignkit.judges import set_pairs
 
-        texts = [[_text(r) for r in s.responses] for s in sets]
+        texts = [[response_text(r) for r in s.responses] for s in sets]
         pairs = set_pairs(texts)
         return ([sets[s].prompt for s, _, _ in pairs], [texts[s][i] for s, i, _ in pairs],
                 [texts[s][j] for s, _, j in pairs], None, (sets, texts, pairs))
     records, report = load_pairs(cfg.data, format=fmt, skip_invalid=cfg.skip_invalid)
     print(report.summary(), file=sys.stderr)
     records = records[: cfg.max_records] if cfg.max_records else records
-    return ([r.prompt for r in records], [_text(r.chosen) for r in records], [_text(r.rejected) for r in records],
+    return ([r.prompt for r in records], [response_text(r.chosen) for r in records], [response_text(r.rejected) for r in records],
             [r.label for r in records], None)
 
 

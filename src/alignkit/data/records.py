@@ -9,6 +9,11 @@ Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content":
 Text = str | list[Message]
 
 
+def response_text(t: Text) -> str:
+    """A response as plain text: a string as it is, or the assistant contents of a message list, joined."""
+    return t if isinstance(t, str) else "".join(m.get("content", "") for m in t if m.get("role") == "assistant")
+
+
 @dataclass
 class Where:
     """Where a record came from, for error messages: a file and 1-based line (or record index)."""

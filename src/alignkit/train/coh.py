@@ -10,6 +10,7 @@ import torch
 from alignkit.console import say
 from alignkit.data.coh import coh_prompt, coh_sequences
 from alignkit.data.collate import pack_units
+from alignkit.data.records import response_text
 from alignkit.data.tokenize import Encoder
 from alignkit.losses import coh_loss, sft_loss
 from alignkit.models.logprobs import score
@@ -29,16 +30,11 @@ COH_FILE = "alignkit_coh.json"  # saved with the model: the feedback phrases, so
 # the positive one (evaluation does this automatically)
 
 
-def _text(t) -> str:
-    """A response as text (the assistant content of a message list)."""
-    return t if isinstance(t, str) else "".join(m["content"] for m in t if m.get("role") == "assistant")
-
-
 def encode_coh(enc: Encoder, pair, cfg: CoHConfig) -> dict:
     """Token rows (ids, trained-mask) for every CoH sequence of a pair, plus the plain SFT row."""
     rows = []
     forms = cfg.forms.split(",")
-    for phrase, segs in coh_sequences(_text(pair.chosen), _text(pair.rejected), positive=cfg.positive,
+    for phrase, segs in coh_sequences(response_text(pair.chosen), response_text(pair.rejected), positive=cfg.positive,
                                       negative=cfg.negative, forms=forms):
         prompt = enc.truncate_prompt(enc.prompt_ids(coh_prompt(pair.prompt, phrase)))
         ids, mask = list(prompt), [0] * len(prompt)
