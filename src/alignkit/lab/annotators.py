@@ -112,6 +112,10 @@ def judge_groups(settings, prompts: Sequence, groups: Sequence[Sequence[str]], g
         return {"prompt": prompts[s], "response_a": groups[s][a], "response_b": groups[s][b], "votes": votes,
                 "p_a": p, "gold_a": golds[s][a], "gold_b": golds[s][b]}
 
+    by_set: dict[int, list[tuple[int, int, int]]] = {}
+    for key, (p, _) in judged.items():
+        if p is not None:
+            by_set.setdefault(key[0], []).append(key)
     ranked = rank_sets(groups, pairs, j.p_a)
     records, every = [], []
     for s, order in enumerate(ranked):
@@ -119,5 +123,5 @@ def judge_groups(settings, prompts: Sequence, groups: Sequence[Sequence[str]], g
             continue
         best, worst = groups[s].index(order[0]), groups[s].index(order[-1])
         records.append(record(s, *sorted((best, worst))))
-        every += [record(*key) for key in judged if key[0] == s and judged[key][0] is not None]
+        every += [record(*key) for key in by_set[s]]
     return records, every, sum(r is None for r in ranked)
