@@ -425,3 +425,26 @@ def test_next_token_logprobs_of_a_packed_batch_with_a_shared_prefix(causal_lm):
         for i, (p, r) in enumerate(zip([prefix, prefix, [2, 6]], rows, strict=True)):
             want = torch.log_softmax(model(torch.tensor([p + r])).logits[0, -1].float(), -1)
             assert torch.allclose(got[i], want, atol=1e-4), (i, (got[i] - want).abs().max())
+
+
+def test_judged_win_rate_is_the_policys_side(monkeypatch, tmp_path):
+    """`evaluate.judged.judge_policies` orients every verdict as P(policy better than the reference): with a judge
+    that prefers the longer response and a policy that answers longer on two prompts of three, the win rate is
+    the per-prompt mean of P(policy), computed here by hand from the judge's rule (both orders averaged)."""
+    import alignkit.judges as judges
+    from alignkit.evaluate.judged import judge_policies
+    from alignkit.judges.config import JudgeSettings
+    from alignkit.rollout.sample import PolicySamples
+
+    monkeypatch.setattr(judges, "check_judge", lambda settings: [load_rubric("helpful")])
+    monkeypatch.setattr(judges, "make_judge", lambda settings: _Fixed())
+    prompts = ["p0", "p1", "p2"]
+    ref = PolicySamples(prompts, [0, 1, 2], responses=["short", "short", "a much longer one"], lengths=[1, 1, 4])
+    pol = PolicySamples(prompts, [0, 1, 2], responses=["a longer answer", "a longer answer", "tiny"], lengths=[3, 3, 1])
+    out = judge_policies({"reference": ref, "policy": pol}, JudgeSettings(judge="x", judge_cache=str(tmp_path / "c")),
+                         progress=False)
+    entry = out["models"]["policy"]
+    # longer first: p = 0.8, so P(policy) = 0.8 shown first and 1 - 0.4 = 0.6 shown second: 0.7; shorter: 0.3
+    assert entry["verdicts"] == [pytest.approx(0.7), pytest.approx(0.7), pytest.approx(0.3)]
+    assert entry["win_rate"] == pytest.approx((0.7 + 0.7 + 0.3) / 3)
+    assert entry["consistency"] == 1.0
