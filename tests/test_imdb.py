@@ -75,7 +75,7 @@ def test_quick_imdb_demo_pipeline(tmp_path):
     """The IMDb plumbing on the real files: gold classifier accuracy on the 25,000 test reviews, raw-text
     review-prefix prompts, panel labels that follow the gold, a trained DPO policy evaluated against the
     reference. (The tiny model writes word salad the classifier barely reacts to, so whether alignment moves
-    the gold is measured on SmolLM2 in the README, not asserted here.)"""
+    the gold is measured on SmolLM2 in docs/benchmarks.md, not asserted here.)"""
     out = tmp_path / "imdb-demo"
     assert main(["demo", "--quick", "--task", "imdb", "--data", str(IMDB), "--methods", "dpo",
                  "--output-dir", str(out), "--no-progress"]) == 0
