@@ -99,7 +99,8 @@ def check_model(name: str) -> str:
     raise AlignkitError(f"model '{name}' not found: not a folder, a hub id (org/name) or a built-in name ({known})")
 
 
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+CONTEXT_KEYS = (  # config keys that declare a model's context length
+    "max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
 
 
 def context_length(name: str) -> tuple[int, str] | None:
@@ -117,7 +118,7 @@ def context_length(name: str) -> tuple[int, str] | None:
     if not isinstance(config, dict):
         return None
     for section in (config, config.get("text_config")):
-        for key in _CONTEXT_KEYS:
+        for key in CONTEXT_KEYS:
             value = section.get(key) if isinstance(section, dict) else None
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value, key

@@ -35,12 +35,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote, urlsplit
 
 from alignkit.errors import AlignkitError, not_unicode
+from alignkit.models.names import CONTEXT_KEYS
 
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound on top_logprobs
 MAX_TEMPERATURE = 2.0  # OpenAI's bound on temperature
 MAX_BODY_BYTES = 16 * 2**20
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
 
 
 class RequestError(Exception):
@@ -193,7 +193,7 @@ class LoadedModel:
         self.model = load_causal_lm(name).eval()
         self.backend = make_backend("hf", name)
         config = self.model.config
-        found = [getattr(c, k, None) for c in (config, getattr(config, "text_config", None)) for k in _CONTEXT_KEYS]
+        found = [getattr(c, k, None) for c in (config, getattr(config, "text_config", None)) for k in CONTEXT_KEYS]
         self.context = next((v for v in found if _is_int(v) and v > 0), None)  # None: no limit declared
         longest = self.context or 2**31
         self.enc = Encoder(self.tok, max_length=longest + 1, max_prompt_length=longest, chat_template=True)
