@@ -1,6 +1,7 @@
 """The bad-input corpus (issue 7): every kind of broken file, config or path a user may hand the CLI, each run
-through the real command line in a subprocess and answered with one clear message (naming the file, line and
-field where there are such), exit code 2, no traceback and nothing half-written in --output-dir.
+through the real command line (in a subprocess; those that load a model before they fail through `cli.main.main`
+in this process, `IN_PROCESS`) and answered with one clear message (naming the file, line and field where there
+are such), exit code 2, no traceback and nothing half-written in --output-dir.
 
 The corpus is generated here, into tmp_path (the 50 MB line included), so nothing large lives in git. Every
 case is documented, with its message and exit code, in docs/errors.md; `test_docs_list_every_case` keeps the
@@ -407,14 +408,39 @@ def run_cli(args: list[str], env: dict[str, str] | None = None) -> subprocess.Co
                           timeout=300, cwd=REPO, env={**os.environ, **env} if env else None)
 
 
+# Cases that get as far as training (torch, transformers and the model loaded) before they fail: as a fresh process
+# each spends ~8 s importing, so they run through `cli.main.main` in this process, where those imports are done
+# once. An exception that escapes `main` fails the test as a traceback would. The hung reward stays a process of
+# its own: that its daemon thread does not keep the process alive is part of what it checks.
+IN_PROCESS = {"reward-model-plain-lm", "reward-raises", "reward-exits-0", "reward-exits-on-import",
+              "reward-returns-strings", "reward-returns-bool", "reward-returns-generator", "reward-returns-2d-array",
+              "monitor-reward-not-found"}
+
+
+def run_main(args: list[str], capfd) -> subprocess.CompletedProcess:
+    """`alignkit ARGS` run in this process, its exit code and output as `run_cli` returns them."""
+    from alignkit.cli.main import main
+
+    capfd.readouterr()
+    try:
+        code = main(args)
+    except SystemExit as e:  # argparse's own refusals
+        code = e.code
+    out, err = capfd.readouterr()
+    return subprocess.CompletedProcess(args, code, out, err)
+
+
 def fill(text: str, values: dict[str, str]) -> str:
     for k, v in values.items():
         text = text.replace("{" + k + "}", v)
     return text
 
 
+assert IN_PROCESS <= {c.id for c in CASES}
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_bad_input_one_clear_message(case: Case, tiny_model, tmp_path):
+def test_bad_input_one_clear_message(case: Case, tiny_model, tmp_path, capfd):
     values = {"model": str(tiny_model), "out": str(tmp_path / "out"), "dir": str(tmp_path)}
     for name, content in case.files.items():
         path = tmp_path / name
@@ -429,7 +455,12 @@ def test_bad_input_one_clear_message(case: Case, tiny_model, tmp_path):
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
 
     t0 = time.perf_counter()
-    r = run_cli([fill(a, values) for a in case.args], {k: fill(v, values) for k, v in case.env.items()})
+    args = [fill(a, values) for a in case.args]
+    if case.id in IN_PROCESS:
+        assert not case.env
+        r = run_main(args, capfd)
+    else:
+        r = run_cli(args, {k: fill(v, values) for k, v in case.env.items()})
     elapsed = time.perf_counter() - t0
 
     assert r.returncode == case.code, (r.returncode, r.stderr[-3000:])
@@ -448,20 +479,20 @@ def test_bad_input_one_clear_message(case: Case, tiny_model, tmp_path):
         assert elapsed < 60, f"the 50 MB line took {elapsed:.0f} s to refuse"
 
 
-def test_long_prompt_is_cut_and_counted(tiny_model, tmp_path):
+def test_long_prompt_is_cut_and_counted(tiny_model, tmp_path, capfd):
     """Not an error: a prompt over --max-prompt-length keeps its end, and the run says how many were cut."""
     long = pair(prompt="Review of Alpha: " * 600)  # ~3,000 tokens, over the model's 1,024 positions too
     data = tmp_path / "d.jsonl"
     data.write_bytes(lines(long, *GOOD))
     out = tmp_path / "out"
-    r = run_cli(["dpo", "--model", str(tiny_model), "--data", str(data), "--output-dir", str(out), "--max-steps",
-                 "1", "--no-progress", "--eval-fraction", "0"])
+    r = run_main(["dpo", "--model", str(tiny_model), "--data", str(data), "--output-dir", str(out), "--max-steps",
+                  "1", "--no-progress", "--eval-fraction", "0"], capfd)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "1 prompts over --max-prompt-length were cut (their end kept)" in r.stdout
     assert json.loads((out / "run_info.json").read_text())["truncation"] == {"prompt_truncated": 1}
 
 
-def test_reward_failing_after_a_step_marks_the_folder(tiny_model, tmp_path):
+def test_reward_failing_after_a_step_marks_the_folder(tiny_model, tmp_path, capfd):
     """Issue 18: a reward that fails once a step is trained keeps the folder (its metrics), marked FAILED.txt with
     the one-line error; a later run into the folder that succeeds removes the mark."""
     (tmp_path / "late.py").write_text("calls = []\n\n\ndef score(prompts, responses):\n    calls.append(1)\n"
@@ -470,12 +501,12 @@ def test_reward_failing_after_a_step_marks_the_folder(tiny_model, tmp_path):
     (tmp_path / "prompts.jsonl").write_bytes(RL_FILES["prompts.jsonl"])
     out = tmp_path / "out"
     args = [fill(a, {"model": str(tiny_model), "out": str(out), "dir": str(tmp_path)}) for a in RL]
-    r = run_cli([*args, "--reward", str(tmp_path / "late.py:score"), "--eval-samples", "0", "--max-steps", "2"])
+    r = run_main([*args, "--reward", str(tmp_path / "late.py:score"), "--eval-samples", "0", "--max-steps", "2"], capfd)
     assert r.returncode == EXIT_USER_ERROR and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert r.stderr.strip().splitlines()[-1].endswith("late.py:score failed on batch 2: RuntimeError: judge went away")
     assert (out / "FAILED.txt").read_text().startswith("this run stopped before it finished: reward ")
     assert (out / "metrics.jsonl").exists() and not (out / "model.safetensors").exists()
-    r = run_cli([*args, "--reward", "vader", "--eval-samples", "0"])
+    r = run_main([*args, "--reward", "vader", "--eval-samples", "0"], capfd)
     assert r.returncode == 0, r.stderr[-3000:]
     assert not (out / "FAILED.txt").exists() and (out / "model.safetensors").exists()
 
@@ -492,7 +523,7 @@ def test_docs_list_every_case():
     assert "docs/errors.md" in (REPO / "README.md").read_text()
 
 
-def test_config_json_the_weights_do_not_fit(tiny_model, tmp_path):
+def test_config_json_the_weights_do_not_fit(tiny_model, tmp_path, capfd):
     """Issue 18, own round: a model folder whose config.json gives other shapes than its weights (a config copied
     from another model) ends in one line, not transformers' size-mismatch traceback."""
     model = tmp_path / "model"
@@ -501,8 +532,8 @@ def test_config_json_the_weights_do_not_fit(tiny_model, tmp_path):
     cfg["hidden_size"] *= 2
     (model / "config.json").write_text(json.dumps(cfg))
     (tmp_path / "d.jsonl").write_bytes(lines(*GOOD))
-    r = run_cli(["dpo", *[fill(a, {"model": str(model), "out": str(tmp_path / "out")}) for a in TRAIN],
-                 "--data", str(tmp_path / "d.jsonl")])
+    r = run_main(["dpo", *[fill(a, {"model": str(model), "out": str(tmp_path / "out")}) for a in TRAIN],
+                  "--data", str(tmp_path / "d.jsonl")], capfd)
     assert r.returncode == EXIT_USER_ERROR and "Traceback" not in r.stderr, r.stderr[-3000:]
     assert r.stderr.strip().splitlines()[-1].endswith(
         "could not load model '" + str(model) + "': its weights do not have the shapes its config.json gives (is "
