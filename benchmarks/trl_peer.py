@@ -28,12 +28,18 @@ Settings:
   lr 1e-5, 16 optimizer steps. One step: 8 prompts x 4 completions sampled with model.generate, a no-grad
   forward of the policy (old log-probs) and of the reference, rewards, leave-one-out advantages, one
   forward/backward over the 32 sequences, one AdamW step; 16 x 32 = 512 completions in all.
-Whole process (`--whole-process`, settings `kto` and `grpo`): each side run as a user runs it, in a fresh process
+Whole process (`--whole-process`, settings `dpo`, `rm`, `rloo`, `kto` and `grpo`): each side run as a user runs it, in a fresh process
 timed from the outside (wall time and peak RSS of the process, as /usr/bin/time gives them), alternating alignkit
 and TRL `--repeats` times (default 3), on cold caches (a fresh ALIGNKIT_CACHE per alignkit run: its reference
 log-probs are computed every time), both saving the trained model. alignkit runs its CLI (`alignkit kto`,
 `alignkit grpo`), TRL a script that builds its trainer, trains and saves (`KTOTrainer`, `GRPOTrainer`), logging
 every step, so that the first step's loss of both is reported beside the times.
+- dpo, rm: the 512 pairs, batch 8, one epoch, lr 1e-5, max_length 512, alignkit with --eval-fraction 0 so both
+  train on all 512; DPO β 0.1, TRL with a live reference (its default), alignkit with its default (reference
+  log-probs precomputed, here from a cold cache); alignkit's reward model stores its offset (its default).
+- rloo: as trl-rloo (8 prompts x 4 samples a step, 32 new tokens, temperature 1, β 0.05, 16 steps, lr 1e-5), the
+  reward the word rule of rl.py as a function for both; alignkit with one update of 32 sequences a step and
+  without held-out evaluation.
 - kto: 512 unpaired examples from the pairs (pair i gives its chosen response as desirable when i is even, its
   rejected one as undesirable when odd), batch 8, one epoch, β 0.1, λ_D = λ_U = 1, lr 1e-5, max_length 512,
   alignkit with --eval-fraction 0 so both train on all 512; TRL with a live reference (its default), alignkit
@@ -227,6 +233,10 @@ def run_trl(name: str, job: dict) -> dict:
 
 # ---- whole process: both sides as commands, timed from outside ------------------------------------------------
 WHOLE = {
+    "dpo": dict(pairs=512, batch=8, epochs=1, beta=0.1, lr=1e-5, max_length=512, warmup_ratio=0.1, seed=42),
+    "rm": dict(pairs=512, batch=8, epochs=1, lr=1e-5, max_length=512, warmup_ratio=0.1, seed=42),
+    "rloo": dict(prompts_per_step=8, k=4, max_new_tokens=32, temperature=1.0, beta=0.05, steps=16, lr=1e-5,
+                 warmup_ratio=0.1, seed=42),
     "kto": dict(examples=512, batch=8, epochs=1, beta=0.1, lr=1e-5, max_length=512, warmup_ratio=0.1, seed=42),
     "grpo": dict(prompts_per_step=8, k=4, max_new_tokens=32, temperature=1.0, beta=0.0, loss_type="grpo", steps=16,
                  lr=1e-5, warmup_ratio=0.1, seed=42),
@@ -238,24 +248,44 @@ def run_trl_whole(name: str, job: dict) -> dict:
     import datasets
     import torch
     import trl
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 
     datasets.disable_progress_bar()
     s, model_dir, out = WHOLE[name], job["model"], job["out"]
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    if name == "rm":
+        set_seed(s["seed"])  # the score head is initialised randomly
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
+        model.config.pad_token_id = tok.pad_token_id
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     common = dict(output_dir=out, learning_rate=s["lr"], gradient_checkpointing=False, bf16=False, fp16=False,
                   use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1,
                   disable_tqdm=True, warmup_steps=s["warmup_ratio"], seed=s["seed"])
-    if name == "kto":
+    if name in ("dpo", "rm"):
+        pairs = datasets.Dataset.from_list([json.loads(x) for x in Path(job["pairs"]).read_text().splitlines()])
+    if name == "dpo":  # a live reference (TRL's default), no gradient checkpointing
+        from trl import DPOConfig, DPOTrainer
+
+        ref = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+        cfg = DPOConfig(per_device_train_batch_size=s["batch"], num_train_epochs=s["epochs"], beta=s["beta"],
+                        loss_type=["sigmoid"], max_length=s["max_length"], precompute_ref_log_probs=False, **common)
+        trainer = DPOTrainer(model=model, ref_model=ref, args=cfg, train_dataset=pairs, processing_class=tok)
+    elif name == "rm":
+        from trl import RewardConfig, RewardTrainer
+
+        cfg = RewardConfig(per_device_train_batch_size=s["batch"], num_train_epochs=s["epochs"],
+                           max_length=s["max_length"], **common)
+        trainer = RewardTrainer(model=model, args=cfg, train_dataset=pairs, processing_class=tok)
+    elif name == "kto":
         from trl import KTOConfig, KTOTrainer
 
         rows = [json.loads(x) for x in Path(job["kto"]).read_text().splitlines()]
         cfg = KTOConfig(per_device_train_batch_size=s["batch"], num_train_epochs=s["epochs"], beta=s["beta"],
                         max_length=s["max_length"], **common)
         trainer = KTOTrainer(model=model, args=cfg, train_dataset=datasets.Dataset.from_list(rows), processing_class=tok)
-    else:
-        from trl import GRPOConfig, GRPOTrainer
+    else:  # grpo, rloo: the word rule of rl.py as the reward
+        from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
         sys.path.insert(0, str(Path(job["reward"]).parent))
         from words import score
@@ -263,12 +293,16 @@ def run_trl_whole(name: str, job: dict) -> dict:
         def reward(prompts, completions, **kw):
             return score(prompts, completions)
 
-        cfg = GRPOConfig(per_device_train_batch_size=s["prompts_per_step"] * s["k"], num_generations=s["k"],
-                         max_completion_length=s["max_new_tokens"], temperature=s["temperature"], beta=s["beta"],
-                         loss_type=s["loss_type"], max_steps=s["steps"], **common)
+        rl = dict(per_device_train_batch_size=s["prompts_per_step"] * s["k"], num_generations=s["k"],
+                  max_completion_length=s["max_new_tokens"], temperature=s["temperature"], beta=s["beta"],
+                  max_steps=s["steps"], **common)
         prompts = datasets.Dataset.from_list([{"prompt": json.loads(x)["prompt"]}
                                               for x in Path(job["prompts"]).read_text().splitlines()])
-        trainer = GRPOTrainer(model=model, reward_funcs=reward, args=cfg, train_dataset=prompts, processing_class=tok)
+        if name == "grpo":
+            cfg, cls = GRPOConfig(loss_type=s["loss_type"], **rl), GRPOTrainer
+        else:
+            cfg, cls = RLOOConfig(**rl), RLOOTrainer
+        trainer = cls(model=model, reward_funcs=reward, args=cfg, train_dataset=prompts, processing_class=tok)
     trainer.train()
     trainer.save_model(out)
     logs = [h for h in trainer.state.log_history if "loss" in h]
@@ -292,6 +326,16 @@ def _alignkit_cmd(name: str, job: dict, out: str) -> list[str]:
     exe = str(Path(sys.executable).with_name("alignkit"))
     common = ["--model", job["model"], "--output-dir", out, "--learning-rate", str(s["lr"]), "--warmup-ratio",
               str(s["warmup_ratio"]), "--seed", str(s["seed"]), "--no-progress", "--eval-fraction", "0"]
+    if name in ("dpo", "rm"):  # DPO: reference log-probs precomputed (alignkit's default), from a cold cache
+        beta = ["--beta", str(s["beta"])] if name == "dpo" else []
+        return [exe, name, *common, "--data", job["pairs"], "--batch-size", str(s["batch"]), "--epochs",
+                str(s["epochs"]), "--max-length", str(s["max_length"]), *beta, "--lr-scheduler", "linear"]
+    if name == "rloo":
+        return [exe, "rloo", *common, "--prompts", job["prompts"], "--reward", f"{job['reward']}:score",
+                "--max-steps", str(s["steps"]), "--batch-size", str(s["prompts_per_step"]), "--k", str(s["k"]),
+                "--mini-batch-size", str(s["prompts_per_step"] * s["k"]), "--max-new-tokens",
+                str(s["max_new_tokens"]), "--temperature", str(s["temperature"]), "--beta", str(s["beta"]),
+                "--eval-samples", "0", "--lr-scheduler", "linear"]
     if name == "kto":
         return [exe, "kto", *common, "--data", job["kto"], "--batch-size", str(s["batch"]), "--epochs",
                 str(s["epochs"]), "--beta", str(s["beta"]), "--max-length", str(s["max_length"]),
