@@ -15,7 +15,7 @@ from alignkit.cli.main import main
 from alignkit.data.collate import pad_rows
 from alignkit.data.tokenize import Encoder
 from alignkit.models.logprobs import sequence_logprobs
-from alignkit.train.loop import latest_checkpoint, train
+from alignkit.train.loop import latest_checkpoint, lr_factor, train
 from alignkit.train.preference import build_dpo
 from conftest import synthetic_pairs, write_jsonl
 
@@ -361,3 +361,24 @@ def test_step_metrics_refuse_a_name_from_both_the_rollout_and_the_loss():
     assert metrics == {"reward": 2.0, "loss": 1.0, "kl": 0.5}
     with pytest.raises(ValueError, match="kl"):
         _step_metrics(acc, {"kl": 0.1, "reward": 2.0}, window, 1.0, 0)
+
+
+def test_lr_schedules_by_hand_and_as_transformers_has_them():
+    """The warm-up schedules: values worked out by hand (2 warm-up updates of 10), and every update's factor equal
+    to transformers' `get_scheduler` (linear, cosine, constant_with_warmup) within float rounding."""
+    from transformers import get_scheduler
+
+    hand = {"linear": {0: 0.0, 1: 0.5, 2: 1.0, 6: 0.5, 9: 0.125, 10: 0.0},
+            "cosine": {0: 0.0, 1: 0.5, 2: 1.0, 4: 0.5 * (1 + 0.5 ** 0.5), 6: 0.5, 10: 0.0},
+            "constant": {0: 0.0, 1: 0.5, 2: 1.0, 10: 1.0}}
+    for kind, values in hand.items():
+        for update, want in values.items():
+            assert lr_factor(update, kind=kind, warmup=2, total=10) == pytest.approx(want, abs=1e-12), (kind, update)
+    assert lr_factor(0, kind="linear", warmup=0, total=5) == 1.0
+    theirs = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+    for kind, name in theirs.items():
+        for warmup, total in ((0, 7), (3, 40), (10, 10)):
+            sched = get_scheduler(name, torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0),
+                                  num_warmup_steps=warmup, num_training_steps=total)
+            ours = [lr_factor(u, kind=kind, warmup=warmup, total=total) for u in range(total + 1)]
+            assert ours == pytest.approx([sched.lr_lambdas[0](u) for u in range(total + 1)], abs=1e-12), (kind, warmup)

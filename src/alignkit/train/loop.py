@@ -11,6 +11,7 @@ RNG, data position) and the final model with its model card (`README.md`).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -402,12 +403,25 @@ def train(task: Task, cfg: RunConfig) -> TrainResult:
     return result
 
 
+def lr_factor(update: int, *, kind: str, warmup: int, total: int) -> float:
+    """The learning rate's multiplier after `update` optimizer updates of `total`: a linear warm-up from 0 over the
+    first `warmup`, then a linear decay to 0 at `total` (linear), half a cosine down to 0 (cosine), or 1 (constant).
+    The schedules of transformers' `get_scheduler` (linear, cosine, constant_with_warmup), which the run does not
+    import for this: `transformers.optimization` brings `trainer_utils` and peft with it."""
+    if update < warmup:
+        return update / max(1, warmup)
+    if kind == "constant":
+        return 1.0
+    if kind == "linear":
+        return max(0.0, (total - update) / max(1, total - warmup))
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * (update - warmup) / max(1, total - warmup))))
+
+
 def _prepare(task: Task, cfg: RunConfig, accelerator):
     """The model, AdamW and the learning-rate schedule, prepared for this run's processes; the trainable
     parameters; whether gradients are averaged by hand; and the plan: optimizer steps in all (`total`) and
     micro-batches per epoch."""
     from accelerate import DistributedType
-    from transformers import get_scheduler
 
     model = task.model
     model.train()
@@ -420,9 +434,8 @@ def _prepare(task: Task, cfg: RunConfig, accelerator):
     steps_per_epoch = math.ceil(micro_per_epoch / cfg.gradient_accumulation_steps)
     total = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     updates = total * task.updates_per_step
-    schedule = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.lr_scheduler]
-    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=round(cfg.warmup_ratio * updates),
-                              num_training_steps=updates)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
+        lr_factor, kind=cfg.lr_scheduler, warmup=round(cfg.warmup_ratio * updates), total=updates))
     # Several processes with one full copy of the model each (DDP on CPU or GPUs): the model is NOT wrapped;
     # gradients are averaged over processes after each backward pass (`_average_gradients`), because the
     # log-prob code runs the backbone and the head itself, which a DDP wrapper's forward hooks would not see.
