@@ -28,11 +28,11 @@ Settings:
   lr 1e-5, 16 optimizer steps. One step: 8 prompts x 4 completions sampled with model.generate, a no-grad
   forward of the policy (old log-probs) and of the reference, rewards, leave-one-out advantages, one
   forward/backward over the 32 sequences, one AdamW step; 16 x 32 = 512 completions in all.
-Whole process (`--whole-process`, settings `dpo`, `rm`, `rloo`, `kto` and `grpo`): each side run as a user runs it, in a fresh process
+Whole process (`--whole-process`, settings `dpo`, `rm`, `rloo`, `kto`, `grpo` and `smol-*`): each side run as a user runs it, in a fresh process
 timed from the outside (wall time and peak RSS of the process, as /usr/bin/time gives them), alternating alignkit
 and TRL `--repeats` times (default 3), on cold caches (a fresh ALIGNKIT_CACHE per alignkit run: its reference
-log-probs are computed every time), both saving the trained model. alignkit runs its CLI (`alignkit kto`,
-`alignkit grpo`), TRL a script that builds its trainer, trains and saves (`KTOTrainer`, `GRPOTrainer`), logging
+log-probs are computed every time), both saving the trained model. alignkit runs its CLI (`python -m alignkit.cli.main
+dpo|rm|rloo|kto|grpo`), TRL a script that builds its trainer, trains and saves (`KTOTrainer`, `GRPOTrainer`), logging
 every step, so that the first step's loss of both is reported beside the times.
 - dpo, rm: the 512 pairs, batch 8, one epoch, lr 1e-5, max_length 512, alignkit with --eval-fraction 0 so both
   train on all 512; DPO β 0.1, TRL with a live reference (its default), alignkit with its default (reference
@@ -47,6 +47,14 @@ every step, so that the first step's loss of both is reported beside the times.
 - grpo: the RLOO setting's prompts and reward, 8 prompts x 4 generations per step, 32 new tokens, temperature 1,
   loss type "grpo" (per-response token mean), rewards scaled by the group std, β 0 (TRL's default: no reference
   model), one update of 32 sequences per step, 16 steps, lr 1e-5; alignkit without held-out evaluation.
+- smol-dpo, smol-rm, smol-rloo: the dpo, rm and rloo settings on SmolLM2-135M-Instruct (the built-in model, as the
+  float32 Hugging Face folder alignkit converts it to; both sides load that folder) and 128 HH-RLHF harmless-base
+  test pairs: the first in file order whose prompt and both responses are each at most 256 tokens, as plain-text
+  prompt/chosen/rejected (no chat template), so max_length 512 truncates nothing; smol-rloo samples for their
+  prompts, 8 steps (256 completions) instead of 16. `--smol-model FOLDER` names another model folder; one without weights files gets SmolLM2's
+  architecture with random weights (benchmarks/gpu.sh does this: the weights need not travel to a GPU machine).
+`--device cuda` runs both sides on the GPU in bf16 autocast (TRL bf16=True, alignkit --mixed-precision bf16);
+the default is the CPU in float32. `--data` names the shared data folder (default ../shared/data).
 
 Reported: pairs/s (completions/s for RLOO) = examples / trainer.train() wall time, and end_to_end_* =
 examples / end_to_end_s (as train.py's and rl.py's end-to-end figures: loading included); step_median_* over the
@@ -66,6 +74,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -241,6 +250,16 @@ WHOLE = {
     "grpo": dict(prompts_per_step=8, k=4, max_new_tokens=32, temperature=1.0, beta=0.0, loss_type="grpo", steps=16,
                  lr=1e-5, warmup_ratio=0.1, seed=42),
 }
+# SmolLM2-135M-Instruct (the built-in model, as the Hugging Face folder alignkit converts it to) on HH-RLHF
+SMOL = dict(model="smollm2-135m-instruct", data="hh-rlhf harmless-base test", pairs=128, cut_tokens=256)
+WHOLE["smol-dpo"] = dict(WHOLE["dpo"], **SMOL)
+WHOLE["smol-rm"] = dict(WHOLE["rm"], **SMOL)
+WHOLE["smol-rloo"] = dict(WHOLE["rloo"], **SMOL, steps=8)  # 256 completions: sampling at this size is slow
+
+
+def kind(name: str) -> str:
+    """The method of a whole-process setting: `smol-dpo` runs as `dpo` on the SmolLM2 job."""
+    return name.removeprefix("smol-")
 
 
 def run_trl_whole(name: str, job: dict) -> dict:
@@ -252,6 +271,7 @@ def run_trl_whole(name: str, job: dict) -> dict:
 
     datasets.disable_progress_bar()
     s, model_dir, out = WHOLE[name], job["model"], job["out"]
+    name = kind(name)
     tok = AutoTokenizer.from_pretrained(model_dir)
     if name == "rm":
         set_seed(s["seed"])  # the score head is initialised randomly
@@ -259,8 +279,9 @@ def run_trl_whole(name: str, job: dict) -> dict:
         model.config.pad_token_id = tok.pad_token_id
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-    common = dict(output_dir=out, learning_rate=s["lr"], gradient_checkpointing=False, bf16=False, fp16=False,
-                  use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1,
+    cuda = job.get("device") == "cuda"  # then in bf16 autocast, as alignkit's --mixed-precision bf16
+    common = dict(output_dir=out, learning_rate=s["lr"], gradient_checkpointing=False, bf16=cuda, fp16=False,
+                  use_cpu=not cuda, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=1,
                   disable_tqdm=True, warmup_steps=s["warmup_ratio"], seed=s["seed"])
     if name in ("dpo", "rm"):
         pairs = datasets.Dataset.from_list([json.loads(x) for x in Path(job["pairs"]).read_text().splitlines()])
@@ -322,29 +343,28 @@ def _timed(cmd: list[str], env: dict, log: Path) -> tuple[float, float, int]:
 
 
 def _alignkit_cmd(name: str, job: dict, out: str) -> list[str]:
-    s = WHOLE[name]
-    exe = str(Path(sys.executable).with_name("alignkit"))
+    s, name = WHOLE[name], kind(name)
     common = ["--model", job["model"], "--output-dir", out, "--learning-rate", str(s["lr"]), "--warmup-ratio",
-              str(s["warmup_ratio"]), "--seed", str(s["seed"]), "--no-progress", "--eval-fraction", "0"]
-    if name in ("dpo", "rm"):  # DPO: reference log-probs precomputed (alignkit's default), from a cold cache
-        beta = ["--beta", str(s["beta"])] if name == "dpo" else []
-        return [exe, name, *common, "--data", job["pairs"], "--batch-size", str(s["batch"]), "--epochs",
-                str(s["epochs"]), "--max-length", str(s["max_length"]), *beta, "--lr-scheduler", "linear"]
+              str(s["warmup_ratio"]), "--seed", str(s["seed"]), "--no-progress", "--eval-fraction", "0",
+              "--lr-scheduler", "linear"]
+    if job.get("device") == "cuda":
+        common += ["--mixed-precision", "bf16"]
+    cmd = [sys.executable, "-m", "alignkit.cli.main", name, *common]
+    if name in ("dpo", "rm", "kto"):  # DPO, KTO: reference log-probs precomputed (alignkit's default), cold cache
+        cmd += ["--data", job["kto" if name == "kto" else "pairs"], "--batch-size", str(s["batch"]), "--epochs",
+                str(s["epochs"]), "--max-length", str(s["max_length"])]
+        if name != "rm":
+            cmd += ["--beta", str(s["beta"])]
+        if name == "kto":
+            cmd += ["--desirable-weight", "1", "--undesirable-weight", "1"]
+        return cmd
+    cmd += ["--prompts", job["prompts"], "--reward", f"{job['reward']}:score", "--max-steps", str(s["steps"]),
+            "--batch-size", str(s["prompts_per_step"]), "--mini-batch-size", str(s["prompts_per_step"] * s["k"]),
+            "--max-new-tokens", str(s["max_new_tokens"]), "--temperature", str(s["temperature"]), "--beta",
+            str(s["beta"]), "--eval-samples", "0"]
     if name == "rloo":
-        return [exe, "rloo", *common, "--prompts", job["prompts"], "--reward", f"{job['reward']}:score",
-                "--max-steps", str(s["steps"]), "--batch-size", str(s["prompts_per_step"]), "--k", str(s["k"]),
-                "--mini-batch-size", str(s["prompts_per_step"] * s["k"]), "--max-new-tokens",
-                str(s["max_new_tokens"]), "--temperature", str(s["temperature"]), "--beta", str(s["beta"]),
-                "--eval-samples", "0", "--lr-scheduler", "linear"]
-    if name == "kto":
-        return [exe, "kto", *common, "--data", job["kto"], "--batch-size", str(s["batch"]), "--epochs",
-                str(s["epochs"]), "--beta", str(s["beta"]), "--max-length", str(s["max_length"]),
-                "--desirable-weight", "1", "--undesirable-weight", "1", "--lr-scheduler", "linear"]
-    return [exe, "grpo", *common, "--prompts", job["prompts"], "--reward", f"{job['reward']}:score",
-            "--max-steps", str(s["steps"]), "--batch-size", str(s["prompts_per_step"]), "--num-generations",
-            str(s["k"]), "--mini-batch-size", str(s["prompts_per_step"] * s["k"]), "--max-new-tokens",
-            str(s["max_new_tokens"]), "--temperature", str(s["temperature"]), "--beta", str(s["beta"]),
-            "--loss-type", s["loss_type"], "--eval-samples", "0", "--lr-scheduler", "linear"]
+        return cmd + ["--k", str(s["k"])]
+    return cmd + ["--num-generations", str(s["k"]), "--loss-type", s["loss_type"]]
 
 
 def _first_loss(out: str) -> dict:
@@ -355,6 +375,8 @@ def _first_loss(out: str) -> dict:
 
 
 def whole_process(name: str, python: str, job: dict, work: Path, repeats: int, env: dict) -> dict:
+    if name.startswith("smol-"):
+        job = {**job, **job["smol"]}
     runs = []
     for i in range(repeats):
         pair = {}
@@ -377,15 +399,18 @@ def whole_process(name: str, python: str, job: dict, work: Path, repeats: int, e
         if "error" not in pair["alignkit"] and "error" not in pair["trl"]:
             pair["speedup"] = round(pair["trl"]["wall_s"] / pair["alignkit"]["wall_s"], 2)
         runs.append(pair)
+        # each pair as it ends, on stderr (a long setting stopped early keeps what it measured)
+        print(json.dumps({"setting": name, "pair": i, **pair}), file=sys.stderr, flush=True)
     speedups = [r["speedup"] for r in runs if "speedup" in r]
-    return {"benchmark": "whole-process", "setting": name, **WHOLE[name], "runs": runs,
+    return {"benchmark": "whole-process", "setting": name, **WHOLE[name], "device": job.get("device", "cpu"),
+            **({"weights": job["weights"]} if "weights" in job else {}), "runs": runs,
             "speedup_median": statistics.median(speedups) if speedups else None,
             "loadavg_1m": round(os.getloadavg()[0], 2)}
 
 
 # ---- alignkit side: prepares the data and the model, runs each setting in the TRL interpreter ----------------
 def trl_missing(python: str) -> str | None:
-    if not Path(python).exists():
+    if not shutil.which(python):
         return f"no TRL interpreter at {python}"
     r = subprocess.run([python, "-c", "import trl; print(trl.__version__)"], capture_output=True, text=True)
     if r.returncode != 0:
@@ -393,7 +418,7 @@ def trl_missing(python: str) -> str | None:
     return None
 
 
-def prepare(work: Path) -> dict:
+def prepare(work: Path, smol: bool = False, data: Path | None = None, smol_model: str | None = None) -> dict:
     from common import make_pairs, tiny_gpt2
     from rl import BAD, GOOD, REWARD_PY
 
@@ -404,9 +429,54 @@ def prepare(work: Path) -> dict:
     (work / "kto.jsonl").write_text("".join(json.dumps(r) + "\n" for r in kto))
     (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p["prompt"]}) + "\n" for p in pairs))
     (work / "words.py").write_text(REWARD_PY)
-    return {"pairs": str(work / "pairs.jsonl"), "model": tiny_gpt2(work / "model", pairs), "out": str(work / "out"),
-            "good": GOOD, "bad": BAD, "kto": str(work / "kto.jsonl"), "prompts": str(work / "prompts.jsonl"),
-            "reward": str(work / "words.py")}
+    job = {"pairs": str(work / "pairs.jsonl"), "model": tiny_gpt2(work / "model", pairs), "out": str(work / "out"),
+           "good": GOOD, "bad": BAD, "kto": str(work / "kto.jsonl"), "prompts": str(work / "prompts.jsonl"),
+           "reward": str(work / "words.py")}
+    if smol:
+        job["smol"] = prepare_smol(work / "smol", data, smol_model)
+    return job
+
+
+def prepare_smol(work: Path, data: Path, model: str | None) -> dict:
+    """The SmolLM2 settings' data: the first SMOL["pairs"] HH-RLHF harmless-base test pairs whose prompt and both
+    responses are each at most SMOL["cut_tokens"] tokens (so max_length 512 truncates nothing on either side), as
+    plain-text prompt/chosen/rejected records; the prompts alone for RLOO. The model: the built-in SmolLM2 as the
+    Hugging Face folder alignkit converts it to, or `model`, a folder; a folder with a config and tokenizer but no
+    weights (benchmarks/gpu.sh carries one) gets SmolLM2's architecture with random weights (seed 0), saved once,
+    which costs the same compute per step."""
+    import gzip
+
+    from alignkit.models.load import load_tokenizer, resolve_model
+
+    model = model or resolve_model(SMOL["model"])  # converts the built-in GGUF into the cache once
+    tok = load_tokenizer(model)
+    weights = "pretrained"
+    if not any(Path(model).glob("*.safetensors")) and not any(Path(model).glob("*.bin")):
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        torch.manual_seed(0)
+        net = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(model), dtype=torch.float32)
+        model, weights = str(work / "model"), "random (seed 0)"
+        net.save_pretrained(model)
+        tok.save_pretrained(model)
+    cut, mark, pairs = SMOL["cut_tokens"], "\n\nAssistant:", []
+    with gzip.open(data / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt") as f:
+        for line in f:
+            r = json.loads(line)
+            i, j = r["chosen"].rindex(mark) + len(mark), r["rejected"].rindex(mark) + len(mark)
+            p = {"prompt": r["chosen"][:i], "chosen": r["chosen"][i:], "rejected": r["rejected"][j:]}
+            if p["prompt"] != r["rejected"][:j] or not p["chosen"].strip() or not p["rejected"].strip():
+                continue
+            if max(len(tok(t).input_ids) for t in p.values()) <= cut:
+                pairs.append(p)
+            if len(pairs) == SMOL["pairs"]:
+                break
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p["prompt"]}) + "\n" for p in pairs))
+    return {"model": model, "weights": weights, "pairs": str(work / "pairs.jsonl"),
+            "prompts": str(work / "prompts.jsonl")}
 
 
 def main() -> None:
@@ -417,6 +487,12 @@ def main() -> None:
     ap.add_argument("--run-trl-whole", metavar="JOB_JSON", help=argparse.SUPPRESS)  # internal
     ap.add_argument("--python", default=DEFAULT_PYTHON, help=f"interpreter of the TRL venv (default {DEFAULT_PYTHON})")
     ap.add_argument("--run-trl", metavar="JOB_JSON", help=argparse.SUPPRESS)  # internal: the TRL-side runner
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                    help="whole process: cpu (float32) or cuda (bf16 autocast on both sides)")
+    ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+                    help="the shared data folder (HH-RLHF for the smol-* settings; default ../shared/data)")
+    ap.add_argument("--smol-model", help="smol-* settings: a model folder instead of the built-in SmolLM2; one "
+                    "without weights files gets random weights of its architecture")
     args = ap.parse_args()
     if args.run_trl:
         print(json.dumps(run_trl(args.setting, json.loads(Path(args.run_trl).read_text()))), flush=True)
@@ -432,10 +508,10 @@ def main() -> None:
             print(json.dumps({"setting": name, "skipped": reason}), flush=True)
         return
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    env.pop("PYTHONPATH", None)
     with tempfile.TemporaryDirectory(prefix="bench-trl-") as tmp:
         job = Path(tmp) / "job.json"
-        job.write_text(json.dumps(prepare(Path(tmp))))
+        smol = any(n.startswith("smol-") for n in names)
+        job.write_text(json.dumps({**prepare(Path(tmp), smol, args.data, args.smol_model), "device": args.device}))
         if whole:
             for name in names:
                 print(json.dumps(whole_process(name, args.python, json.loads(job.read_text()), Path(tmp), args.repeats,
