@@ -444,8 +444,8 @@ def prepare_smol(work: Path, data: Path, model: str | None) -> dict:
     Hugging Face folder alignkit converts it to, or `model`, a folder; a folder with a config and tokenizer but no
     weights (benchmarks/gpu.sh carries one) gets SmolLM2's architecture with random weights (seed 0), saved once,
     which costs the same compute per step."""
-    import gzip
-
+    from alignkit.data import load_pairs
+    from alignkit.data.records import response_text
     from alignkit.models.load import load_tokenizer, resolve_model
 
     model = model or resolve_model(SMOL["model"])  # converts the built-in GGUF into the cache once
@@ -460,18 +460,16 @@ def prepare_smol(work: Path, data: Path, model: str | None) -> dict:
         model, weights = str(work / "model"), "random (seed 0)"
         net.save_pretrained(model)
         tok.save_pretrained(model)
-    cut, mark, pairs = SMOL["cut_tokens"], "\n\nAssistant:", []
-    with gzip.open(data / "hh-rlhf" / "harmless-base-test.jsonl.gz", "rt") as f:
-        for line in f:
-            r = json.loads(line)
-            i, j = r["chosen"].rindex(mark) + len(mark), r["rejected"].rindex(mark) + len(mark)
-            p = {"prompt": r["chosen"][:i], "chosen": r["chosen"][i:], "rejected": r["rejected"][j:]}
-            if p["prompt"] != r["rejected"][:j] or not p["chosen"].strip() or not p["rejected"].strip():
-                continue
-            if max(len(tok(t).input_ids) for t in p.values()) <= cut:
-                pairs.append(p)
-            if len(pairs) == SMOL["pairs"]:
-                break
+    hh, _ = load_pairs(str(data / "hh-rlhf" / "harmless-base-test.jsonl.gz"), format="hh")  # skips unusable pairs
+    pairs = []
+    for pair in hh:
+        p = {"prompt": pair.prompt, "chosen": response_text(pair.chosen), "rejected": response_text(pair.rejected)}
+        if not p["chosen"].strip() or not p["rejected"].strip():  # the reader keeps whitespace-only responses
+            continue
+        if max(len(tok(t).input_ids) for t in p.values()) <= SMOL["cut_tokens"]:
+            pairs.append(p)
+        if len(pairs) == SMOL["pairs"]:
+            break
     work.mkdir(parents=True, exist_ok=True)
     (work / "pairs.jsonl").write_text("".join(json.dumps(p) + "\n" for p in pairs))
     (work / "prompts.jsonl").write_text("".join(json.dumps({"prompt": p["prompt"]}) + "\n" for p in pairs))
