@@ -6,7 +6,7 @@
 # The GPU machine needs no package index. Two steps:
 #   1. Where pip reaches the package index, in the repository root (after scripts/setup.sh):
 #          bash benchmarks/gpu.sh pack
-#      This fills .gpu/ (ignored by git, about 25 MB):
+#      This fills .gpu/ (ignored by git, about 23 MB):
 #      - wheels, for CPython 3.12 (or $PYVER) on x86-64 Linux, of alignkit and of the packages that alignkit and TRL need
 #        beyond a CUDA PyTorch image (torch, numpy, pandas, pyarrow, accelerate, peft, tokenizers, safetensors,
 #        huggingface_hub, pyyaml, tqdm, jinja2 and psutil are expected there), at the versions of constraints.txt;
