@@ -240,6 +240,10 @@ CASES = [
     Case("grpo-one-generation", ["grpo", *ONLINE, "--prompts", "{dir}/prompts.jsonl", "--num-generations", "1"],
          r"options: field 'num_generations': Input should be greater than or equal to 2$",
          {"prompts.jsonl": lines('{"prompt": "Review of Alpha:"}')}),
+    Case("grpo-no-reference-with-beta", ["grpo", *ONLINE, "--prompts", "{dir}/prompts.jsonl", "--reference", "none",
+                                          "--beta", "0.05"],
+         r"options: reference 'none' leaves no KL to weigh: --beta 0.05 needs --reference copy \(or lora-disabled "
+         r"with --lora\)$", {"prompts.jsonl": lines('{"prompt": "Review of Alpha:"}')}),
     Case("online-dpo-adaptive-kl", ["online-dpo", *ONLINE, "--prompts", "{dir}/prompts.jsonl", "--adaptive-kl"],
          r"options: online DPO keeps β fixed; drop --adaptive-kl$",
          {"prompts.jsonl": lines('{"prompt": "Review of Alpha:"}')}),

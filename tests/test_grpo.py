@@ -55,6 +55,33 @@ def test_grpo_settings():
     assert not GRPOConfig(**base, loss_type="dr_grpo").scaled
     with pytest.raises(ConfigError, match="num_generations"):
         load_config(GRPOConfig, overrides={**base, "num_generations": 1})
+    assert GRPOConfig(**base, reference="none").reference == "none"
+    with pytest.raises(ConfigError, match="reference 'none' leaves no KL"):
+        load_config(GRPOConfig, overrides={**base, "reference": "none", "beta": 0.05})
+
+
+def test_grpo_without_reference_trains_as_with_one(rl_setup, tmp_path, monkeypatch):  # noqa: F811
+    """At β = 0 the reference only feeds the logged KL: `--reference none` loads no copy and logs no KL, and its
+    run samples and trains exactly as the run with a copy (same rewards and losses, step by step)."""
+    from alignkit.train import online
+
+    copies = []
+    real = online.make_reference
+    monkeypatch.setattr(online, "make_reference", lambda cfg, policy: copies.append(r := real(cfg, policy)) or r)
+    runs = {}
+    for ref in ("copy", "none"):
+        out = tmp_path / ref
+        run_grpo(GRPOConfig(model=rl_setup["policy"], prompts=rl_setup["prompts"], reward=rl_setup["reward"],
+                            output_dir=str(out), max_steps=3, batch_size=4, num_generations=4, mini_batch_size=8,
+                            reference=ref, eval_samples=8, **COMMON))
+        runs[ref] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert copies[0] is not None and copies[1] is None
+    assert all("kl" in m for m in runs["copy"]) and not any("kl" in m or "kl_k3" in m for m in runs["none"])
+    assert [m["split"] for m in runs["copy"]] == [m["split"] for m in runs["none"]]
+    for a, b in zip(runs["copy"], runs["none"], strict=True):
+        for key in ("reward", "loss"):
+            if key in a:  # the same sampled tokens and updates: equal up to float rounding
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (key, a, b)
 
 
 def test_rollout_kl_is_not_overwritten_by_the_loss_kl(rl_setup, tmp_path):  # noqa: F811

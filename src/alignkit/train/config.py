@@ -326,6 +326,16 @@ class GRPOConfig(RLConfig):
     scale_rewards: bool | None = Field(None, description="divide the group-centred rewards by the group's std "
                                        "(default: on, off for dr_grpo)")
     beta: float = Field(0.0, ge=0, description="weight of the per-token k3 KL to the reference (0: off)")
+    reference: Literal["copy", "lora-disabled", "none"] = Field(
+        "copy", description="reference policy: a frozen copy, the base with LoRA disabled, or none (with --beta 0: "
+        "no reference pass and no KL logged, a model's memory saved)")
+
+    @model_validator(mode="after")
+    def _reference_needed(self):
+        if self.reference == "none" and self.beta > 0:
+            raise ValueError(f"reference 'none' leaves no KL to weigh: --beta {self.beta} needs --reference copy "
+                             "(or lora-disabled with --lora)")
+        return self
 
     @property
     def scaled(self) -> bool:

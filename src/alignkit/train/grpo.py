@@ -31,7 +31,7 @@ def build_grpo(cfg: GRPOConfig) -> Task:
         adv = group_advantages(s.scores, g, scale=cfg.scaled)
         flat = (s.scores.view(-1, g).std(dim=1) == 0).float().mean()
         metrics = {**s.metrics, "beta": cfg.beta, "flat_groups": float(flat)}
-        per_row = {"old_logp": s.logp, "ref_logp": s.ref_logp, "advantages": adv}
+        per_row = {"old_logp": s.logp, "advantages": adv, **({} if s.ref_logp is None else {"ref_logp": s.ref_logp})}
         return rollout_minibatches(cfg, s.rollout, per_row, gen, tok.pad_token_id, pack), metrics
 
     def loss(model, mb):
@@ -39,7 +39,7 @@ def build_grpo(cfg: GRPOConfig) -> Task:
         logp = rollout_tokens(score(model, batch, temperature=cfg.temperature).tokens, batch, mask)
         return grpo_loss(logp, mb["old_logp"], mb["advantages"], mask, epsilon_low=cfg.cliprange,
                          epsilon_high=cfg.epsilon_high, aggregation=cfg.loss_type, max_length=cfg.max_new_tokens,
-                         ref_logp=mb["ref_logp"], beta=cfg.beta)
+                         ref_logp=mb.get("ref_logp"), beta=cfg.beta)
 
     per_step = cfg.ppo_epochs * -(-(cfg.batch_size * g) // cfg.mini_batch_size)
     return Task("grpo", policy, train_items, eval_items, collate_prompts, loss, saver(tok), info,

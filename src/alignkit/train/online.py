@@ -106,7 +106,7 @@ class Scored:
     texts: list[str]
     scores: torch.Tensor  # (B,) reward source score (+ missing-EOS penalty)
     logp: torch.Tensor  # (B, T) policy log-probs at sampling temperature (the sampler's)
-    ref_logp: torch.Tensor  # (B, T)
+    ref_logp: torch.Tensor | None  # (B, T); None without a reference (GRPO's --reference none)
     entropy: torch.Tensor  # (B, T)
     metrics: dict
 
@@ -154,7 +154,9 @@ class Sampler:
         # rounding (tests/test_rollout.py), so the policy is rescored only for a backend that gives no entropy
         exact = self.backend.exact_logprobs and ro.entropy is not None
         logp, entropy = (ro.logprobs, ro.entropy) if exact else self.score_rollout(policy, ro, entropy=True)
-        if self.reference is None:
+        if cfg.reference == "none":  # GRPO with β = 0: nothing needs it
+            ref_logp = None
+        elif self.reference is None:
             with policy.disable_adapter():
                 ref_logp = self.score_rollout(policy, ro)
         else:
@@ -179,13 +181,14 @@ class Sampler:
         metrics = {
             "reward": float(raw_scores.mean()),
             "reward_std": float(raw_scores.std()) if len(raw_scores) > 1 else 0.0,
-            "kl": float((kl_k1(logp, ref_logp) * mask).sum(-1).mean()),
-            "kl_k3": float((kl_k3(logp, ref_logp) * mask).sum(-1).mean()),
             "entropy": float(masked_mean(entropy, mask)),
             "response_length": float(ro.lengths.float().mean()),
             "no_eos_share": float((~ro.finished).float().mean()),
             "gen_tokens_per_s": n_tokens / max(ro.seconds, 1e-9),
         }
+        if ref_logp is not None:
+            metrics["kl"] = float((kl_k1(logp, ref_logp) * mask).sum(-1).mean())
+            metrics["kl_k3"] = float((kl_k3(logp, ref_logp) * mask).sum(-1).mean())
         if self.monitor is not None:
             metrics["monitor"] = float(self.monitor(prompts, texts).float().mean())
         return Scored(ro, prompts, texts, scores, logp, ref_logp, entropy, metrics)
@@ -221,8 +224,8 @@ class Sampler:
 
 
 def make_reference(cfg: RLConfig, policy):
-    """A frozen copy of the starting policy, or None for the LoRA-disabled base."""
-    if cfg.reference == "lora-disabled":
+    """A frozen copy of the starting policy, or None for the LoRA-disabled base (and for no reference)."""
+    if cfg.reference in ("lora-disabled", "none"):
         return None
     ref = copy.deepcopy(policy)
     ref.requires_grad_(False)
@@ -253,9 +256,9 @@ def make_eval(cfg: RLConfig, sampler: Sampler, items: list[dict]):
             part = chosen[i : i + cfg.batch_size]
             s = sampler.sample(policy, [it["prompt_ids"] for it in part], [it["prompt"] for it in part], gen)
             results.append((s.metrics, len(part)))
-        keys = ("reward", "kl", "kl_k3", "response_length", "no_eos_share") + (("monitor",) if sampler.monitor else ())
+        keys = ("reward", "kl", "kl_k3", "response_length", "no_eos_share", "monitor")
         total = sum(n for _, n in results)
-        return {k: sum(m[k] * n for m, n in results) / total for k in keys}
+        return {k: sum(m[k] * n for m, n in results) / total for k in keys if k in results[0][0]}
 
     return evaluate
 
