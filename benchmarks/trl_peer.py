@@ -46,7 +46,8 @@ every step, so that the first step's loss of both is reported beside the times.
   with its default (reference log-probs precomputed, here from a cold cache).
 - grpo: the RLOO setting's prompts and reward, 8 prompts x 4 generations per step, 32 new tokens, temperature 1,
   loss type "grpo" (per-response token mean), rewards scaled by the group std, β 0 (TRL's default: no reference
-  model), one update of 32 sequences per step, 16 steps, lr 1e-5; alignkit without held-out evaluation.
+  model; alignkit --reference none), one update of 32 sequences per step, 16 steps, lr 1e-5; alignkit without
+  held-out evaluation.
 - smol-dpo, smol-rm, smol-rloo: the dpo, rm and rloo settings on SmolLM2-135M-Instruct (the built-in model, as the
   float32 Hugging Face folder alignkit converts it to; both sides load that folder) and 128 HH-RLHF harmless-base
   test pairs: the first in file order whose prompt and both responses are each at most 256 tokens, as plain-text
@@ -364,7 +365,8 @@ def _alignkit_cmd(name: str, job: dict, out: str) -> list[str]:
             str(s["beta"]), "--eval-samples", "0"]
     if name == "rloo":
         return cmd + ["--k", str(s["k"])]
-    return cmd + ["--num-generations", str(s["k"]), "--loss-type", s["loss_type"]]
+    # β 0: TRL loads no reference model, so neither side computes one
+    return cmd + ["--num-generations", str(s["k"]), "--loss-type", s["loss_type"], "--reference", "none"]
 
 
 def _first_loss(out: str) -> dict:
