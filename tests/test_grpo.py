@@ -67,7 +67,12 @@ def test_grpo_without_reference_trains_as_with_one(rl_setup, tmp_path, monkeypat
 
     copies = []
     real = online.make_reference
-    monkeypatch.setattr(online, "make_reference", lambda cfg, policy: copies.append(r := real(cfg, policy)) or r)
+
+    def spy(cfg, policy):
+        copies.append(real(cfg, policy))
+        return copies[-1]
+
+    monkeypatch.setattr(online, "make_reference", spy)
     runs = {}
     for ref in ("copy", "none"):
         out = tmp_path / ref

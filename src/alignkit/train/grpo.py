@@ -31,7 +31,7 @@ def build_grpo(cfg: GRPOConfig) -> Task:
         adv = group_advantages(s.scores, g, scale=cfg.scaled)
         flat = (s.scores.view(-1, g).std(dim=1) == 0).float().mean()
         metrics = {**s.metrics, "beta": cfg.beta, "flat_groups": float(flat)}
-        per_row = {"old_logp": s.logp, "advantages": adv, **({} if s.ref_logp is None else {"ref_logp": s.ref_logp})}
+        per_row = {"old_logp": s.logp, "ref_logp": s.ref_logp, "advantages": adv}
         return rollout_minibatches(cfg, s.rollout, per_row, gen, tok.pad_token_id, pack), metrics
 
     def loss(model, mb):

@@ -88,10 +88,10 @@ def sample_groups(sampler: Sampler, model, batch: dict, k: int, state: dict) -> 
 
 def rollout_minibatches(cfg: RLConfig, ro: Rollout, per_row: dict, gen: torch.Generator, pad_id: int,
                         packed: bool) -> list[dict]:
-    """`minibatches` over the rows of a rollout and the per-row tensors of a method (`per_row`), each minibatch
-    carrying its `rollout_batch`."""
+    """`minibatches` over the rows of a rollout and the per-row tensors of a method (`per_row`; None entries, such
+    as `ref_logp` without a reference, are left out), each minibatch carrying its `rollout_batch`."""
     tensors = {"input_ids": ro.input_ids, "attention_mask": ro.attention_mask, "response_mask": ro.response_mask,
-               **per_row}
+               **{k: v for k, v in per_row.items() if v is not None}}
     return minibatches(tensors, cfg.mini_batch_size, cfg.ppo_epochs, gen,
                        lambda rows: rollout_batch(rows["input_ids"], rows["attention_mask"], ro.prompt_width,
                                                   rows["response_mask"], pad_id, packed=packed))
@@ -121,7 +121,7 @@ class Sampler:
     def __init__(self, cfg: RLConfig, tokenizer, reference, reward=None):
         self.cfg = cfg
         self.tok = tokenizer
-        self.reference = reference  # None: the policy with its LoRA adapter disabled
+        self.reference = reference  # the frozen copy; None for cfg.reference 'lora-disabled' and 'none'
         self.backend = make_backend(cfg.backend, cfg.model, seed=cfg.seed)
         self.params = SamplingParams(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                      top_p=cfg.top_p, top_k=cfg.top_k)
@@ -156,7 +156,7 @@ class Sampler:
         logp, entropy = (ro.logprobs, ro.entropy) if exact else self.score_rollout(policy, ro, entropy=True)
         if cfg.reference == "none":  # GRPO with β = 0: nothing needs it
             ref_logp = None
-        elif self.reference is None:
+        elif cfg.reference == "lora-disabled":
             with policy.disable_adapter():
                 ref_logp = self.score_rollout(policy, ro)
         else:
