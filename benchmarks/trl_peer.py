@@ -462,7 +462,8 @@ def prepare_smol(work: Path, data: Path, model: str | None) -> dict:
         model, weights = str(work / "model"), "random (seed 0)"
         net.save_pretrained(model)
         tok.save_pretrained(model)
-    hh, _ = load_pairs(str(data / "hh-rlhf" / "harmless-base-test.jsonl.gz"), format="hh")  # skips unusable pairs
+    # pairs whose two transcripts hold different prompts are left out
+    hh, _ = load_pairs(str(data / "hh-rlhf" / "harmless-base-test.jsonl.gz"), format="hh", hh_mismatch="drop")
     pairs = []
     for pair in hh:
         p = {"prompt": pair.prompt, "chosen": response_text(pair.chosen), "rejected": response_text(pair.rejected)}
