@@ -359,6 +359,10 @@ def test_entropy_from_logprobs_by_hand():
     sm = torch.softmax(logits, dim=-1)
     torch.testing.assert_close(entropy_from_logprobs(torch.log_softmax(logits, dim=-1)),
                                -(sm * sm.log()).sum(-1), atol=1e-5, rtol=0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # the sampler under --mixed-precision bf16: still float32
+        under = entropy_from_logprobs(torch.log_softmax(logits, dim=-1))
+    assert under.dtype == torch.float32
+    torch.testing.assert_close(under, -(sm * sm.log()).sum(-1), atol=1e-5, rtol=0)
 
 
 def test_token_entropy_uniform_and_banned_tokens():

@@ -795,8 +795,10 @@ def token_entropy(logits: Tensor) -> Tensor:
 def entropy_from_logprobs(logp: Tensor) -> Tensor:
     """Entropy ``H = −Σ_v p_v log p_v`` of distributions given by their log-probabilities (last axis), in
     ``logp``'s dtype: one exp and one dot product per position, for callers that already hold the log-softmax
-    (the sampler). Log-probs of −inf (p = 0) contribute 0."""
-    return -torch.linalg.vecdot(logp.exp(), logp.clamp_min(torch.finfo(logp.dtype).min))
+    (the sampler), also under autocast, which would run the dot product in lower precision. Log-probs of −inf
+    (p = 0) contribute 0."""
+    with torch.autocast(logp.device.type, enabled=False):
+        return -torch.linalg.vecdot(logp.exp(), logp.clamp_min(torch.finfo(logp.dtype).min))
 
 
 __all__ = [
