@@ -172,3 +172,17 @@ def test_eval_shows_the_policy_beat_its_reference(rl_setup, tmp_path, capsys):
     assert pol["win_rate"] > 0.65 and pol["kl"] > 0
     assert len(pol["samples"]) == 200
     assert "rloo" in capsys.readouterr().out
+
+
+def test_bf16_rollouts_rescore_the_policy(rl_setup, tmp_path):
+    """Under bf16 autocast the sampler's own log-probs are not those of the training pass (the decode path rounds
+    differently), so the policy is rescored by the training path: with a learning rate too small to move the
+    weights, PPO's importance ratios stay at 1 up to bf16 rounding, and the KL of the policy to its identical
+    reference, both scored by that path, is 0."""
+    res = run_ppo(PPOConfig(model=rl_setup["policy"], prompts=rl_setup["prompts"], reward=rl_setup["reward"],
+                            output_dir=str(tmp_path / "ppo"), max_steps=2, batch_size=16, beta=0.02,
+                            mixed_precision="bf16", **{**COMMON, "learning_rate": 1e-12}))
+    assert res.first_eval["kl"] == pytest.approx(0.0, abs=1e-5)
+    for m in (m for m in metrics(tmp_path / "ppo") if m["split"] == "train"):
+        assert m["kl"] == pytest.approx(0.0, abs=1e-4), m
+        assert m["ratio_mean"] == pytest.approx(1.0, abs=1e-3) and m["approx_kl"] < 1e-4, m

@@ -148,11 +148,12 @@ class Sampler:
         policy.eval()
         ro = self.backend.generate(policy, prompt_ids, self.params, pad_id=self.tok.pad_token_id,
                                    eos_id=self.tok.eos_token_id, generator=generator)
-
-
         # the sampler's own log-probs and entropies: a forward over the rollout gives the same up to float
-        # rounding (tests/test_rollout.py), so the policy is rescored only for a backend that gives no entropy
-        exact = self.backend.exact_logprobs and ro.entropy is not None
+        # rounding (tests/test_rollout.py), so the policy is rescored only for a backend that gives no entropy, or
+        # under autocast: bf16's rounding in the decode path differs from the training pass's by enough to move
+        # the importance ratios far from 1 before any update
+        exact = (self.backend.exact_logprobs and ro.entropy is not None
+                 and not torch.is_autocast_enabled(ro.input_ids.device.type))
         logp, entropy = (ro.logprobs, ro.entropy) if exact else self.score_rollout(policy, ro, entropy=True)
         if cfg.reference == "none":  # GRPO with β = 0: nothing needs it
             ref_logp = None
