@@ -326,13 +326,15 @@ def test_resume_matches_uninterrupted_run(tiny_model, pair_files, tmp_path):
 def test_mixed_precision_reaches_the_model(tiny_model, sft_files, tmp_path):
     """--mixed-precision bf16 runs the model's matmuls in bfloat16 (autocast) in the training and evaluation
     steps, although the log-prob code calls the backbone itself, not the prepared model's forward; "no" keeps
-    float32. Both runs share one Python process (accelerate's state must allow the change). The bf16 losses
-    differ from the float32 ones (the numerics really changed) but only by bf16 rounding."""
+    float32; "auto" runs as this machine's device decides, and says so in run_info.json. The runs share one
+    Python process (accelerate's state must allow the change). The bf16 losses differ from the float32 ones (the
+    numerics really changed) but only by bf16 rounding."""
+    from alignkit.models.load import resolve_precision
     from alignkit.train.sft import build_sft
 
     train_file, eval_file = sft_files
     results = {}
-    for precision in ("no", "bf16"):
+    for precision in ("no", "bf16", "auto"):
         cfg = SFTConfig(model=tiny_model, data=train_file, eval_data=eval_file, output_dir=str(tmp_path / precision),
                         max_steps=2, mixed_precision=precision, **FAST)
         task = build_sft(cfg)
@@ -340,12 +342,28 @@ def test_mixed_precision_reaches_the_model(tiny_model, sft_files, tmp_path):
         task.model.model.layers[0].mlp.down_proj.register_forward_hook(
             lambda mod, inp, out, seen=seen: seen.append(out.dtype))
         res = train(task, cfg)
-        assert seen and set(seen) == {torch.bfloat16 if precision == "bf16" else torch.float32}, precision
+        ran = resolve_precision(precision)
+        assert seen and set(seen) == {torch.bfloat16 if ran == "bf16" else torch.float32}, precision
+        info = json.loads((tmp_path / precision / "run_info.json").read_text())
+        assert info.get("mixed_precision") == (ran if precision == "auto" else None)
         assert all(p.dtype == torch.float32 for p in task.model.parameters())  # master weights stay float32
         results[precision] = (res.eval["loss"], [m["loss"] for m in metrics(tmp_path / precision)])
     (eval32, curve32), (eval16, curve16) = results["no"], results["bf16"]
     assert eval16 != eval32 and abs(eval16 - eval32) < 0.02 * eval32
     assert len(curve16) == len(curve32) and all(abs(a - b) < 0.02 * a for a, b in zip(curve32, curve16, strict=True))
+
+
+def test_auto_precision_is_bf16_only_where_the_device_has_it(monkeypatch):
+    """--mixed-precision auto: bf16 on a CPU that reports AVX512-BF16 or AMX tiles, no on one that reports
+    neither (where bf16 matmuls are emulated); an explicit choice is kept as given."""
+    from alignkit.models.load import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for avx512_bf16, amx, expected in ((True, False, "bf16"), (False, True, "bf16"), (False, False, "no")):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert resolve_precision("auto") == expected, (avx512_bf16, amx)
+        assert resolve_precision("no") == "no" and resolve_precision("bf16") == "bf16"
 
 
 def test_step_metrics_refuse_a_name_from_both_the_rollout_and_the_loss():

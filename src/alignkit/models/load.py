@@ -110,6 +110,22 @@ def fuse_activations(model) -> int:
     return swapped
 
 
+def native_bf16() -> bool:
+    """Whether this process's device multiplies bfloat16 natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16
+    or AMX tiles. Elsewhere bf16 matmuls are emulated and slower than float32."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # torch.cpu's own probes (private names)
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(mixed_precision: str) -> str:
+    """`--mixed-precision` as accelerate takes it: auto becomes bf16 where `native_bf16()`, else no."""
+    if mixed_precision != "auto":
+        return mixed_precision
+    return "bf16" if native_bf16() else "no"
+
+
 def load_causal_lm(name: str, *, dtype: str = "float32"):
     """A policy or reference: any `AutoModelForCausalLM`, dropout off for stable RL and log-probs, fused
     activations."""

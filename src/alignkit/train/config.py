@@ -56,7 +56,9 @@ class RunConfig(BaseModel):
                          "newer one is skipped; a changed run length rebuilds the learning-rate schedule)")
     seed: int = Field(42, description="random seed (data order, initialisation)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype to load model weights in")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field("no", description="autocast precision (accelerate)")
+    mixed_precision: Literal["no", "bf16", "fp16", "auto"] = Field(
+        "no", description="autocast precision (accelerate); auto: bf16 where the device computes it natively (a CUDA "
+        "GPU with bf16, a CPU with AVX512-BF16 or AMX), else no")
     lora: bool = Field(False, description="train a LoRA adapter instead of all weights (saved merged)")
     lora_r: int = Field(16, gt=0, description="LoRA rank")
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha")

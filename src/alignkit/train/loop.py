@@ -474,14 +474,19 @@ def _train(task: Task, cfg: RunConfig, trackers: list[Tracker]) -> TrainResult:
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
 
+    from alignkit.models.load import resolve_precision
+
     out = Path(cfg.output_dir)
     # checked before anything is written: the newest intact checkpoint, and the damaged newer ones it replaces
     ckpt, damaged = resume_checkpoint(out) if cfg.resume else (None, [])
-    _forget_other_precision(cfg.mixed_precision)
+    precision = resolve_precision(cfg.mixed_precision)
+    _forget_other_precision(precision)
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-                              mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+                              mixed_precision=precision, cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     set_seed(cfg.seed)
+    if cfg.mixed_precision == "auto":  # what auto chose on this machine, in run_info.json
+        task.info["mixed_precision"] = precision
     if main:
         _write_run_files(task, cfg, out)
 
