@@ -91,6 +91,10 @@ class DemoConfig(BaseModel):
                                  "its score head (0 = all; 10 of SmolLM2's 30 at --rm-learning-rate 2e-4 is as "
                                  "accurate in 56% of the time, docs/benchmarks.md)")
     seed: int = Field(0, description="random seed")
+    mixed_precision: Literal["no", "bf16", "auto"] = Field(
+        "auto", description="autocast precision of the training stages and of the samples for labels: auto is bf16 "
+        "where the device computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16), else float32; "
+        "the evaluation stays float32, as its KL compares two models' log-probs (--quick and --task arithmetic: no)")
     backend: Literal["hf", "vllm"] = Field("hf", description="sampling engine for RL, the labels' samples and "
                                            "evaluation: hf (any machine) or vllm (a CUDA GPU)")
     progress: bool = Field(True, description="show progress bars")
@@ -148,13 +152,14 @@ class DemoConfig(BaseModel):
 
 QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rm_learning_rate=2e-3,
              rl_learning_rate=1e-3, ppo_learning_rate=1e-3, epochs=3.0, coh_passes=4.0, rl_steps=12, beta=0.1,
-             sft_examples=4000, methods=",".join(METHODS))
+             sft_examples=4000, methods=",".join(METHODS), mixed_precision="no")  # no: bf16 gains nothing at that size
 
 
 # the arithmetic task on SmolLM2: room to work the sum out in words (it writes the right number somewhere in a
-# quarter of its answers, last in half of those), 4 prompts x 8 samples per step, the top 12 of 30 blocks trained
+# quarter of its answers, last in half of those), 4 prompts x 8 samples per step, the top 12 of 30 blocks trained,
+# in float32 (as its gain in accuracy was measured)
 ARITHMETIC = dict(methods="grpo,rloo", train_prompts=512, heldout_prompts=96, k=8, max_new_tokens=48, rl_steps=14,
-                  rl_learning_rate=3e-5, temperature=0.7, train_layers=12)
+                  rl_learning_rate=3e-5, temperature=0.7, train_layers=12, mixed_precision="no")
 
 
 def _defaults(cfg: DemoConfig) -> dict:
@@ -259,7 +264,7 @@ def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_p
     (`annotate_groups`): `votes.jsonl` holds its best-vs-worst pair (the pair the offline methods learn from),
     `all_votes.jsonl` every pair (the reward model's data)."""
     from alignkit.data import load_prompts
-    from alignkit.models.load import load_tokenizer
+    from alignkit.models.load import autocast, load_tokenizer
     from alignkit.rollout.rewards import CallableReward
     from alignkit.rollout.sample import SampleSettings, sample_policy
 
@@ -272,7 +277,8 @@ def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_p
     settings = SampleSettings(max_new_tokens=cfg.max_new_tokens, samples=cfg.k, seed=cfg.seed + 7, batch_size=64,
                               temperature=cfg.temperature, backend=cfg.backend)
     t0 = time.perf_counter()
-    sm = sample_policy(reference, load_tokenizer(reference), prompts, settings)
+    with autocast(cfg.mixed_precision):
+        sm = sample_policy(reference, load_tokenizer(reference), prompts, settings)
     gold = CallableReward(gold_spec)(sm.prompts, sm.responses).tolist()
     _jsonl(stage / "samples.jsonl", [{"prompt": p, "response": r, "gold": g}
                                      for p, r, g in zip(sm.prompts, sm.responses, gold, strict=True)])
@@ -296,7 +302,8 @@ def stage_samples_and_labels(cfg: DemoConfig, run: Path, reference: str, train_p
 
 
 def _common(cfg: DemoConfig, out: Path) -> dict:
-    return dict(output_dir=str(out), seed=cfg.seed, progress=cfg.progress, lora=cfg.lora, train_layers=cfg.train_layers)
+    return dict(output_dir=str(out), seed=cfg.seed, progress=cfg.progress, lora=cfg.lora, train_layers=cfg.train_layers,
+                mixed_precision=cfg.mixed_precision)
 
 
 def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: str, train_prompts: str, rm: str,

@@ -126,6 +126,13 @@ def resolve_precision(mixed_precision: str) -> str:
     return "bf16" if native_bf16() else "no"
 
 
+def autocast(mixed_precision: str):
+    """`--mixed-precision` as an autocast context for work outside the training loop (sampling); no: none."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(resolve_precision(mixed_precision))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 def load_causal_lm(name: str, *, dtype: str = "float32"):
     """A policy or reference: any `AutoModelForCausalLM`, dropout off for stable RL and log-probs, fused
     activations."""
