@@ -397,6 +397,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     from alignkit.evaluate.run import evaluate_policies, results_table
     from alignkit.rollout.backends import check_backend
     from alignkit.rollout.sample import SampleSettings
+    from alignkit.train.common import return_freed_memory
 
     check_backend(cfg.backend)
     if cfg.judge_settings() is not None:  # a judge that cannot work is refused before any stage runs
@@ -414,6 +415,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         t0 = time.perf_counter()
         say(f"== {stage}")
         result = fn(*args, **kwargs)
+        return_freed_memory()  # each stage starts from what is in use, not from the last one's peak
         times[stage] = round(time.perf_counter() - t0, 1)
         return result
 

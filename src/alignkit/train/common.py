@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import platform
 from collections.abc import Callable
@@ -57,6 +58,16 @@ def reuse_freed_memory() -> bool:
     mallopt = ctypes.CDLL(None).mallopt
     m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
     return mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, 1 << 30) == 1
+
+
+def return_freed_memory() -> None:
+    """Hand the freed memory glibc keeps (`reuse_freed_memory`) back to the system, in a process that trains one
+    model after another (the demo): the next run then starts from the memory in use, not from the last run's
+    peak with the next one's on top where the kept blocks do not fit its tensors. Elsewhere than Linux with glibc,
+    a garbage collection only."""
+    gc.collect()
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        ctypes.CDLL(None).malloc_trim(0)
 
 
 def encode_all(records: list, fn: Callable, desc: str, progress: bool) -> list:
