@@ -157,7 +157,7 @@ QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_r
 
 # the arithmetic task on SmolLM2: room to work the sum out in words (it writes the right number somewhere in a
 # quarter of its answers, last in half of those), 4 prompts x 8 samples per step, the top 12 of 30 blocks trained,
-# in float32 (as its gain in accuracy was measured)
+# in float32: bf16 autocast made the run 1.13x faster but gained less accuracy in one run each (docs/benchmarks.md)
 ARITHMETIC = dict(methods="grpo,rloo", train_prompts=512, heldout_prompts=96, k=8, max_new_tokens=48, rl_steps=14,
                   rl_learning_rate=3e-5, temperature=0.7, train_layers=12, mixed_precision="no")
 
