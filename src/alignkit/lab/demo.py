@@ -92,7 +92,7 @@ class DemoConfig(BaseModel):
                                  "accurate in 56% of the time, docs/benchmarks.md)")
     seed: int = Field(0, description="random seed")
     mixed_precision: Literal["no", "bf16", "auto"] = Field(
-        "auto", description="autocast precision of the training stages and of the samples for labels: auto is bf16 "
+        "auto", description="autocast precision of the reward model, the methods and the samples for labels: auto is bf16 "
         "where the device computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16), else float32; "
         "the evaluation stays float32, as its KL compares two models' log-probs (--quick and --task arithmetic: no)")
     backend: Literal["hf", "vllm"] = Field("hf", description="sampling engine for RL, the labels' samples and "
@@ -152,7 +152,7 @@ class DemoConfig(BaseModel):
 
 QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rm_learning_rate=2e-3,
              rl_learning_rate=1e-3, ppo_learning_rate=1e-3, epochs=3.0, coh_passes=4.0, rl_steps=12, beta=0.1,
-             sft_examples=4000, methods=",".join(METHODS), mixed_precision="no")  # no: bf16 gains nothing at that size
+             sft_examples=4000, methods=",".join(METHODS), mixed_precision="no")  # CI's figures: float32 on every CPU
 
 
 # the arithmetic task on SmolLM2: room to work the sum out in words (it writes the right number somewhere in a
