@@ -299,7 +299,7 @@ def _eval(args) -> int:
     quiet_model_libraries()
     results = evaluate_policies(policies, cfg.reference, prompts, cfg.gold_scorer(), reward_model=cfg.reward_model,
                                 settings=cfg.settings(cfg.samples), output_dir=cfg.output_dir,
-                                judge=cfg if cfg.judged() else None)
+                                judge=cfg if cfg.judged() else None, mixed_precision=cfg.mixed_precision)
     save_config(cfg, Path(cfg.output_dir) / "config.yaml", method="eval")
     from alignkit.evaluate.report import frontier_plot, html_report
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from alignkit.judges.config import JudgeSettings
@@ -22,6 +24,10 @@ class EvalConfig(BatchSampling, JudgeSettings):
     output_dir: str = Field(description="folder for results.json (and config.yaml)")
     samples: int = Field(1, gt=0, description="responses per prompt and policy")
     max_new_tokens: int = Field(48, gt=0, description="longest response in tokens")
+    mixed_precision: Literal["no", "bf16", "auto"] = Field(
+        "no", description="autocast precision of the scoring passes (the reference's log-probs for KL, the reward "
+        "model's scores): auto is bf16 where the device computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA "
+        "GPU with bf16); the sampling stays float32")
 
     def gold_scorer(self) -> str | None:
         """--gold, else vader, or no gold scorer at all when a judge is given."""

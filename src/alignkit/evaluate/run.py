@@ -7,7 +7,9 @@ Every policy answers the same prompts with the same sampling noise (a generator 
 grouped into batches by length, the same grouping for every policy), so the comparison is paired.
 KL(π‖π_ref) is estimated per sample as Σ_t logπ(y_t) − logπ_ref(y_t) over responses sampled from π, both at
 the sampling temperature (the sampler's own log-probs for π, one packed reference pass over every policy's
-responses for π_ref); the mean over samples is unbiased.
+responses for π_ref); the mean over samples is unbiased. With `mixed_precision` the reference pass and the reward
+model's scores run in autocast: bf16 rounds each response's reference log-prob, but the rounding averages out of the
+mean KL (measured in docs/benchmarks.md). The sampling stays float32.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import torch
 
 from alignkit.evaluate.stats import mean_ci, paired_difference, pairwise_agreement, win_rate
 from alignkit.losses import kl_k1
-from alignkit.models.load import folder_stamp, load_causal_lm, load_tokenizer
+from alignkit.models.load import autocast, folder_stamp, load_causal_lm, load_tokenizer
 from alignkit.rollout.rewards import CallableReward, ModelReward
 from alignkit.rollout.sample import (
     PolicySamples,
@@ -56,7 +58,8 @@ def _cached_samples(cache: Path | None, name: str, path: str, tok, prompts: list
 
 def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, gold: str | None, *,
                       reward_model: str | None = None, settings: SampleSettings | None = None,
-                      output_dir: str | Path | None = None, judge=None, progress: bool = True) -> dict:
+                      output_dir: str | Path | None = None, judge=None, progress: bool = True,
+                      mixed_precision: str = "no") -> dict:
     """Evaluate each named policy folder and the reference; returns (and writes `results.json`) a dict with one
     entry per model, plus the reward model's accuracy against gold when `reward_model` is given. Without a
     `gold` scorer there are no gold figures; with `judge` (a `judges.config.JudgeSettings`) each policy's samples
@@ -64,7 +67,8 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
     `output_dir`, each model's samples are kept in `output_dir/samples/` and reused while the model folder,
     the prompts and the settings are unchanged. The reference scores every policy's responses in one pass,
     each prompt laid out once (the KL of a Chain of Hindsight policy is to the reference answering the plain
-    prompt: the phrase is part of how that policy is used, not of what the reference is asked)."""
+    prompt: the phrase is part of how that policy is used, not of what the reference is asked). `mixed_precision`
+    (no, bf16, auto): the autocast of those two scoring passes."""
     s = settings or SampleSettings()
     tok = load_tokenizer(reference)
     gold_fn = CallableReward(gold) if gold else None
@@ -77,8 +81,9 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
     scored = [sm for name, sm in samples.items() if name != "reference"]
     if scored:
         ref_model = load_causal_lm(reference).eval()
-        ref = sequence_logps(ref_model, [plain[i] for sm in scored for i in sm.prompt_index],
-                              [r for sm in scored for r in sm.response_ids], tok.pad_token_id, s.temperature)
+        with autocast(mixed_precision):
+            ref = sequence_logps(ref_model, [plain[i] for sm in scored for i in sm.prompt_index],
+                                  [r for sm in scored for r in sm.response_ids], tok.pad_token_id, s.temperature)
         del ref_model
         at = 0
         for sm in scored:
@@ -87,8 +92,9 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
     rm = ModelReward(reward_model, chat_template=s.chat_template) if reward_model else None
     rm_scores: dict[str, list[float]] = {}
     if rm is not None:  # every model's samples in one call: each prompt laid out once for all of them
-        flat = rm([p for sm in samples.values() for p in sm.prompts],
-                  [r for sm in samples.values() for r in sm.responses]).tolist()
+        with autocast(mixed_precision):
+            flat = rm([p for sm in samples.values() for p in sm.prompts],
+                      [r for sm in samples.values() for r in sm.responses]).float().tolist()
         at = 0
         for name, sm in samples.items():
             rm_scores[name], at = flat[at : at + len(sm.responses)], at + len(sm.responses)
@@ -99,7 +105,7 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
             sums[i] += v / s.samples
         return sums
 
-    results: dict = {"settings": vars(s), "gold": gold, "reference": reference, "models": {}}
+    results: dict = {"settings": {**vars(s), "mixed_precision": mixed_precision}, "gold": gold, "reference": reference, "models": {}}
     judged = None
     if judge is not None:
         from alignkit.evaluate.judged import judge_policies

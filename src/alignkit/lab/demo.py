@@ -92,9 +92,10 @@ class DemoConfig(BaseModel):
                                  "accurate in 56% of the time, docs/benchmarks.md)")
     seed: int = Field(0, description="random seed")
     mixed_precision: Literal["no", "bf16", "auto"] = Field(
-        "auto", description="autocast precision of the reward model, the methods and the samples for labels: auto is bf16 "
-        "where the device computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16), else float32; "
-        "the evaluation stays float32, as its KL compares two models' log-probs (--quick and --task arithmetic: no)")
+        "auto", description="autocast precision of the reward model, the methods, the samples for labels and the "
+        "evaluation's scoring passes (the reference's log-probs for KL, the reward model's scores): auto is bf16 where "
+        "the device computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16), else float32; the "
+        "evaluation's sampling stays float32 (--quick and --task arithmetic: no)")
     backend: Literal["hf", "vllm"] = Field("hf", description="sampling engine for RL, the labels' samples and "
                                            "evaluation: hf (any machine) or vllm (a CUDA GPU)")
     progress: bool = Field(True, description="show progress bars")
@@ -432,7 +433,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     settings = SampleSettings(max_new_tokens=cfg.max_new_tokens, samples=4 if cfg.quick else 2, seed=cfg.seed + 99,
                               batch_size=64, temperature=cfg.temperature, backend=cfg.backend)
     results = timed("eval", evaluate_policies, policies, reference, prompts, gold, reward_model=rm,
-                    settings=settings, output_dir=run / "eval")
+                    settings=settings, output_dir=run / "eval", mixed_precision=cfg.mixed_precision)
     results["stage_seconds"] = times
     if cfg.task == "imdb":
         results["gold_classifier"] = json.loads((run / "gold" / "DONE").read_text())

@@ -324,7 +324,11 @@ def _hidden_at_last(model, batch: dict, caps: Capabilities) -> torch.Tensor:
 
 
 def _reward_at_last(model, batch: dict, caps: Capabilities) -> torch.Tensor:
-    return unwrap(model).score(_hidden_at_last(model, batch, caps)).squeeze(-1).float()
+    hidden = _hidden_at_last(model, batch, caps)
+    head = unwrap(model).score
+    # the head outside autocast: a bf16 scalar keeps 3 significant digits, too few to rank close responses
+    with torch.autocast(hidden.device.type, enabled=False):
+        return head(hidden.to(next(head.parameters()).dtype)).squeeze(-1).float()
 
 
 def response_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_width: int,
