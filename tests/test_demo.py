@@ -51,6 +51,10 @@ def test_rerun_with_other_settings_is_refused(tmp_path, capsys):
     assert main(["demo", "--quick", "--k", "4", "--output-dir", str(out), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "other settings (k: 2 -> 4)" in err and "Traceback" not in err and "--output-dir" in err
+    # a folder from before --mixed-precision existed ran in float32: resuming it in bf16 would mix precisions
+    assert main(["demo", "--quick", "--k", "2", "--mixed-precision", "auto", "--output-dir", str(out),
+                 "--no-progress"]) == 2
+    assert "other settings (mixed_precision: 'no' -> 'auto')" in capsys.readouterr().err
 
 
 def test_lora_with_train_layers_is_refused(tmp_path, capsys):

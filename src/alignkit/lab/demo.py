@@ -377,13 +377,14 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
 
 
 RERUN_FREE = {"methods", "progress", "output_dir"}  # settings that may change between runs in one folder
+ADDED_LATER = {"mixed_precision": "no"}  # settings newer than some run folders: what the code before them did
 
 
 def _check_same_settings(cfg: DemoConfig, stored: Path) -> None:
     """Finished stages are reused, so a rerun in the same folder must ask for the same experiment."""
     if not stored.exists():
         return
-    old = json.loads(stored.read_text())
+    old = {**ADDED_LATER, **json.loads(stored.read_text())}
     changed = sorted(k for k, v in cfg.model_dump().items() if k not in RERUN_FREE and k in old and old[k] != v)
     if changed:
         details = ", ".join(f"{k}: {old[k]!r} -> {getattr(cfg, k)!r}" for k in changed)
