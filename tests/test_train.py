@@ -353,6 +353,23 @@ def test_mixed_precision_reaches_the_model(tiny_model, sft_files, tmp_path):
     assert len(curve16) == len(curve32) and all(abs(a - b) < 0.02 * a for a, b in zip(curve32, curve16, strict=True))
 
 
+def test_reward_offset_pass_runs_in_the_run_precision(tiny_model, pair_files, tmp_path):
+    """The reward offset is the mean reward the trained model gives, in the precision it trained, was evaluated and
+    will be used in: under bf16 the offset pass runs in autocast, in float32 without it."""
+    from alignkit.train.loop import train
+    from alignkit.train.reward import build_reward
+
+    for precision in ("no", "bf16"):
+        cfg = RewardConfig(model=tiny_model, data=pair_files[0], output_dir=str(tmp_path / precision), max_steps=2,
+                           mixed_precision=precision, **FAST)
+        task = build_reward(cfg)
+        seen = []
+        offset_pass = task.before_save
+        task.before_save = lambda m, f=offset_pass, seen=seen: (seen.append(torch.is_autocast_enabled("cpu")), f(m))
+        train(task, cfg)
+        assert seen == [precision == "bf16"], precision
+
+
 def test_auto_precision_is_bf16_only_where_the_device_has_it(monkeypatch):
     """--mixed-precision auto: bf16 on a CPU that reports AVX512-BF16 or AMX tiles, no on one that reports
     neither (where bf16 matmuls are emulated); an explicit choice is kept as given."""

@@ -573,7 +573,8 @@ def _finish(task: Task, cfg: RunConfig, accelerator, model, state: dict, result:
     """The method's last pass (`before_save`), a last checkpoint when checkpointing, the model and its card."""
     final_model = accelerator.unwrap_model(model)
     if task.before_save is not None:
-        task.before_save(final_model)
+        with accelerator.autocast():  # in the precision the run trained and evaluated in
+            task.before_save(final_model)
     if cfg.save_every:
         _save_checkpoint(accelerator, task, model, result.output_dir, state, cfg.keep_checkpoints)
     if accelerator.is_main_process:
