@@ -80,7 +80,9 @@ class DemoConfig(BaseModel):
     learning_rate: float = Field(5e-5, gt=0, description="learning rate of the DPO family and CoH")
     rm_learning_rate: float = Field(1e-4, gt=0, description="learning rate of the reward model")
     rl_learning_rate: float = Field(3e-5, gt=0, description="learning rate of RLOO")
-    ppo_learning_rate: float = Field(5e-5, gt=0, description="learning rate of PPO (policy and value model)")
+    ppo_learning_rate: float = Field(7e-5, gt=0, description="learning rate of PPO (policy and value model)")
+    ppo_epochs: int = Field(1, gt=0, description="PPO's passes over each rollout batch (8 samples, in mini-batches "
+                            "of 4: the clipped ratio acts from the second mini-batch on)")
     epochs: float = Field(1.0, gt=0, description="passes over the labelled pairs (offline methods)")
     coh_passes: float = Field(1.0, gt=0, description="Chain of Hindsight passes as a multiple of --epochs (it "
                               "learns the feedback-conditional more slowly than a pairwise loss)")
@@ -152,8 +154,8 @@ class DemoConfig(BaseModel):
 
 
 QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rm_learning_rate=2e-3,
-             rl_learning_rate=1e-3, ppo_learning_rate=1e-3, epochs=3.0, coh_passes=4.0, rl_steps=12, beta=0.1,
-             sft_examples=4000, methods=",".join(METHODS), mixed_precision="no")  # CI's figures: float32 on every CPU
+             rl_learning_rate=1e-3, ppo_learning_rate=1e-3, ppo_epochs=2, epochs=3.0, coh_passes=4.0, rl_steps=12,
+             beta=0.1, sft_examples=4000, methods=",".join(METHODS), mixed_precision="no")  # CI's figures: float32 on every CPU
 
 
 # the arithmetic task on SmolLM2: room to work the sum out in words (it writes the right number somewhere in a
@@ -362,7 +364,8 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
                           **{**offline, "batch_size": 4, "epochs": cfg.epochs * cfg.coh_passes,
                              "learning_rate": cfg.learning_rate * 2}))
     elif name == "ppo":
-        run_ppo(PPOConfig(**{**online, "learning_rate": cfg.ppo_learning_rate, "beta": cfg.beta}))
+        run_ppo(PPOConfig(**{**online, "learning_rate": cfg.ppo_learning_rate, "beta": cfg.beta,
+                             "ppo_epochs": cfg.ppo_epochs}))
     elif name == "rloo":
         run_rloo(RLOOConfig(**{**online, **groups, "k": cfg.k}))
     elif name == "grpo":  # without a KL term (its default, as in TRL): the clipped ratio alone keeps it near
