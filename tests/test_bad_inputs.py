@@ -217,6 +217,8 @@ CASES = [
     Case("demo-unknown-method", ["demo", "--output-dir", "{out}", "--methods", "dpo,grpoo", "--no-progress"],
          r"options: field 'methods': unknown method 'grpoo'; choose from ppo, rloo, grpo, online-dpo, dpo, cdpo, ipo, "
          r"gdpo, simpo, orpo, kto, coh$"),
+    Case("demo-unknown-coh-form", ["demo", "--output-dir", "{out}", "--coh-forms", "chained,triple", "--no-progress"],
+         r"options: field 'coh_forms': unknown form 'triple'; choose from single, chained$"),
     # ---- issue 19 and 20: sampling backends, reference-free losses ------------------------------------------------
     Case("backend-vllm-without-vllm", [*RL, "--reward", "vader", "--backend", "vllm"],
          r'--backend vllm needs vLLM, which is not installed: pip install "alignkit\[vllm\]" on a machine with a CUDA '

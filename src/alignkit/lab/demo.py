@@ -86,6 +86,8 @@ class DemoConfig(BaseModel):
     epochs: float = Field(1.0, gt=0, description="passes over the labelled pairs (offline methods)")
     coh_passes: float = Field(1.0, gt=0, description="Chain of Hindsight passes as a multiple of --epochs (it "
                               "learns the feedback-conditional more slowly than a pairwise loss)")
+    coh_forms: str = Field("chained", description="Chain of Hindsight's sequences per pair: chained (both responses "
+                           "under their phrases, in both orders) and/or single (each response alone); --quick: both")
     rl_steps: int = Field(8, gt=0, description="rollout batches for PPO, RLOO, GRPO and online DPO")
     lora: bool = Field(False, description="train LoRA adapters instead of all weights")
     train_layers: int = Field(0, ge=0, description="policies: train only the top N transformer blocks (0 = all)")
@@ -106,6 +108,13 @@ class DemoConfig(BaseModel):
     @classmethod
     def _methods(cls, value: str) -> str:
         return comma_choices(value, METHODS, "method")
+
+    @field_validator("coh_forms")
+    @classmethod
+    def _coh_forms(cls, value: str) -> str:
+        from alignkit.data.coh import FORMS
+
+        return comma_choices(value, FORMS, "form")
 
     @field_validator("annotator")
     @classmethod
@@ -154,8 +163,9 @@ class DemoConfig(BaseModel):
 
 
 QUICK = dict(train_prompts=96, heldout_prompts=48, max_new_tokens=12, learning_rate=1e-3, rm_learning_rate=2e-3,
-             rl_learning_rate=1e-3, ppo_learning_rate=1e-3, ppo_epochs=2, epochs=3.0, coh_passes=4.0, rl_steps=12,
-             beta=0.1, sft_examples=4000, methods=",".join(METHODS), mixed_precision="no")  # CI's figures: float32 on every CPU
+             rl_learning_rate=1e-3, ppo_learning_rate=1e-3, ppo_epochs=2, epochs=3.0, coh_passes=4.0,
+             coh_forms="single,chained", rl_steps=12, beta=0.1, sft_examples=4000, methods=",".join(METHODS),
+             mixed_precision="no")  # CI's figures: float32 on every CPU
 
 
 # the arithmetic task on SmolLM2: room to work the sum out in words (it writes the right number somewhere in a
@@ -357,10 +367,10 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
     elif name == "kto":  # the panel's votes on every pair: responses that won more of their pairs are the good ones
         run_kto(KTOConfig(beta=cfg.beta, **{**offline, "data": str(Path(votes).with_name(ALL_VOTES))}))
     elif name == "coh":
-        # both forms: the chained sequences, each response beside the other under its phrase, teach the contrast
-        # that moves sampling; single sequences alone barely do (docs/benchmarks.md). A pair is four sequences,
-        # two of them long, so 4 pairs per micro-batch and 2 micro-batches per step bound the peak memory
-        run_coh(CoHConfig(forms="single,chained", gradient_accumulation_steps=2,
+        # the chained sequences, each response beside the other under its phrase, teach the contrast that moves
+        # sampling; single sequences alone barely do, and add little beside them on SmolLM2 at twice the cost
+        # (docs/benchmarks.md). 4 pairs per micro-batch and 2 micro-batches per step bound the peak memory
+        run_coh(CoHConfig(forms=cfg.coh_forms, gradient_accumulation_steps=2,
                           **{**offline, "batch_size": 4, "epochs": cfg.epochs * cfg.coh_passes,
                              "learning_rate": cfg.learning_rate * 2}))
     elif name == "ppo":
