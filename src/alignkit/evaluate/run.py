@@ -8,8 +8,8 @@ grouped into batches by length, the same grouping for every policy), so the comp
 KL(π‖π_ref) is estimated per sample as Σ_t logπ(y_t) − logπ_ref(y_t) over responses sampled from π, both at
 the sampling temperature (the sampler's own log-probs for π, one packed reference pass over every policy's
 responses for π_ref); the mean over samples is unbiased. With `mixed_precision` the reference pass and the reward
-model's scores run in autocast: bf16 rounds each response's reference log-prob, but the rounding averages out of the
-mean KL (measured in docs/benchmarks.md). The sampling stays float32.
+model's scores run in autocast: bf16 rounds each response's reference log-prob, and moves the mean KL far less
+(measured in docs/benchmarks.md). The sampling stays float32.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 
 from alignkit.evaluate.stats import mean_ci, paired_difference, pairwise_agreement, win_rate
 from alignkit.losses import kl_k1
-from alignkit.models.load import autocast, folder_stamp, load_causal_lm, load_tokenizer
+from alignkit.models.load import autocast, folder_stamp, load_causal_lm, load_tokenizer, resolve_precision
 from alignkit.rollout.rewards import CallableReward, ModelReward
 from alignkit.rollout.sample import (
     PolicySamples,
@@ -94,7 +94,7 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
     if rm is not None:  # every model's samples in one call: each prompt laid out once for all of them
         with autocast(mixed_precision):
             flat = rm([p for sm in samples.values() for p in sm.prompts],
-                      [r for sm in samples.values() for r in sm.responses]).float().tolist()
+                      [r for sm in samples.values() for r in sm.responses]).tolist()
         at = 0
         for name, sm in samples.items():
             rm_scores[name], at = flat[at : at + len(sm.responses)], at + len(sm.responses)
@@ -105,7 +105,8 @@ def evaluate_policies(policies: dict[str, str], reference: str, prompts: list, g
             sums[i] += v / s.samples
         return sums
 
-    results: dict = {"settings": {**vars(s), "mixed_precision": mixed_precision}, "gold": gold, "reference": reference, "models": {}}
+    results: dict = {"settings": {**vars(s), "mixed_precision": resolve_precision(mixed_precision)}, "gold": gold,
+                     "reference": reference, "models": {}}
     judged = None
     if judge is not None:
         from alignkit.evaluate.judged import judge_policies
