@@ -250,6 +250,34 @@ def test_reference_cache_reused(tiny_model, pair_files, tmp_path, monkeypatch):
     assert metrics(tmp_path / "r0")[0]["loss"] == metrics(tmp_path / "r1")[0]["loss"]
 
 
+def test_reference_log_probs_in_the_run_precision(tiny_model, pair_files, tmp_path, monkeypatch):
+    """Under bf16 the reference log-probs are computed under the same autocast as the policy's (with float32 ones,
+    the first step's margin is bf16's rounding instead of 0: 9e-5 on this model). The cache tells precisions apart:
+    a float32 run after a bf16 one computes its own, a second bf16 run reuses the first's."""
+    import math
+
+    from alignkit.train import preference
+
+    monkeypatch.setenv("ALIGNKIT_CACHE", str(tmp_path / "cache"))
+    seen = []
+    real = preference.pair_logprobs
+
+    def spy(model, batch):
+        if torch.is_inference_mode_enabled():  # the reference pass (training steps run with gradients)
+            seen.append(torch.is_autocast_enabled("cpu"))
+        return real(model, batch)
+
+    monkeypatch.setattr(preference, "pair_logprobs", spy)
+    for name, precision, how in [("a", "bf16", "computed"), ("b", "no", "computed"), ("c", "bf16", "cache")]:
+        seen.clear()
+        run_dpo(DPOConfig(model=tiny_model, data=pair_files[0], output_dir=str(tmp_path / name), max_steps=1,
+                          learning_rate=1e-12, eval_fraction=0.0, mixed_precision=precision, **FAST))
+        assert json.loads((tmp_path / name / "run_info.json").read_text())["reference_logps"] == how, name
+        assert seen == ([precision == "bf16"] * len(seen)) and (len(seen) > 0) == (how == "computed"), name
+        first = metrics(tmp_path / name)[0]
+        assert first["loss"] == pytest.approx(math.log(2), abs=1e-3), name
+
+
 # ---- Chain of Hindsight --------------------------------------------------------------------------------------
 
 def coh_conditional_accuracy(model_dir: str, pairs: list[dict], positive: str) -> float:

@@ -29,7 +29,7 @@ from alignkit.losses import (
     preference_loss,
     simpo_loss,
 )
-from alignkit.models.load import load_causal_lm
+from alignkit.models.load import autocast, load_causal_lm, resolve_precision
 from alignkit.models.logprobs import score
 from alignkit.models.names import cache_dir
 from alignkit.train.common import (
@@ -117,9 +117,12 @@ def make_dpo_step(cfg: DPOConfig, reference=None):
     return step
 
 
-def _fingerprint(model, items: list[dict]) -> str:
-    """Key for the reference cache: every weight of the reference and every token of the data."""
+def _fingerprint(model, items: list[dict], precision: str = "no") -> str:
+    """Key for the reference cache: every weight of the reference, every token of the data, and the precision the
+    log-probs were computed in."""
     h = hashlib.blake2b(digest_size=16)
+    if precision != "no":  # float32 keys stay those of the caches written before precisions were told apart
+        h.update(precision.encode())
     for name, t in sorted(model.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
@@ -129,18 +132,22 @@ def _fingerprint(model, items: list[dict]) -> str:
 
 
 def precompute_reference(reference, items: list[dict], collate, batch_size: int, *, progress: bool = True,
-                         adapter_off: bool = False, cache: bool = True) -> str:
+                         adapter_off: bool = False, cache: bool = True, mixed_precision: str = "no") -> str:
     """Fill `ref_chosen` / `ref_rejected` of every item (batches made by `collate`, packed or padded), from the
-    disk cache when the same reference and data were seen before. Returns "cache" or "computed"."""
+    disk cache when the same reference, data and precision were seen before. Returns "cache" or "computed".
+    `mixed_precision` is the run's: the policy's log-probs are computed under that autocast, so the reference's
+    are too (in bf16 a response's summed log-prob moves by tenths of a nat; computed alike, the two are equal before
+    the first update)."""
     from tqdm.auto import tqdm
 
     if not items:
         return "computed"
     ctx = reference.disable_adapter if adapter_off else nullcontext
+    precision = resolve_precision(mixed_precision)
     path = None
     if cache:
         with ctx():
-            key = _fingerprint(reference, items)
+            key = _fingerprint(reference, items, precision)
         path = cache_dir() / "reference" / f"{key}.pt"
         if path.exists():
             saved = torch.load(path)
@@ -156,7 +163,7 @@ def precompute_reference(reference, items: list[dict], collate, batch_size: int,
     starts = list(range(0, len(items), batch_size))[state.process_index :: state.num_processes]
     done: list[tuple[int, float, float]] = []
     dev = next(reference.parameters()).device
-    with torch.inference_mode(), ctx():
+    with torch.inference_mode(), ctx(), autocast(precision):
         for i in tqdm(starts, desc="reference log-probs", leave=False, disable=not (progress and state.is_main_process)):
             batch = collate(items[i : i + batch_size])
             batch = send_to_device(batch, dev)
@@ -207,7 +214,7 @@ def setup_reference(cfg: ReferenceConfig, model, tok, items: list[dict], info: d
         source = reference if reference is not None else model
         bs = cfg.eval_batch_size or 4 * cfg.batch_size
         how = precompute_reference(source, items, collate, bs, progress=cfg.progress,
-                                   adapter_off=reference is None and cfg.lora)
+                                   adapter_off=reference is None and cfg.lora, mixed_precision=cfg.mixed_precision)
         say(f"reference log-probs: {how} for {len(items)} {'pairs' if isinstance(cfg, DPOConfig) else 'examples'}")
         info["reference_logps"] = how
         reference = None  # not needed any more: frees its memory
