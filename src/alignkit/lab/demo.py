@@ -390,7 +390,8 @@ def stage_train(cfg: DemoConfig, run: Path, name: str, reference: str, votes: st
 
 
 RERUN_FREE = {"methods", "progress", "output_dir"}  # settings that may change between runs in one folder
-ADDED_LATER = {"mixed_precision": "no"}  # settings newer than some run folders: what the code before them did
+# settings newer than some run folders: what the code before them did
+ADDED_LATER = {"mixed_precision": "no", "ppo_epochs": 2, "coh_forms": "single,chained"}
 
 
 def _check_same_settings(cfg: DemoConfig, stored: Path) -> None:
