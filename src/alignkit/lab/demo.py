@@ -92,8 +92,8 @@ class DemoConfig(BaseModel):
     lora: bool = Field(False, description="train LoRA adapters instead of all weights")
     train_layers: int = Field(0, ge=0, description="policies: train only the top N transformer blocks (0 = all)")
     rm_train_layers: int = Field(0, ge=0, description="reward model: train only its top N transformer blocks and "
-                                 "its score head (0 = all; 10 of SmolLM2's 30 at --rm-learning-rate 2e-4 is as "
-                                 "accurate in 56% of the time, docs/benchmarks.md)")
+                                 "its score head (0 = all; 10 of SmolLM2's 30 at --rm-learning-rate 2e-4: faster, "
+                                 "its accuracy in docs/benchmarks.md)")
     seed: int = Field(0, description="random seed")
     mixed_precision: Literal["no", "bf16", "auto"] = Field(
         "auto", description="autocast precision of the reward model, the methods, the samples for labels and the "
