@@ -32,6 +32,12 @@ def test_help_explains_every_option(capsys):
             flag = "--" + field.replace("_", "-")
             assert flag in text, (name, flag)
             assert info.description, (name, field)
+    from alignkit.evaluate.config import EvalConfig
+
+    # eval's parser is written by hand: every setting still has its flag
+    eval_help = parser._subparsers._group_actions[0].choices["eval"].format_help()
+    for field in EvalConfig.model_fields:
+        assert "--" + field.replace("_", "-") in eval_help, ("eval", field)
     dpo_help = parser._subparsers._group_actions[0].choices["dpo"].format_help()
     assert "{dpo,cdpo,ipo,hinge,gdpo,gipo,simpo,orpo}" in dpo_help and "--beta" in dpo_help
 

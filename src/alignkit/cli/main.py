@@ -130,6 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--samples", type=int_at_least(1), default=S, help="responses per prompt and policy (default: 1)")
     add_sampling_flags(ev, max_new_tokens=48)
     ev.add_argument("--top-p", type=float_in(0, 1), default=S, help="nucleus sampling threshold (default: 1.0, off)")
+    from alignkit.evaluate.config import EvalConfig
+
+    ev.add_argument("--mixed-precision", choices=["no", "bf16", "auto"], default=S,
+                    help=EvalConfig.model_fields["mixed_precision"].description + " (default: no)")
     from alignkit.judges.config import JudgeSettings
 
     add_config_flags(ev, JudgeSettings, config_flag=False)  # --judge ...: also judge each policy against the reference
