@@ -8,6 +8,7 @@ from pydantic import Field
 
 from alignkit.judges.config import JudgeSettings
 from alignkit.rollout.config import BatchSampling
+from alignkit.train.config import AUTO_PRECISION
 
 
 class EvalConfig(BatchSampling, JudgeSettings):
@@ -26,8 +27,7 @@ class EvalConfig(BatchSampling, JudgeSettings):
     max_new_tokens: int = Field(48, gt=0, description="longest response in tokens")
     mixed_precision: Literal["no", "bf16", "auto"] = Field(
         "no", description="autocast precision of the scoring passes (the reference's log-probs for KL, the reward "
-        "model's scores): auto is bf16 where the device computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA "
-        "GPU with bf16); the sampling stays float32")
+        f"model's scores); {AUTO_PRECISION}; the sampling stays float32")
 
     def gold_scorer(self) -> str | None:
         """--gold, else vader, or no gold scorer at all when a judge is given."""

@@ -34,7 +34,7 @@ from alignkit.errors import ConfigError
 from alignkit.lab import arithmetic, imdb
 from alignkit.lab.annotators import annotate_groups, judge_groups
 from alignkit.lab.sentiment import prompt_capacity, quick_reviews, review_prompts
-from alignkit.train.config import comma_choices
+from alignkit.train.config import AUTO_PRECISION, comma_choices
 
 METHODS = ("ppo", "rloo", "grpo", "online-dpo", "dpo", "cdpo", "ipo", "gdpo", "simpo", "orpo", "kto", "coh")
 DEFAULT_METHODS = ("ppo", "rloo", "dpo", "cdpo", "ipo", "gdpo", "coh")  # the default run's time budget; --quick: all
@@ -97,9 +97,8 @@ class DemoConfig(BaseModel):
     seed: int = Field(0, description="random seed")
     mixed_precision: Literal["no", "bf16", "auto"] = Field(
         "auto", description="autocast precision of the reward model, the methods, the samples for labels and the "
-        "evaluation's scoring passes (the reference's log-probs for KL, the reward model's scores): auto is bf16 where "
-        "the device computes it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16), else float32; the "
-        "evaluation's sampling stays float32 (--quick and --task arithmetic: no)")
+        f"evaluation's scoring passes (the reference's log-probs for KL, the reward model's scores); {AUTO_PRECISION}; "
+        "the evaluation's sampling stays float32 (--quick and --task arithmetic: no)")
     backend: Literal["hf", "vllm"] = Field("hf", description="sampling engine for RL, the labels' samples and "
                                            "evaluation: hf (any machine) or vllm (a CUDA GPU)")
     progress: bool = Field(True, description="show progress bars")

@@ -12,6 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from alignkit.errors import ConfigError, not_unicode
 from alignkit.judges.config import JudgeSettings
 
+# what --mixed-precision auto chooses (`models.load.resolve_precision`), for every option's help
+AUTO_PRECISION = "auto: bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else no"
+
 
 def comma_choices(value: str, choices: tuple[str, ...], what: str) -> str:
     """A comma-separated setting checked against its choices; returned normalised ("a,b", blanks dropped)."""
@@ -57,8 +60,7 @@ class RunConfig(BaseModel):
     seed: int = Field(42, description="random seed (data order, initialisation)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype to load model weights in")
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = Field(
-        "no", description="autocast precision (accelerate); auto: bf16 where the device computes it natively (a CUDA "
-        "GPU with bf16, a CPU with AVX512-BF16 or AMX), else no")
+        "no", description=f"autocast precision (accelerate); {AUTO_PRECISION}")
     lora: bool = Field(False, description="train a LoRA adapter instead of all weights (saved merged)")
     lora_r: int = Field(16, gt=0, description="LoRA rank")
     lora_alpha: int = Field(32, gt=0, description="LoRA alpha")
