@@ -13,7 +13,8 @@ from alignkit.errors import ConfigError, not_unicode
 from alignkit.judges.config import JudgeSettings
 
 # what --mixed-precision auto chooses (`models.load.resolve_precision`), for every option's help
-AUTO_PRECISION = "auto: bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX), else no"
+AUTO_PRECISION = ("auto: bf16 where the device computes it natively (a CUDA GPU with bf16, a CPU with AVX512-BF16 or "
+                  "AMX), else no")
 
 
 def comma_choices(value: str, choices: tuple[str, ...], what: str) -> str:
