@@ -159,14 +159,14 @@ def test_length_controlled_win_rate_matches_a_weighted_logistic_regression():
     assert length_controlled_win_rate([0.7, 0.9], [3.0, 3.0]) == pytest.approx(0.8)  # no spread: the mean
 
 
-def test_eval_scoring_passes_in_bf16(tiny_model, tmp_path):
+def test_eval_scoring_passes_in_bf16(tiny_model, tmp_path, monkeypatch):
     """`mixed_precision="bf16"` runs the reference pass and the reward model in bf16 autocast on the same samples:
     KL and reward scores agree with float32's to bf16 rounding (8 significant bits: ~0.4% of each logit and hidden
     value, a few hundredths summed over 4 tokens), while the reward scores keep float32 resolution (the scalar head
     runs outside autocast: a bf16 scalar keeps 3 significant digits, too few to rank close responses)."""
     import shutil
 
-    from alignkit.evaluate.run import evaluate_policies
+    from alignkit.evaluate import run as evaluate_run
     from alignkit.models.load import load_reward_model, load_tokenizer
     from alignkit.rollout.rewards import ModelReward
     from alignkit.rollout.sample import SampleSettings
@@ -178,14 +178,26 @@ def test_eval_scoring_passes_in_bf16(tiny_model, tmp_path):
     load_tokenizer(tiny_model).save_pretrained(rm_dir)
     prompts = ["Write about the river", "Write about the old city", "Say", "Tell me of the sea"]
     s = SampleSettings(max_new_tokens=4, samples=2, seed=1)
-    res = {mp: evaluate_policies({"same": str(policy)}, tiny_model, prompts, "vader", reward_model=str(rm_dir),
-                                 settings=s, output_dir=tmp_path / "eval", mixed_precision=mp) for mp in ("no", "bf16")}
+    passes = []  # (which pass, whether autocast was on)
+    real_logps, real_reward = evaluate_run.sequence_logps, ModelReward.__call__
+    monkeypatch.setattr(evaluate_run, "sequence_logps",
+                        lambda *a: passes.append(("ref", torch.is_autocast_enabled("cpu"))) or real_logps(*a))
+    monkeypatch.setattr(ModelReward, "__call__",
+                        lambda self, *a: passes.append(("rm", torch.is_autocast_enabled("cpu"))) or real_reward(self, *a))
+    res = {}
+    for mp in ("no", "bf16"):
+        passes.clear()
+        res[mp] = evaluate_run.evaluate_policies({"same": str(policy)}, tiny_model, prompts, "vader",
+                                                 reward_model=str(rm_dir), settings=s, output_dir=tmp_path / "eval",
+                                                 mixed_precision=mp)
+        assert passes == [("ref", mp == "bf16"), ("rm", mp == "bf16")], mp
     assert res["bf16"]["settings"]["mixed_precision"] == "bf16"
     same = {mp: r["models"]["same"] for mp, r in res.items()}
     assert [x["response"] for x in same["bf16"]["samples"]] == [x["response"] for x in same["no"]["samples"]]
     assert same["no"]["kl"] == pytest.approx(0.0, abs=1e-4)  # a copy of the reference, both passes float32
-    assert 0 < abs(same["bf16"]["kl"]) < 0.05  # the reference pass did run in bf16, and rounds as bf16 does
+    assert same["bf16"]["kl"] == pytest.approx(0.0, abs=0.05)  # the bf16 reference pass rounds, and no more
     assert same["bf16"]["rm_mean"] == pytest.approx(same["no"]["rm_mean"], abs=0.02)
+    monkeypatch.undo()
 
     reward = ModelReward(str(rm_dir))
     responses = [f" the river {w} and slow" for w in ("runs", "ran", "is", "was", "goes", "went", "bends", "turns")]
