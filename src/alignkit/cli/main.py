@@ -89,10 +89,16 @@ def add_config_flags(parser: argparse.ArgumentParser, cls: type[RunConfig], *, c
     if config_flag:
         parser.add_argument("--config", metavar="FILE.yaml",
                             help="YAML file of settings (any option below, by its field name)")
-    for name, field in cls.model_fields.items():
-        default = "required" if field.is_required() else f"default: {field.default}"
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
-                            help=f"{field.description} ({default})".replace("%", "%%"), **_flag_type(field.annotation))
+    for name in cls.model_fields:
+        add_field_flag(parser, cls, name)
+
+
+def add_field_flag(parser: argparse.ArgumentParser, cls, name: str) -> None:
+    """The flag of one config field: its type, choices, description and default from the field itself."""
+    field = cls.model_fields[name]
+    default = "required" if field.is_required() else f"default: {field.default}"
+    parser.add_argument("--" + name.replace("_", "-"), dest=name, default=argparse.SUPPRESS,
+                        help=f"{field.description} ({default})".replace("%", "%%"), **_flag_type(field.annotation))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,8 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--top-p", type=float_in(0, 1), default=S, help="nucleus sampling threshold (default: 1.0, off)")
     from alignkit.evaluate.config import EvalConfig
 
-    ev.add_argument("--mixed-precision", choices=["no", "bf16", "auto"], default=S,
-                    help=EvalConfig.model_fields["mixed_precision"].description + " (default: no)")
+    add_field_flag(ev, EvalConfig, "mixed_precision")
     from alignkit.judges.config import JudgeSettings
 
     add_config_flags(ev, JudgeSettings, config_flag=False)  # --judge ...: also judge each policy against the reference
